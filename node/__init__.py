@@ -1,0 +1,3 @@
+"""circmesh: the desk node."""
+
+__version__ = "0.1.0"

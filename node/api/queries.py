@@ -1,0 +1,105 @@
+"""What a desk can look up: loans, patrons, items, the ordered log, conflicts, this node's status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from node.api.errors import ApiError
+from node.crdt.barcode import BarcodeError, clean_barcode
+
+routes = web.RouteTableDef()
+PAGE_MAX = 10_000
+
+
+def _query_barcode(request: web.Request, key: str) -> str | None:
+    value = request.query.get(key)
+    if value is None:
+        return None
+    try:
+        return clean_barcode(value, key)
+    except BarcodeError as e:
+        raise ApiError(400, "bad_barcode", str(e)) from None
+
+
+def _int_param(request: web.Request, key: str, default: int, maximum: int) -> int:
+    value = request.query.get(key)
+    if value is None:
+        return default
+    if not value.isdigit() or int(value) > maximum:
+        raise ApiError(400, "bad_parameter", f"{key} must be a whole number from 0 to {maximum}")
+    return int(value)
+
+
+@routes.get("/api/v1/loans")
+async def loans(request: web.Request) -> web.Response:
+    node = request.app["node"]
+    patron, item = _query_barcode(request, "patron"), _query_barcode(request, "item")
+    state = node.log.state
+    found = [loan for loan in state.loans.values()
+             if (patron is None or loan.patron == patron) and (item is None or loan.item == item)]
+    return web.json_response({"loans": [node.loan_json(loan) for loan in found]})
+
+
+@routes.get("/api/v1/patrons/{barcode}")
+async def patron(request: web.Request) -> web.Response:
+    node = request.app["node"]
+    try:
+        barcode = clean_barcode(request.match_info["barcode"], "patron barcode")
+    except BarcodeError as e:
+        raise ApiError(400, "bad_barcode", str(e)) from None
+    return web.json_response(node.patron_json(barcode))
+
+
+@routes.get("/api/v1/patrons")
+async def patron_search(request: web.Request) -> web.Response:
+    node = request.app["node"]
+    q = request.query.get("q", "").strip().casefold()
+    if not q or len(q) > 100:
+        raise ApiError(400, "bad_query", "q must be 1-100 characters of a patron's name")
+    state = node.log.state
+    hits = []
+    for barcode, event_id in state.registrations.items():
+        name = node.log.events[event_id].body["name"]
+        if q in name.casefold():
+            hits.append({"barcode": barcode, "name": name, "source": "registered offline"})
+    return web.json_response({"patrons": hits[:50]})
+
+
+@routes.get("/api/v1/items/{barcode}")
+async def item(request: web.Request) -> web.Response:
+    node = request.app["node"]
+    try:
+        barcode = clean_barcode(request.match_info["barcode"], "item barcode")
+    except BarcodeError as e:
+        raise ApiError(400, "bad_barcode", str(e)) from None
+    return web.json_response(node.item_json(barcode))
+
+
+@routes.get("/api/v1/events")
+async def events(request: web.Request) -> web.Response:
+    """Events that arrived after the cursor (a local arrival position, so a late event from a healed
+    partition is never skipped), sorted in causal order; `next` is the cursor for the following call."""
+    node = request.app["node"]
+    after = _int_param(request, "after", 0, 1 << 62)
+    limit = _int_param(request, "limit", 1000, PAGE_MAX)
+    page = node.log.arrivals[after:after + limit]
+    ordered = sorted(page, key=lambda a: a.event.order_key)
+    body: dict[str, Any] = {
+        "events": [node.event_json(a.event) for a in ordered],
+        "next": page[-1].pos if page else after,
+        "total": len(node.log.arrivals),
+    }
+    return web.json_response(body)
+
+
+@routes.get("/api/v1/conflicts")
+async def conflicts(request: web.Request) -> web.Response:
+    node = request.app["node"]
+    return web.json_response({"conflicts": [node.conflict_json(c) for c in node.log.state.open_conflicts()]})
+
+
+@routes.get("/api/v1/status")
+async def status(request: web.Request) -> web.Response:
+    return web.json_response(request.app["node"].status())

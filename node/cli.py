@@ -1,0 +1,118 @@
+"""The `circmesh` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from node import __version__
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run this desk's node", description=(
+        "Runs a desk node: the replicated log, peer links and the desk web API/UI. Prints one JSON line "
+        "{\"ready\": true, ...} on stdout once it serves."))
+    p.add_argument("--data", required=True, type=Path, help="this node's data directory (created if missing)")
+    p.add_argument("--desk", default=None, help="the desk's name shown to staff (default: the data "
+                   "directory's name)")
+    p.add_argument("--host", default="127.0.0.1", help="address of the desk web UI/API (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port of the desk web UI/API (0: any free port)")
+    p.add_argument("--peer-host", default="127.0.0.1", help="address peers connect to (default 127.0.0.1)")
+    p.add_argument("--peer-port", type=int, default=0, help="port for peer links (0: any free port)")
+    p.add_argument("--peer", action="append", default=[], metavar="HOST:PORT",
+                   help="a peer's link address; repeat for several peers")
+    p.add_argument("--loan-days", type=int, default=21, help="loan period when no due date is given")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run a whole demo cluster on 127.0.0.1", description=(
+        "Starts N desks on 127.0.0.1, linked to each other: desk i (1..N) serves its UI/API on port P+10+i "
+        "and its peer link on P+50+i. Writes DIR/demo.json and prints each desk's URL. Ctrl-C stops all."))
+    p.add_argument("--desks", type=int, default=3, help="number of desks (1-9, default 3)")
+    p.add_argument("--port", type=int, default=8900, help="base port P (default 8900)")
+    p.add_argument("--data", type=Path, default=Path("demo-data"),
+                   help="demo data directory (default ./demo-data)")
+
+
+def _add_ils_sim(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ils-sim", help="run the embedded ILS simulator (Koha service, REST, SIP2)")
+    try:
+        from node.ilsbridge.sim import cli as sim_cli
+    except ImportError:
+        p.set_defaults(sim_missing=True)
+        return
+    sim_cli.add_arguments(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="circmesh",
+        description="Keeps a library's circulation desks working, together, while the ILS is unreachable.",
+    )
+    parser.add_argument("--version", action="version", version=f"circmesh {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run(sub)
+    _add_demo(sub)
+    _add_ils_sim(sub)
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from node.desk import DeskConfig, DeskNode
+
+    _setup_logging(args.log_level)
+    config = DeskConfig(
+        data_dir=args.data, desk=args.desk or args.data.resolve().name, host=args.host, port=args.port,
+        peer_host=args.peer_host, peer_port=args.peer_port, peers=list(args.peer), loan_days=args.loan_days,
+    )
+
+    async def main() -> None:
+        node = DeskNode(config)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await node.start()
+        ready = {"ready": True, "desk": config.desk, "node": node.node_id,
+                 "url": f"http://{config.host}:{node.port}", "peer_port": node.peer_port}
+        print(json.dumps(ready), flush=True)
+        try:
+            await stop.wait()
+        finally:
+            await node.stop()
+
+    asyncio.run(main())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "demo":
+        from node.demo import run_demo
+
+        return run_demo(args)
+    if args.command == "ils-sim":
+        if getattr(args, "sim_missing", False):
+            print("circmesh: the ILS simulator is not installed in this build", file=sys.stderr)
+            return 2
+        from node.ilsbridge.sim import cli as sim_cli
+
+        return sim_cli.run(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

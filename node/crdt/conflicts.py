@@ -1,0 +1,48 @@
+"""The conflict rules: what the merged log shows that cannot simply be applied to the ILS.
+
+Ids are built from event ids only, so every node that holds the same events names the same conflicts.
+`needs_admin` separates what an admin must settle before upload from warnings that were already shown
+at the desk (and deliberately overridden there) or that the ILS will answer harmlessly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# two desks lent one item to two patrons, neither seeing the other
+CONCURRENT_CHECKOUT = "concurrent_checkout"
+LENT_WHILE_ON_LOAN = "lent_while_on_loan"  # a desk lent an item it could see was on loan to someone else
+CHECKIN_NOT_ON_LOAN = "checkin_not_on_loan"  # Koha: "Item not issued."
+RENEW_NOT_ON_LOAN = "renew_not_on_loan"
+DUPLICATE_REGISTRATION = "duplicate_registration"
+
+
+@dataclass(frozen=True)
+class Conflict:
+    id: str
+    kind: str
+    item: str | None
+    patrons: tuple[str, ...]
+    events: tuple[str, ...]  # in causal order
+    needs_admin: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "item": self.item,
+            "patrons": list(self.patrons),
+            "events": list(self.events),
+            "needs_admin": self.needs_admin,
+        }
+
+
+def conflict_id(kind: str, events: tuple[str, ...]) -> str:
+    return f"{kind}/{'+'.join(events)}"
+
+
+def make_conflict(
+    kind: str, *, item: str | None, patrons: tuple[str, ...], events: tuple[str, ...], needs_admin: bool
+) -> Conflict:
+    return Conflict(conflict_id(kind, events), kind, item, patrons, events, needs_admin)

@@ -1,0 +1,182 @@
+"""Circulation state as a pure fold of the causally ordered log.
+
+Same events in, same state out, on every node and whatever order they arrived in: the fold only ever
+sees the events sorted by (hlc, node, seq). A `baseline` (loans the ILS reported before the outage, from
+a snapshot) is optional: without it, a checkin of an item the log never lent is not a conflict, because
+the item was most likely lent before the outage — only the ILS can tell.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from node.crdt import conflicts as c
+from node.crdt.conflicts import Conflict
+from node.crdt.event import Event
+
+
+@dataclass(frozen=True)
+class Loan:
+    item: str
+    patron: str
+    due: int | None
+    event: str | None  # None: known from the ILS baseline, not from the log
+    node: str | None
+    at: int | None
+
+    def to_json(self) -> dict[str, object]:
+        return {"item": self.item, "patron": self.patron, "due": self.due, "event": self.event,
+                "node": self.node, "at": self.at}
+
+
+@dataclass
+class Outcome:
+    status: str
+    message: str
+    term: int
+    event: str  # the applied event's own id
+
+
+@dataclass
+class CirculationState:
+    loans: dict[str, Loan] = field(default_factory=dict)
+    returned: dict[str, str] = field(default_factory=dict)  # item -> id of the checkin that returned it
+    payments: dict[str, Decimal] = field(default_factory=dict)
+    in_house_uses: dict[str, int] = field(default_factory=dict)
+    registrations: dict[str, str] = field(default_factory=dict)  # patron -> registering event
+    conflicts: dict[str, Conflict] = field(default_factory=dict)
+    settled: dict[str, str] = field(default_factory=dict)  # conflict id -> resolve event id
+    voided: dict[str, str] = field(default_factory=dict)  # event id -> void event id
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    events_seen: int = 0
+    _by_id: dict[str, Event] = field(default_factory=dict, repr=False)
+    _baseline_known: bool = False
+
+    def loans_of(self, patron: str) -> list[Loan]:
+        return [loan for loan in self.loans.values() if loan.patron == patron]
+
+    def open_conflicts(self) -> list[Conflict]:
+        return [k for k in self.conflicts.values() if k.id not in self.settled]
+
+
+def _conflict(state: CirculationState, conflict: Conflict) -> None:
+    state.conflicts.setdefault(conflict.id, conflict)
+
+
+def _checkout(state: CirculationState, e: Event) -> None:
+    item, patron = e.body["item"], e.body["patron"]
+    loan = Loan(item, patron, e.body.get("due"), e.id, e.node, e.at)
+    current = state.loans.get(item)
+    if current is not None and current.patron != patron:
+        prior = state._by_id.get(current.event) if current.event else None
+        if prior is None or prior.happened_before(e):
+            _conflict(state, c.make_conflict(
+                c.LENT_WHILE_ON_LOAN, item=item, patrons=(current.patron, patron),
+                events=tuple(x for x in (current.event, e.id) if x), needs_admin=not e.body.get("override"),
+            ))
+        else:
+            _conflict(state, c.make_conflict(
+                c.CONCURRENT_CHECKOUT, item=item, patrons=(current.patron, patron),
+                events=(prior.id, e.id), needs_admin=True,
+            ))
+    state.loans[item] = loan
+    state.returned.pop(item, None)
+
+
+def _checkin(state: CirculationState, e: Event) -> None:
+    item = e.body["item"]
+    if item in state.loans:
+        del state.loans[item]
+        state.returned[item] = e.id
+        return
+    earlier = state.returned.get(item)
+    if earlier is not None or state._baseline_known:
+        _conflict(state, c.make_conflict(
+            c.CHECKIN_NOT_ON_LOAN, item=item, patrons=(),
+            events=tuple(x for x in (earlier, e.id) if x), needs_admin=False,
+        ))
+    state.returned[item] = e.id
+
+
+def _renew(state: CirculationState, e: Event) -> None:
+    item = e.body["item"]
+    current = state.loans.get(item)
+    if current is not None:
+        due = e.body.get("due", current.due)
+        state.loans[item] = Loan(item, current.patron, due, current.event, current.node, current.at)
+    elif item in state.returned or state._baseline_known:
+        _conflict(state, c.make_conflict(
+            c.RENEW_NOT_ON_LOAN, item=item, patrons=tuple(x for x in (e.body.get("patron"),) if x),
+            events=tuple(x for x in (state.returned.get(item), e.id) if x), needs_admin=False,
+        ))
+
+
+def _payment(state: CirculationState, e: Event) -> None:
+    patron = e.body["patron"]
+    state.payments[patron] = state.payments.get(patron, Decimal(0)) + Decimal(e.body["amount"])
+
+
+def _in_house_use(state: CirculationState, e: Event) -> None:
+    item = e.body["item"]
+    state.in_house_uses[item] = state.in_house_uses.get(item, 0) + 1
+
+
+def _register(state: CirculationState, e: Event) -> None:
+    patron = e.body["patron"]
+    first = state.registrations.get(patron)
+    if first is not None:
+        _conflict(state, c.make_conflict(
+            c.DUPLICATE_REGISTRATION, item=None, patrons=(patron,), events=(first, e.id), needs_admin=True,
+        ))
+    else:
+        state.registrations[patron] = e.id
+
+
+def _resolve(state: CirculationState, e: Event) -> None:
+    state.settled.setdefault(e.body["conflict"], e.id)
+
+
+def _applied(state: CirculationState, e: Event) -> None:
+    target = e.body["event"]
+    if target not in state.outcomes:
+        state.outcomes[target] = Outcome(e.body["status"], e.body["message"], e.body["term"], e.id)
+
+
+_RULES = {
+    "checkout": _checkout,
+    "checkin": _checkin,
+    "renew": _renew,
+    "payment": _payment,
+    "in_house_use": _in_house_use,
+    "patron_register": _register,
+    "resolve": _resolve,
+    "applied": _applied,
+}
+
+
+def voids_in(events: Iterable[Event]) -> dict[str, str]:
+    return {e.body["event"]: e.id for e in events if e.kind == "void"}
+
+
+def apply_event(state: CirculationState, event: Event) -> None:
+    """Folds one more event, which must sort after every event folded so far."""
+    state._by_id[event.id] = event
+    state.events_seen += 1
+    if event.id in state.voided or event.kind == "void":
+        return
+    _RULES[event.kind](state, event)
+
+
+def fold(
+    ordered: Iterable[Event], baseline: Mapping[str, tuple[str, int | None]] | None = None
+) -> CirculationState:
+    """The state of the log. `ordered` must be sorted by Event.order_key; voids apply wherever they sit."""
+    events = list(ordered)
+    state = CirculationState(voided=voids_in(events), _baseline_known=baseline is not None)
+    for item, (patron, due) in (baseline or {}).items():
+        state.loans[item] = Loan(item, patron, due, None, None, None)
+    for event in events:
+        apply_event(state, event)
+    return state

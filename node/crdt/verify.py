@@ -1,0 +1,97 @@
+"""Deciding what a peer may add to the log (DESIGN.md §3, "Trust in what arrives").
+
+Automerge changes are hash-linked but not signed, and any peer may write any key. So after a sync
+message is applied, every entry it touched is checked here: a new event must be well formed, stored under
+its own id and signed by the node it names; a node record must be self-certifying; nothing that exists
+may be altered or deleted. Pure: lookups are passed in.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from node.crdt.event import Event, EventError, decode_event, verify_event
+from node.crdt.records import RECORD_PREFIX, NodeRecord, RecordError, decode_record
+
+EVENT_KEY = re.compile(r"^[0-9a-f]{32}:[1-9][0-9]{0,17}$")
+
+
+@dataclass
+class Verdict:
+    events: list[tuple[Event, bytes]] = field(default_factory=list)
+    records: list[tuple[NodeRecord, bytes]] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.refusals
+
+
+def verify_touched(
+    keys: Iterable[str],
+    value_of: Callable[[str], bytes | None],
+    known_event: Callable[[str], bytes | None],
+    known_record: Callable[[str], NodeRecord | None],
+    admitted: Callable[[NodeRecord], str | None] = lambda record: None,
+) -> Verdict:
+    """`admitted` may refuse a record (returns the reason): the hook where cluster membership slots in."""
+    verdict = Verdict()
+    keys = list(keys)
+    fresh_records: dict[str, NodeRecord] = {}
+    for key in (k for k in keys if k.startswith(RECORD_PREFIX)):
+        node = key[len(RECORD_PREFIX):]
+        raw = value_of(key)
+        if raw is None:
+            verdict.refusals.append(f"node record {node[:12]} deleted")
+            continue
+        try:
+            record = decode_record(raw, node)
+        except RecordError as e:
+            verdict.refusals.append(f"node record {node[:12]}: {e}")
+            continue
+        previous = known_record(node)
+        if previous is not None and record.at < previous.at:
+            verdict.refusals.append(f"node record {node[:12]} replaced by an older one")
+            continue
+        reason = admitted(record)
+        if reason:
+            verdict.refusals.append(f"node record {node[:12]}: {reason}")
+            continue
+        fresh_records[node] = record
+        verdict.records.append((record, raw))
+    for key in keys:
+        if key.startswith(RECORD_PREFIX):
+            continue
+        if not EVENT_KEY.match(key):
+            verdict.refusals.append(f"unexpected entry {key[:60]!r}")
+            continue
+        raw = value_of(key)
+        existing = known_event(key)
+        if existing is not None:
+            what = "deletes" if raw is None else "alters" if raw != existing else "rewrites"
+            verdict.refusals.append(f"change {what} existing event {key}")
+            continue
+        if raw is None:
+            verdict.refusals.append(f"entry {key} is not an event")
+            continue
+        try:
+            event = decode_event(raw)
+        except EventError as e:
+            verdict.refusals.append(f"event {key}: {e}")
+            continue
+        if event.id != key:
+            verdict.refusals.append(f"event stored under {key} claims to be {event.id}")
+            continue
+        record = fresh_records.get(event.node) or known_record(event.node)
+        if record is None:
+            verdict.refusals.append(f"event {key} is signed by an unknown node")
+            continue
+        try:
+            verify_event(event, record.key)
+        except EventError as e:
+            verdict.refusals.append(str(e))
+            continue
+        verdict.events.append((event, raw))
+    return verdict

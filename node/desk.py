@@ -1,0 +1,195 @@
+"""A desk node: the event log, its peer links, and the desk API, started and stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from node.api.app import build_app, build_peer_app
+from node.api.live import LiveFeed
+from node.crdt.conflicts import Conflict
+from node.crdt.event import Event
+from node.crdt.state import Loan
+from node.discovery.peers import PeerTable
+from node.discovery.transport import PlainTransport, Transport
+from node.eventlog import EventLog, wall_ms
+from node.trust.identity import load_or_create_identity
+
+log = logging.getLogger(__name__)
+DESK_KINDS = {"checkout", "checkin", "renew", "payment", "in_house_use", "patron_register"}
+
+
+@dataclass
+class DeskConfig:
+    data_dir: Path
+    desk: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    peer_host: str = "127.0.0.1"
+    peer_port: int = 0
+    peers: list[str] = field(default_factory=list)
+    loan_days: int = 21
+
+
+class DeskNode:
+    def __init__(self, config: DeskConfig, transport: Transport | None = None) -> None:
+        self.config = config
+        self.loan_days = config.loan_days
+        identity = load_or_create_identity(config.data_dir)
+        self.log = EventLog(identity, config.data_dir, config.desk)
+        self.peers = PeerTable(self.log, transport or PlainTransport())
+        self.live = LiveFeed(self)
+        self._runners: list[web.AppRunner] = []
+        self.port = config.port
+        self.peer_port = config.peer_port
+
+    @property
+    def node_id(self) -> str:
+        return self.log.identity.node_id
+
+    def now_ms(self) -> int:
+        return wall_ms()
+
+    async def start(self) -> None:
+        self.log.open()
+        await self.log.start()
+        self.log.subscribe(self.live.publish)
+        peer_runner = web.AppRunner(build_peer_app(self), access_log=None)
+        await peer_runner.setup()
+        peer_site = web.TCPSite(peer_runner, self.config.peer_host, self.config.peer_port,
+                                ssl_context=self.peers.transport.server_ssl())
+        await peer_site.start()
+        self.peer_port = _bound_port(peer_runner)
+        runner = web.AppRunner(build_app(self), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, self.config.host, self.config.port).start()
+        self.port = _bound_port(runner)
+        self._runners = [runner, peer_runner]
+        for address in self.config.peers:
+            self.peers.dial(address)
+        log.info("desk %s (%s) on http://%s:%d, peers on %d", self.config.desk, self.node_id[:12],
+                 self.config.host, self.port, self.peer_port)
+
+    async def stop(self) -> None:
+        await self.peers.close()
+        for runner in self._runners:
+            await runner.cleanup()
+        await self.log.store.commit([])
+        self.log.close()
+
+    # ---- views shared by the API, the live feed and the UI
+    def event_json(self, event: Event) -> dict[str, Any]:
+        out = event.to_json()
+        out["desk"] = self.log.desk_of(event.node)
+        return out
+
+    def loan_json(self, loan: Loan) -> dict[str, Any]:
+        out = loan.to_json()
+        out["desk"] = self.log.desk_of(loan.node) if loan.node else None
+        return out
+
+    def conflict_json(self, conflict: Conflict) -> dict[str, Any]:
+        out = conflict.to_json()
+        out["detail"] = [self.event_json(self.log.events[e]) for e in conflict.events if e in self.log.events]
+        return out
+
+    def patron_json(self, barcode: str) -> dict[str, Any]:
+        state = self.log.state
+        registration = state.registrations.get(barcode)
+        name = self.log.events[registration].body["name"] if registration else None
+        paid = state.payments.get(barcode)
+        return {
+            "barcode": barcode,
+            "name": name,
+            "registered_offline": registration is not None,
+            "loans": [self.loan_json(loan) for loan in state.loans_of(barcode)],
+            "paid_offline": str(paid) if paid is not None else "0",
+            "conflicts": [c.id for c in state.open_conflicts() if barcode in c.patrons],
+        }
+
+    def item_json(self, barcode: str) -> dict[str, Any]:
+        state = self.log.state
+        loan = state.loans.get(barcode)
+        return {
+            "barcode": barcode,
+            "loan": self.loan_json(loan) if loan else None,
+            "returned_by": state.returned.get(barcode),
+            "in_house_uses": state.in_house_uses.get(barcode, 0),
+            "conflicts": [c.id for c in state.open_conflicts() if c.item == barcode],
+        }
+
+    def checkout_warnings(self, patron: str, item: str) -> list[dict[str, str]]:
+        loan = self.log.state.loans.get(item)
+        if loan is None:
+            return []
+        if loan.patron == patron:
+            return [{"code": "already_on_loan_to_patron", "blocking": "yes",
+                     "message": f"item {item} is already on loan to this patron: renew it instead"}]
+        where = f" (lent at {self.log.desk_of(loan.node)})" if loan.node else ""
+        return [{"code": "item_on_loan", "blocking": "yes",
+                 "message": f"item {item} is on loan to patron {loan.patron}{where}"}]
+
+    def checkin_warnings(self, item: str) -> list[dict[str, str]]:
+        if item in self.log.state.loans:
+            return []
+        if item in self.log.state.returned:
+            return [{"code": "not_on_loan", "blocking": "no",
+                     "message": f"item {item} was already checked in since the outage"}]
+        return [{"code": "no_offline_loan", "blocking": "no",
+                 "message": f"no loan of item {item} since the outage; the ILS will check it in"}]
+
+    def renewal_warnings(self, item: str) -> list[dict[str, str]]:
+        if item in self.log.state.loans:
+            return []
+        return [{"code": "no_offline_loan", "blocking": "no",
+                 "message": f"no loan of item {item} since the outage; the ILS will renew it if it can"}]
+
+    def status(self) -> dict[str, Any]:
+        state = self.log.state
+        pending = applied = refused = 0
+        for event in self.log.events.values():
+            if event.kind not in DESK_KINDS or event.id in state.voided:
+                continue
+            outcome = state.outcomes.get(event.id)
+            if outcome is None:
+                pending += 1
+            elif outcome.status == "applied":
+                applied += 1
+            else:
+                refused += 1
+        return {
+            "node": {
+                "id": self.node_id, "desk": self.config.desk, "events": len(self.log.events),
+                "seq": self.log.seq, "hlc": self.log.clock.last.to_wire(), "wall": self.now_ms(),
+                "storage": "failed" if self.log.failed else "ok", "failure": self.log.failed,
+            },
+            "peers": self.peers.status(),
+            "bridge": None,
+            "ils": None,
+            "upload": {"pending": pending, "applied": applied, "failed": refused},
+            "conflicts": len([c for c in state.open_conflicts() if c.needs_admin]),
+            "warnings": len([c for c in state.open_conflicts() if not c.needs_admin]),
+            "refusals": dict(self.log.refusals) | {f"link_{k}": v for k, v in self.peers.counters.items()},
+            "recent_refusals": self.log.refusal_log[-10:],
+        }
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    for site in runner.sites:
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            return int(server.sockets[0].getsockname()[1])
+    raise RuntimeError("site is not listening")
+
+
+async def run_until_stopped(node: DeskNode, stop: asyncio.Event) -> None:
+    await node.start()
+    try:
+        await stop.wait()
+    finally:
+        await node.stop()

@@ -1,0 +1,94 @@
+"""The peer-link wire format: one msgpack map per binary WebSocket message.
+
+hello {t, v, node, desk, wall}  — first frame each way
+sync  {t, m}                    — an Automerge sync message
+tip   {t, vector, wall}         — what the sender holds ({node: highest seq}), for lag and clock offset
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from node.trust.identity import is_node_id
+
+PROTOCOL_VERSION = 1
+MAX_FRAME = 64 * 1024 * 1024
+
+
+class FrameError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Hello:
+    node: str
+    desk: str
+    wall: int
+
+
+@dataclass(frozen=True)
+class Sync:
+    message: bytes
+
+
+@dataclass(frozen=True)
+class Tip:
+    vector: dict[str, int]
+    wall: int
+
+
+Frame = Hello | Sync | Tip
+
+
+def encode(frame: Frame) -> bytes:
+    if isinstance(frame, Hello):
+        obj: dict[str, Any] = {"t": "hello", "v": PROTOCOL_VERSION, "node": frame.node, "desk": frame.desk,
+                               "wall": frame.wall}
+    elif isinstance(frame, Sync):
+        obj = {"t": "sync", "m": frame.message}
+    else:
+        obj = {"t": "tip", "vector": frame.vector, "wall": frame.wall}
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise FrameError("expected a non-negative integer")
+    return value
+
+
+def decode(data: object) -> Frame:
+    """Never raises anything but FrameError, whatever the bytes."""
+    if not isinstance(data, bytes | bytearray) or len(data) > MAX_FRAME:
+        raise FrameError("frame must be binary and at most 64 MiB")
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as e:
+        raise FrameError(f"frame is not msgpack ({type(e).__name__})") from None
+    if not isinstance(obj, dict):
+        raise FrameError("frame is not a map")
+    kind = obj.get("t")
+    if kind == "hello":
+        if obj.get("v") != PROTOCOL_VERSION:
+            raise FrameError(f"unsupported protocol version {obj.get('v')!r}")
+        node, desk = obj.get("node"), obj.get("desk")
+        if not is_node_id(node) or not isinstance(desk, str) or len(desk) > 64:
+            raise FrameError("hello has no valid node id or desk name")
+        return Hello(node, desk, _int(obj.get("wall")))
+    if kind == "sync":
+        message = obj.get("m")
+        if not isinstance(message, bytes):
+            raise FrameError("sync frame carries no bytes")
+        return Sync(message)
+    if kind == "tip":
+        vector = obj.get("vector")
+        if not isinstance(vector, dict) or len(vector) > 10_000 or not all(
+            is_node_id(k) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            for k, v in vector.items()
+        ):
+            raise FrameError("tip has no valid vector")
+        return Tip(vector, _int(obj.get("wall")))
+    raise FrameError(f"unknown frame type {kind!r}")

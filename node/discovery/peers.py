@@ -1,0 +1,155 @@
+"""The peer table: which peers this node is linked to, dialling the configured ones, accepting others.
+
+One link per peer pair: when both sides dial at once, the link dialled by the smaller node id stays.
+Dialling backs off exponentially (with jitter) while a peer is unreachable, and starts over after a
+link that worked goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import Counter
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from node.discovery.link import LinkClosed, LinkInfo, PeerLink, ws_client_timeout
+from node.discovery.transport import Transport
+from node.eventlog import EventLog
+
+log = logging.getLogger(__name__)
+
+BACKOFF_START = 0.2
+BACKOFF_MAX = 5.0
+PEER_PATH = "/peer"
+
+
+class PeerTable:
+    def __init__(self, eventlog: EventLog, transport: Transport) -> None:
+        self.log = eventlog
+        self.transport = transport
+        self.links: dict[str, PeerLink] = {}
+        self.known: dict[str, LinkInfo] = {}  # last info of every peer ever linked
+        self.counters: Counter[str] = Counter()
+        self._dialers: dict[str, asyncio.Task[None]] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._changed = asyncio.Event()
+        self._address_node: dict[str, str] = {}
+
+    # ---- links
+    def _claim(self, link: PeerLink) -> bool:
+        assert link.info is not None
+        node = link.info.node
+        if link.outbound:
+            self._address_node[link.address] = node
+        existing = self.links.get(node)
+        if existing is not None:
+            preferred_outbound = self.log.identity.node_id < node
+            if existing.outbound == preferred_outbound or link.outbound != preferred_outbound:
+                self.counters["duplicate_links"] += 1
+                return False
+            task = asyncio.get_running_loop().create_task(existing.close())
+            task.add_done_callback(lambda _t: None)
+        self.links[node] = link
+        self.known[node] = link.info
+        self._changed.set()
+        return True
+
+    def _release(self, link: PeerLink) -> None:
+        if link.info and self.links.get(link.info.node) is link:
+            del self.links[link.info.node]
+            self._changed.set()
+
+    async def serve_link(self, link: PeerLink) -> None:
+        try:
+            await link.handshake()
+            if not self._claim(link):
+                return
+            log.info("linked to %s (%s) at %s", link.info.desk if link.info else "?", link.address,
+                     "outbound" if link.outbound else "inbound")
+            await link.run()
+        except LinkClosed as e:
+            self.counters["links_closed"] += 1
+            log.info("link %s closed: %s", link.address, e)
+        except (aiohttp.ClientError, ConnectionError, OSError) as e:
+            self.counters["links_failed"] += 1
+            log.info("link %s failed: %s", link.address, e)
+        finally:
+            self._release(link)
+            await link.close()
+
+    # ---- inbound
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(max_msg_size=64 * 1024 * 1024, heartbeat=15.0)
+        if not ws.can_prepare(request).ok:
+            self.counters["not_websocket"] += 1
+            return web.Response(status=400, text="circmesh peer port: WebSocket peers only\n")
+        await ws.prepare(request)
+        peername = request.transport.get_extra_info("peername") if request.transport else None
+        address = f"{peername[0]}:{peername[1]}" if peername else "?"
+        await self.serve_link(PeerLink(self.log, ws, outbound=False, address=address))
+        return ws
+
+    # ---- outbound
+    def dial(self, address: str) -> None:
+        if address not in self._dialers:
+            self._dialers[address] = asyncio.get_running_loop().create_task(self._dial_loop(address))
+
+    async def _dial_loop(self, address: str) -> None:
+        delay = BACKOFF_START
+        url = f"{self.transport.scheme}://{address}{PEER_PATH}"
+        while True:
+            linked = False
+            try:
+                if self._session is None:
+                    self._session = aiohttp.ClientSession()
+                ws = await self._session.ws_connect(
+                    url, ssl=self.transport.client_ssl() or False, max_msg_size=64 * 1024 * 1024,
+                    heartbeat=15.0, timeout=ws_client_timeout(),
+                )
+                link = PeerLink(self.log, ws, outbound=True, address=address)
+                self.counters["dials_ok"] += 1
+                linked = True
+                await self.serve_link(link)
+            except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                self.counters["dials_failed"] += 1
+                log.debug("dial %s failed: %s", address, e)
+            if linked:
+                delay = BACKOFF_START
+                # A link to this peer may exist the other way round: wait for it to end before dialling.
+                while self._address_node.get(address) in self.links:
+                    await self._wait_changed()
+            await asyncio.sleep(delay * (0.5 + random.random()))  # backoff between dials, not a test wait
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _wait_changed(self) -> None:
+        self._changed.clear()
+        await self._changed.wait()
+
+    async def close(self) -> None:
+        for task in self._dialers.values():
+            task.cancel()
+        for task in self._dialers.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for link in list(self.links.values()):
+            await link.close()
+        if self._session is not None:
+            await self._session.close()
+
+    def status(self) -> list[dict[str, Any]]:
+        out = []
+        ours = self.log.vector
+        for node, info in sorted(self.known.items(), key=lambda kv: kv[1].desk):
+            connected = node in self.links
+            lag = (sum(max(0, seq - info.peer_vector.get(n, 0)) for n, seq in ours.items())
+                   if connected else None)
+            out.append({
+                "node": node, "desk": info.desk, "address": info.address, "connected": connected,
+                "outbound": info.outbound, "lag": lag, "clock_offset_ms": info.clock_offset_ms,
+            })
+        return out

@@ -1,0 +1,299 @@
+"""The node's event log: local appends, verified receives, the journal, the ordered view and the state.
+
+Invariants:
+- a local event is in SQLite (fsynced) before `append` returns, and before any peer can be sent it:
+  `durable()` holds every outgoing sync message back while a local commit is in flight, so a crash can
+  never leave a peer holding an event this node forgot (which would make it reuse the sequence number);
+- an entry a peer sends is kept only if `verify_touched` accepts everything in that message; otherwise
+  the document is rolled back to its heads before the message, nothing is stored, and the refusal is
+  counted and reported to the link (which drops the peer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from node.crdt.document import DocumentError, LogDocument
+from node.crdt.event import Event, decode_event, make_event
+from node.crdt.hlc import HybridClock
+from node.crdt.records import NodeRecord, decode_record, make_record, record_key
+from node.crdt.state import CirculationState, apply_event, fold
+from node.crdt.verify import verify_touched
+from node.storage import db
+from node.trust.identity import NodeIdentity
+
+log = logging.getLogger(__name__)
+
+COMPACT_EVERY = 2000  # change chunks between full saves
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class StorageFailure(RuntimeError):
+    """The journal could not be written: nothing more may be acknowledged or sent."""
+
+
+class RefusedSync(Exception):
+    """A peer's sync message was refused; the link carrying it should be dropped."""
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """An event as this node learned of it: `pos` is its local arrival position (the /events cursor)."""
+
+    pos: int
+    event: Event
+    local: bool
+
+
+class EventLog:
+    def __init__(self, identity: NodeIdentity, data_dir: Path, desk: str,
+                 physical_ms: Callable[[], int] = wall_ms) -> None:
+        self.identity = identity
+        self.desk = desk
+        self.store = db.Store(data_dir / "circmesh.sqlite")
+        self._physical_ms = physical_ms
+        self.clock = HybridClock(physical_ms)
+        self.doc: LogDocument
+        self.events: dict[str, Event] = {}
+        self.raw: dict[str, bytes] = {}
+        self.records: dict[str, NodeRecord] = {}
+        self.arrivals: list[Arrival] = []
+        self._order: list[tuple[int, int, str, int]] = []  # sorted order keys
+        self._by_key: dict[tuple[int, int, str, int], Event] = {}
+        self._state: CirculationState | None = None
+        self.vector: dict[str, int] = {}  # node -> highest seq held (a prefix: Automerge delivers in order)
+        self.seq = 0
+        self.failed: str | None = None
+        self.refusals: Counter[str] = Counter()
+        self.refusal_log: list[str] = []
+        self._listeners: list[Callable[[Arrival], None]] = []
+        self._wakers: set[asyncio.Event] = set()
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._since_save = 0
+
+    # ---- start
+    def open(self) -> None:
+        loaded = self.store.load()
+        self.doc = LogDocument(self.identity.actor_id, loaded.document)
+        for node, raw in loaded.records.items():
+            self.records[node] = decode_record(raw, node)
+        for raw in loaded.journal:
+            self._integrate(decode_event(raw), raw, local=False, notify=False)
+        self.seq = self.vector.get(self.identity.node_id, 0)
+        own = self.records.get(self.identity.node_id)
+        if own is None or own.desk != self.desk:
+            record = make_record(self.identity.node_id, self.identity.public_key_raw, self.desk,
+                                 self._physical_ms(), self.identity.sign)
+            self._pending_record = record
+        else:
+            self._pending_record = None
+
+    async def start(self) -> None:
+        """Publishes this node's record (its key and desk name) if the document lacks it."""
+        record = self._pending_record
+        if record is not None:
+            raw = record.encode()
+            key = record_key(record.node)
+            self._in_flight += 1
+            self._idle.clear()
+            try:
+                chunks = self.doc.put({key: raw})
+                self.records[record.node] = record
+                await self.store.commit([db.record_upsert(record.node, raw)]
+                                        + [db.change_insert(c) for c in chunks])
+            finally:
+                self._done_in_flight()
+            self._pending_record = None
+            self._wake()
+
+    def close(self) -> None:
+        self.store.close()
+
+    # ---- reading
+    @property
+    def state(self) -> CirculationState:
+        if self._state is None:
+            self._state = fold(self._by_key[k] for k in self._order)
+        return self._state
+
+    def ordered(self) -> list[Event]:
+        return [self._by_key[k] for k in self._order]
+
+    def desk_of(self, node: str) -> str:
+        record = self.records.get(node)
+        return record.desk if record else node[:8]
+
+    def subscribe(self, listener: Callable[[Arrival], None]) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    # ---- local events
+    async def append(self, kind: str, body: dict[str, Any], staff: str) -> Event:
+        """Writes one event; returns once it is durable. Raises EventError for a malformed body."""
+        seq = self.seq + 1
+        event = make_event(
+            node=self.identity.node_id, seq=seq, hlc=self.clock.tick(), at=self._physical_ms(), kind=kind,
+            body=body, staff=staff, seen={n: s for n, s in self.vector.items() if n != self.identity.node_id},
+            sign=self.identity.sign,
+        )
+        raw = event.encode()
+        self.seq = seq
+        self._check_healthy()
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            chunks = self.doc.put({event.id: raw})
+            statements = [db.journal_insert(event.id, raw)] + [db.change_insert(c) for c in chunks]
+            await self.store.submit(statements)
+        except BaseException as e:
+            # The document holds a change that is not on disk. Sending it on could let peers keep an event
+            # this node would forget, so the node stops: no more scans, no more sync (see durable()).
+            self.failed = f"storage failure: {e}"
+            log.error("%s; this desk stops taking scans", self.failed)
+            raise StorageFailure(self.failed) from e
+        self._integrate(event, raw, local=True)
+        self._done_in_flight()
+        self._count_change(len(chunks))
+        self._wake()
+        return event
+
+    def _done_in_flight(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
+
+    async def durable(self) -> None:
+        """Waits until no local change is waiting for its fsync; never returns after a storage failure."""
+        await self._idle.wait()
+        if self.failed:
+            await asyncio.Event().wait()
+
+    def _check_healthy(self) -> None:
+        if self.failed:
+            raise StorageFailure(self.failed)
+
+    # ---- replication
+    def new_sync_state(self) -> Any:
+        return self.doc.new_sync_state()
+
+    def generate_sync(self, sync_state: Any) -> bytes | None:
+        return self.doc.generate_sync(sync_state)
+
+    def receive_sync(self, sync_state: Any, message: bytes, peer: str) -> int:
+        """Applies and verifies a peer's sync message; returns how many new events it brought."""
+        try:
+            before, touched = self.doc.receive_sync(sync_state, message)
+        except DocumentError as e:
+            self.refuse("garbage", f"{peer}: {e}")
+            raise RefusedSync(str(e)) from None
+        if not touched.keys and not touched.problems:
+            if sorted(self.doc.heads()) != sorted(before):
+                # Changes that touched nothing visible (e.g. an empty change): persist them all the same.
+                self._persist_remote(before, [], [])
+            return 0
+        verdict = verify_touched(touched.keys, self.doc.value, self.raw.get, self.records.get)
+        problems = list(touched.problems) + verdict.refusals
+        if problems:
+            self.doc.rollback(before)
+            for problem in problems:
+                self.refuse(_refusal_kind(problem), f"{peer}: {problem}")
+            raise RefusedSync(problems[0])
+        for record, _raw in verdict.records:
+            self.records[record.node] = record
+        for event, raw in sorted(verdict.events, key=lambda er: er[0].order_key):
+            self._integrate(event, raw, local=False)
+        self._persist_remote(before, verdict.events, verdict.records)
+        self._wake()
+        return len(verdict.events)
+
+    def _persist_remote(self, before: list[bytes], events: list[tuple[Event, bytes]],
+                        records: list[tuple[NodeRecord, bytes]]) -> None:
+        """Remote entries exist on other nodes too, so their commit is not awaited: group commit batches."""
+        chunks = self.doc.changes_since(before)
+        statements = ([db.record_upsert(r.node, raw) for r, raw in records]
+                      + [db.journal_insert(e.id, raw) for e, raw in events]
+                      + [db.change_insert(c) for c in chunks])
+        self.store.submit(statements).add_done_callback(self._remote_committed)
+        self._count_change(len(chunks))
+
+    def _remote_committed(self, future: asyncio.Future[None]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            self.failed = f"storage failure: {future.exception()}"
+            log.error("%s; this desk stops taking scans", self.failed)
+
+    def refuse(self, kind: str, message: str) -> None:
+        self.refusals[kind] += 1
+        self.refusal_log.append(message)
+        del self.refusal_log[:-100]
+        log.warning("refused from %s", message)
+
+    def _wake(self) -> None:
+        for waker in self._wakers:
+            waker.set()
+
+    def waker(self) -> asyncio.Event:
+        """An asyncio.Event set whenever the document changes; the link that owns it clears it."""
+        waker = asyncio.Event()
+        self._wakers.add(waker)
+        return waker
+
+    def drop_waker(self, waker: asyncio.Event) -> None:
+        self._wakers.discard(waker)
+
+    # ---- internals
+    def _integrate(self, event: Event, raw: bytes, *, local: bool, notify: bool = True) -> None:
+        if event.id in self.events:
+            return
+        self.events[event.id] = event
+        self.raw[event.id] = raw
+        if event.seq > self.vector.get(event.node, 0):
+            self.vector[event.node] = event.seq
+        key = event.order_key
+        self._by_key[key] = event
+        at_end = not self._order or key > self._order[-1]
+        bisect.insort(self._order, key)
+        if self._state is not None:
+            if at_end and event.kind != "void":
+                apply_event(self._state, event)
+            else:
+                self._state = None  # refolded lazily on the next read
+        self.clock.observe(event.hlc)
+        arrival = Arrival(len(self.arrivals) + 1, event, local)
+        self.arrivals.append(arrival)
+        if notify:
+            for listener in list(self._listeners):
+                try:
+                    listener(arrival)
+                except Exception:
+                    log.exception("event listener failed")
+
+    def _count_change(self, n: int) -> None:
+        self._since_save += n
+        if self._since_save >= COMPACT_EVERY:
+            self._since_save = 0
+            self.store.submit(db.compaction(self.doc.save()))
+
+
+def _refusal_kind(problem: str) -> str:
+    if "signature" in problem:
+        return "bad_signature"
+    if "existing event" in problem:
+        return "altered_event"
+    if "unknown node" in problem:
+        return "unknown_node"
+    if "node record" in problem:
+        return "bad_node_record"
+    return "malformed"

@@ -1,0 +1,146 @@
+"""The node's SQLite file: the append-only event journal, Automerge change chunks, the last full save.
+
+WAL with synchronous=FULL, so a commit is fsynced before it returns. One writer thread owns the
+connection and commits everything queued since its last commit in one transaction (group commit): many
+desks scanning at once share an fsync instead of queueing behind each other's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS journal (pos INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, raw BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS records (node TEXT PRIMARY KEY, raw BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS changes (pos INTEGER PRIMARY KEY, bytes BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS saved (id INTEGER PRIMARY KEY CHECK (id = 1), bytes BLOB NOT NULL,
+                                  upto INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+Statement = tuple[str, tuple[Any, ...]]
+
+
+@dataclass(frozen=True)
+class Loaded:
+    journal: list[bytes]
+    records: dict[str, bytes]
+    document: bytes | None  # the last save followed by every change chunk since
+    meta: dict[str, str]
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.executescript(SCHEMA)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="circmesh-store")
+        self._pending: list[tuple[list[Statement], asyncio.Future[None]]] = []
+        self._flushing = False
+        self._flush_task: asyncio.Task[None] | None = None
+        self._lock = threading.Lock()
+        self.commits = 0
+
+    def load(self) -> Loaded:
+        """Everything needed to start; called once before serving."""
+        c = self._conn
+        journal = [row[0] for row in c.execute("SELECT raw FROM journal ORDER BY pos")]
+        records = dict(c.execute("SELECT node, raw FROM records"))
+        saved = c.execute("SELECT bytes, upto FROM saved WHERE id = 1").fetchone()
+        upto = saved[1] if saved else 0
+        rows = c.execute("SELECT bytes FROM changes WHERE pos > ? ORDER BY pos", (upto,))
+        chunks = [row[0] for row in rows]
+        document = (saved[0] if saved else b"") + b"".join(chunks)
+        meta = dict(c.execute("SELECT key, value FROM meta"))
+        return Loaded(journal, records, document or None, meta)
+
+    def submit(self, statements: list[Statement]) -> asyncio.Future[None]:
+        """Queues statements at once (commits keep submission order); the future resolves when durable."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._pending.append((statements, future))
+        if not self._flushing:
+            self._flushing = True
+            self._flush_task = loop.create_task(self._flush())
+        return future
+
+    async def commit(self, statements: list[Statement]) -> None:
+        await self.submit(statements)
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    statements = [s for st, _ in batch for s in st]
+                    await loop.run_in_executor(self._executor, self._write, statements)
+                except Exception as e:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(e)
+                    continue
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+        finally:
+            self._flushing = False
+
+    def _write(self, statements: Iterable[Statement]) -> None:
+        with self._lock:
+            c = self._conn
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, params in statements:
+                    c.execute(sql, params)
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            self.commits += 1
+
+    async def run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Runs a read or a maintenance job on the writer thread."""
+        def job() -> Any:
+            with self._lock:
+                return fn(self._conn)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, job)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self._conn.close()
+
+
+def journal_insert(event_id: str, raw: bytes) -> Statement:
+    return ("INSERT OR IGNORE INTO journal (id, raw) VALUES (?, ?)", (event_id, raw))
+
+
+def change_insert(chunk: bytes) -> Statement:
+    return ("INSERT INTO changes (bytes) VALUES (?)", (chunk,))
+
+
+def record_upsert(node: str, raw: bytes) -> Statement:
+    return ("INSERT OR REPLACE INTO records (node, raw) VALUES (?, ?)", (node, raw))
+
+
+def meta_set(key: str, value: str) -> Statement:
+    return ("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+
+def compaction(saved: bytes) -> list[Statement]:
+    """Replaces the change chunks by a full save. Must be submitted right after the save is taken: every
+    chunk submitted before is in the save, and a chunk submitted after gets a higher position."""
+    return [
+        ("INSERT OR REPLACE INTO saved (id, bytes, upto) "
+         "VALUES (1, ?, (SELECT COALESCE(MAX(pos), 0) FROM changes))", (saved,)),
+        ("DELETE FROM changes WHERE pos <= (SELECT upto FROM saved WHERE id = 1)", ()),
+    ]

@@ -1,0 +1,1 @@
+"""Who may take part: node identity, the cluster CA, certificates, enrolment, revocation."""
