@@ -12,7 +12,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
 import time
 from collections import Counter
@@ -24,8 +23,9 @@ from typing import Any
 from node.crdt.document import DocumentError, LogDocument
 from node.crdt.event import Event, decode_event, make_event
 from node.crdt.hlc import HybridClock
+from node.crdt.order import OrderedLog
 from node.crdt.records import NodeRecord, decode_record, make_record, record_key
-from node.crdt.state import CirculationState, apply_event, fold
+from node.crdt.state import CirculationState
 from node.crdt.verify import verify_touched
 from node.storage import db
 from node.trust.identity import NodeIdentity
@@ -69,9 +69,7 @@ class EventLog:
         self.raw: dict[str, bytes] = {}
         self.records: dict[str, NodeRecord] = {}
         self.arrivals: list[Arrival] = []
-        self._order: list[tuple[int, int, str, int]] = []  # sorted order keys
-        self._by_key: dict[tuple[int, int, str, int], Event] = {}
-        self._state: CirculationState | None = None
+        self.ordered_log = OrderedLog()
         self.vector: dict[str, int] = {}  # node -> highest seq held (a prefix: Automerge delivers in order)
         self.seq = 0
         self.failed: str | None = None
@@ -125,12 +123,10 @@ class EventLog:
     # ---- reading
     @property
     def state(self) -> CirculationState:
-        if self._state is None:
-            self._state = fold(self._by_key[k] for k in self._order)
-        return self._state
+        return self.ordered_log.state
 
     def ordered(self) -> list[Event]:
-        return [self._by_key[k] for k in self._order]
+        return list(self.ordered_log)
 
     def desk_of(self, node: str) -> str:
         record = self.records.get(node)
@@ -261,15 +257,7 @@ class EventLog:
         self.raw[event.id] = raw
         if event.seq > self.vector.get(event.node, 0):
             self.vector[event.node] = event.seq
-        key = event.order_key
-        self._by_key[key] = event
-        at_end = not self._order or key > self._order[-1]
-        bisect.insort(self._order, key)
-        if self._state is not None:
-            if at_end and event.kind != "void":
-                apply_event(self._state, event)
-            else:
-                self._state = None  # refolded lazily on the next read
+        self.ordered_log.add(event)
         self.clock.observe(event.hlc)
         arrival = Arrival(len(self.arrivals) + 1, event, local)
         self.arrivals.append(arrival)

@@ -7,11 +7,12 @@ from aiohttp import web
 from node.api import circulation, queries
 from node.api.auth import staff_middleware
 from node.api.errors import MAX_BODY, error_middleware
+from node.api.keys import NODE
 
 
 def build_app(node: object) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[error_middleware, staff_middleware])
-    app["node"] = node
+    app[NODE] = node
     app.add_routes(circulation.routes)
     app.add_routes(queries.routes)
     app.router.add_get("/api/v1/live", node.live.handle)  # type: ignore[attr-defined]

@@ -7,11 +7,14 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+STAFF = web.RequestKey("staff", str)
+ROLE = web.RequestKey("role", str)
+
 
 @web.middleware
 async def staff_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    request["staff"] = "desk"
-    request["role"] = "admin"
+    request[STAFF] = "desk"
+    request[ROLE] = "admin"
     return await handler(request)

@@ -12,7 +12,9 @@ from typing import Any
 
 from aiohttp import web
 
+from node.api.auth import STAFF
 from node.api.errors import ApiError, json_body
+from node.api.keys import NODE
 from node.crdt.barcode import BarcodeError, clean_barcode
 from node.crdt.event import EventError, parse_amount
 from node.eventlog import EventLog, StorageFailure
@@ -57,10 +59,10 @@ def _override(body: dict[str, Any]) -> bool:
 
 async def record(request: web.Request, kind: str, body: dict[str, Any], warnings: list[dict[str, str]]
                  ) -> web.Response:
-    node = request.app["node"]
+    node = request.app[NODE]
     eventlog: EventLog = node.log
     try:
-        event = await eventlog.append(kind, body, request["staff"])
+        event = await eventlog.append(kind, body, request[STAFF])
     except EventError as e:
         raise ApiError(400, "bad_request", str(e)) from None
     except StorageFailure as e:
@@ -75,7 +77,7 @@ def warning(code: str, message: str, **extra: str) -> dict[str, str]:
 @routes.post("/api/v1/checkouts")
 async def checkout(request: web.Request) -> web.Response:
     body = await json_body(request, {"patron", "item", "due", "override"}, {"patron", "item"})
-    node = request.app["node"]
+    node = request.app[NODE]
     patron, item = _barcode(body, "patron", "patron barcode"), _barcode(body, "item", "item barcode")
     due = _due_ms(body.get("due"), node.now_ms(), node.loan_days)
     override = _override(body)
@@ -93,13 +95,13 @@ async def checkout(request: web.Request) -> web.Response:
 async def checkin(request: web.Request) -> web.Response:
     body = await json_body(request, {"item"}, {"item"})
     item = _barcode(body, "item", "item barcode")
-    return await record(request, "checkin", {"item": item}, request.app["node"].checkin_warnings(item))
+    return await record(request, "checkin", {"item": item}, request.app[NODE].checkin_warnings(item))
 
 
 @routes.post("/api/v1/renewals")
 async def renewal(request: web.Request) -> web.Response:
     body = await json_body(request, {"item", "patron", "due"}, {"item"})
-    node = request.app["node"]
+    node = request.app[NODE]
     item = _barcode(body, "item", "item barcode")
     due = _due_ms(body.get("due"), node.now_ms(), node.loan_days)
     event_body: dict[str, Any] = {"item": item, "due": due}
@@ -136,6 +138,6 @@ async def registration(request: web.Request) -> web.Response:
     if not isinstance(name, str) or not name.strip() or len(name) > 200 or any(ord(c) < 32 for c in name):
         raise ApiError(400, "bad_name", "name must be 1-200 printable characters")
     warnings = []
-    if patron in request.app["node"].log.state.registrations:
+    if patron in request.app[NODE].log.state.registrations:
         warnings.append(warning("already_registered", f"patron {patron} was already registered offline"))
     return await record(request, "patron_register", {"patron": patron, "name": name.strip()}, warnings)

@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from node.api.errors import ApiError
+from node.api.keys import NODE
 from node.crdt.barcode import BarcodeError, clean_barcode
 
 routes = web.RouteTableDef()
@@ -34,7 +35,7 @@ def _int_param(request: web.Request, key: str, default: int, maximum: int) -> in
 
 @routes.get("/api/v1/loans")
 async def loans(request: web.Request) -> web.Response:
-    node = request.app["node"]
+    node = request.app[NODE]
     patron, item = _query_barcode(request, "patron"), _query_barcode(request, "item")
     state = node.log.state
     found = [loan for loan in state.loans.values()
@@ -44,7 +45,7 @@ async def loans(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/patrons/{barcode}")
 async def patron(request: web.Request) -> web.Response:
-    node = request.app["node"]
+    node = request.app[NODE]
     try:
         barcode = clean_barcode(request.match_info["barcode"], "patron barcode")
     except BarcodeError as e:
@@ -54,7 +55,7 @@ async def patron(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/patrons")
 async def patron_search(request: web.Request) -> web.Response:
-    node = request.app["node"]
+    node = request.app[NODE]
     q = request.query.get("q", "").strip().casefold()
     if not q or len(q) > 100:
         raise ApiError(400, "bad_query", "q must be 1-100 characters of a patron's name")
@@ -69,7 +70,7 @@ async def patron_search(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/items/{barcode}")
 async def item(request: web.Request) -> web.Response:
-    node = request.app["node"]
+    node = request.app[NODE]
     try:
         barcode = clean_barcode(request.match_info["barcode"], "item barcode")
     except BarcodeError as e:
@@ -81,7 +82,7 @@ async def item(request: web.Request) -> web.Response:
 async def events(request: web.Request) -> web.Response:
     """Events that arrived after the cursor (a local arrival position, so a late event from a healed
     partition is never skipped), sorted in causal order; `next` is the cursor for the following call."""
-    node = request.app["node"]
+    node = request.app[NODE]
     after = _int_param(request, "after", 0, 1 << 62)
     limit = _int_param(request, "limit", 1000, PAGE_MAX)
     page = node.log.arrivals[after:after + limit]
@@ -96,10 +97,10 @@ async def events(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/conflicts")
 async def conflicts(request: web.Request) -> web.Response:
-    node = request.app["node"]
+    node = request.app[NODE]
     return web.json_response({"conflicts": [node.conflict_json(c) for c in node.log.state.open_conflicts()]})
 
 
 @routes.get("/api/v1/status")
 async def status(request: web.Request) -> web.Response:
-    return web.json_response(request.app["node"].status())
+    return web.json_response(request.app[NODE].status())

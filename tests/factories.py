@@ -1,0 +1,62 @@
+"""Building blocks for tests: in-memory node identities and a tiny simulated desk that writes events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from node.crdt.event import Event, make_event
+from node.crdt.hlc import HybridClock
+from node.crdt.records import NodeRecord, make_record
+from node.trust.identity import NodeIdentity, node_id_for
+
+
+def identity() -> NodeIdentity:
+    key = Ed25519PrivateKey.generate()
+    node_id = node_id_for(key.public_key())
+    return NodeIdentity(key=key, node_id=node_id, actor_id=bytes.fromhex(node_id))
+
+
+@dataclass
+class SimDesk:
+    """A desk in a simulation: its own (possibly skewed) physical clock, HLC and knowledge of the log."""
+
+    ident: NodeIdentity = field(default_factory=identity)
+    now: int = 1_700_000_000_000
+    seq: int = 0
+    known: dict[str, Event] = field(default_factory=dict)
+    knew_at: dict[str, set[str]] = field(default_factory=dict)  # event id -> ids its writer knew
+    clock: HybridClock = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.clock = HybridClock(lambda: self.now)
+
+    @property
+    def node(self) -> str:
+        return self.ident.node_id
+
+    def record(self, desk: str = "desk") -> NodeRecord:
+        return make_record(self.node, self.ident.public_key_raw, desk, self.now, self.ident.sign)
+
+    def vector(self) -> dict[str, int]:
+        vec: dict[str, int] = {}
+        for e in self.known.values():
+            if e.node != self.node:
+                vec[e.node] = max(vec.get(e.node, 0), e.seq)
+        return vec
+
+    def write(self, kind: str, **body: Any) -> Event:
+        self.seq += 1
+        knew = set(self.known)
+        event = make_event(node=self.node, seq=self.seq, hlc=self.clock.tick(), at=self.now, kind=kind,
+                           body=body, staff="tester", seen=self.vector(), sign=self.ident.sign)
+        self.known[event.id] = event
+        self.knew_at[event.id] = knew
+        return event
+
+    def receive(self, event: Event) -> None:
+        if event.id not in self.known:
+            self.clock.observe(event.hlc)
+            self.known[event.id] = event

@@ -1,0 +1,114 @@
+"""Events: canonical encoding, signatures, shape checks, and the hybrid logical clock."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from node.crdt.event import EventError, decode_event, verify_event
+from node.crdt.hlc import Hlc, HybridClock
+from tests.factories import SimDesk
+
+barcodes = st.text(alphabet="0123456789ABCDEFX-", min_size=1, max_size=20)
+
+
+def test_event_round_trip_and_signature() -> None:
+    desk = SimDesk()
+    event = desk.write("checkout", patron="23000001", item="39000001", due=1)
+    decoded = decode_event(event.encode())
+    assert decoded == event
+    verify_event(decoded, desk.ident.public_key_raw)
+    with pytest.raises(EventError, match="signature"):
+        verify_event(decoded, SimDesk().ident.public_key_raw)
+
+
+def test_altered_copy_does_not_verify() -> None:
+    desk = SimDesk()
+    event = desk.write("checkout", patron="23000001", item="39000001", due=1)
+    obj = msgpack.unpackb(event.encode())
+    obj["body"]["patron"] = "23000002"
+    altered = decode_event(msgpack.packb(obj, use_bin_type=True))
+    with pytest.raises(EventError, match="does not verify"):
+        verify_event(altered, desk.ident.public_key_raw)
+
+
+@pytest.mark.parametrize("mutate, reason", [
+    (lambda o: o.update(id="x:1"), "id does not match"),
+    (lambda o: o.update(seq=0), "seq"),
+    (lambda o: o.update(kind="lend"), "unknown event kind"),
+    (lambda o: o["body"].update(item=""), "item is empty"),
+    (lambda o: o["body"].update(item="A\x07B"), "control"),
+    (lambda o: o["body"].update(item="9" * 65), "longer than 64"),
+    (lambda o: o["body"].pop("patron"), "patron is missing"),
+    (lambda o: o.update(sig=b"short"), "64-byte"),
+    (lambda o: o.pop("seen"), "fields must be exactly"),
+    (lambda o: o.update(hlc=[1]), "hlc"),
+])
+def test_malformed_events_are_refused_with_a_reason(mutate, reason) -> None:
+    desk = SimDesk()
+    obj = msgpack.unpackb(desk.write("checkout", patron="P1", item="I1", due=5).encode())
+    mutate(obj)
+    with pytest.raises(EventError, match=reason):
+        decode_event(msgpack.packb(obj, use_bin_type=True))
+
+
+@given(st.binary(max_size=300))
+def test_random_bytes_never_raise_anything_but_event_error(data: bytes) -> None:
+    with pytest.raises(EventError):
+        decode_event(data)
+
+
+@pytest.mark.parametrize("amount", ["0", "-1", "1.234", "abc", "NaN", "Infinity", ""])
+def test_payment_amount_must_be_positive_money(amount: str) -> None:
+    with pytest.raises(EventError):
+        SimDesk().write("payment", patron="P1", amount=amount)
+
+
+def test_hlc_tick_is_strictly_increasing_even_when_the_wall_clock_goes_back() -> None:
+    now = [1000]
+    clock = HybridClock(lambda: now[0])
+    seen = []
+    for wall in [1000, 1000, 999, 500, 1001, 1001]:
+        now[0] = wall
+        seen.append(clock.tick())
+    assert seen == sorted(seen) and len(set(seen)) == len(seen)
+
+
+@settings(max_examples=200)
+@given(
+    skews=st.lists(st.integers(-60_000, 60_000), min_size=2, max_size=5),
+    steps=st.lists(st.tuples(st.integers(0, 4), st.integers(0, 4), st.integers(0, 2_000), st.booleans()),
+                   max_size=60),
+)
+def test_hlc_order_never_contradicts_happened_before(skews, steps) -> None:
+    """Desks with skewed clocks exchange events; whenever a could have been seen by b's writer
+    (tracked independently with vector clocks), hlc(a) < hlc(b) and Event.happened_before agrees."""
+    desks = [SimDesk(now=1_700_000_000_000 + s) for s in skews]
+    written = []
+    for a, b, advance, send in steps:
+        a, b = a % len(desks), b % len(desks)
+        for d in desks:
+            d.now += advance
+        if send and a != b:
+            for e in list(desks[a].known.values()):
+                desks[b].receive(e)
+        else:
+            written.append(desks[a].write("in_house_use", item=f"I{len(written)}"))
+    knew = {e.id: k for d in desks for e_id, k in d.knew_at.items() for e in written if e.id == e_id}
+    for y in written:
+        for x in written:
+            if x is y:
+                continue
+            if x.id in knew[y.id]:
+                assert x.hlc < y.hlc and x.order_key < y.order_key
+                assert x.happened_before(y)
+            else:
+                assert not x.happened_before(y)
+
+
+def test_hlc_observe_advances_past_a_clock_far_ahead() -> None:
+    clock = HybridClock(lambda: 1000)
+    assert clock.observe(Hlc(5000, 3)) == Hlc(5000, 4)
+    assert clock.tick() == Hlc(5000, 5)

@@ -1,0 +1,166 @@
+"""A hostile peer on the peer port: garbage, an altered copy of another desk's event, an unsigned event,
+an event from an unknown key. Each is refused, counted in /status, changes nothing, and the node keeps
+serving desks and honest peers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import aiohttp
+import msgpack
+import pytest
+from automerge.core import ROOT, ScalarType
+
+from node.crdt.document import LogDocument
+from node.desk import DeskNode
+from node.discovery import frames
+from tests.factories import SimDesk, identity
+
+
+async def api(session: aiohttp.ClientSession, node: DeskNode, method: str, path: str, **kw: Any) -> Any:
+    async with session.request(method, f"http://127.0.0.1:{node.port}/api/v1{path}", **kw) as r:
+        return r.status, await r.json()
+
+
+class HostilePeer:
+    """Speaks the peer protocol honestly enough to get a copy of the log, then misbehaves."""
+
+    def __init__(self, session: aiohttp.ClientSession, node: DeskNode) -> None:
+        self.session, self.node = session, node
+        self.ident = identity()
+        self.doc = LogDocument(self.ident.actor_id)
+        self.state = self.doc.new_sync_state()
+
+    async def connect(self) -> None:
+        self.ws = await self.session.ws_connect(f"ws://127.0.0.1:{self.node.peer_port}/peer")
+        await self.ws.send_bytes(frames.encode(frames.Hello(self.ident.node_id, "intruder", 0)))
+        hello = frames.decode((await self.ws.receive(timeout=10)).data)
+        assert isinstance(hello, frames.Hello) and hello.node == self.node.node_id
+
+    async def pull(self) -> None:
+        """Syncs until the node has nothing more to send (bounded)."""
+        for _ in range(50):
+            our = self.doc.generate_sync(self.state)
+            if our is not None:
+                await self.ws.send_bytes(frames.encode(frames.Sync(our)))
+            try:
+                msg = await self.ws.receive(timeout=0.5)
+            except TimeoutError:
+                if our is None:
+                    return
+                continue
+            frame = frames.decode(msg.data)
+            if isinstance(frame, frames.Sync):
+                self.doc.receive_sync(self.state, frame.message)
+        raise AssertionError("pull did not settle")
+
+    def put(self, key: str, value: bytes) -> None:
+        with self.doc._doc.transaction() as tx:
+            tx.put(ROOT, key, ScalarType.Bytes, value)
+
+    async def push_and_expect_drop(self) -> None:
+        message = self.doc.generate_sync(self.state)
+        assert message is not None
+        await self.ws.send_bytes(frames.encode(frames.Sync(message)))
+        await self.expect_drop()
+
+    async def expect_drop(self) -> None:
+        async with asyncio.timeout(10):
+            while True:
+                msg = await self.ws.receive()
+                if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+                    return
+
+
+@pytest.fixture
+async def session():
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+async def _still_serving(session, desk, item: str) -> None:
+    status, body = await api(session, desk, "POST", "/checkouts", json={"patron": "P7", "item": item})
+    assert status == 201, body
+
+
+async def test_random_bytes_and_non_protocol_frames_are_refused(desk, session) -> None:
+    for payload in (os.urandom(64), msgpack.packb({"t": "sync", "m": os.urandom(200)}),
+                    msgpack.packb({"t": "nonsense"}), msgpack.packb([1, 2, 3])):
+        peer = HostilePeer(session, desk)
+        await peer.connect()
+        await peer.ws.send_bytes(payload)
+        await peer.expect_drop()
+    async with session.get(f"http://127.0.0.1:{desk.peer_port}/peer") as r:  # plain HTTP, not a WebSocket
+        assert r.status == 400
+    _, body = await api(session, desk, "GET", "/status")
+    assert body["refusals"]["garbage"] >= 4
+    assert body["node"]["events"] == 0
+    await _still_serving(session, desk, "I-after-garbage")
+
+
+async def test_altered_copy_of_an_existing_event_is_refused(desk, session) -> None:
+    status, created = await api(session, desk, "POST", "/checkouts", json={"patron": "P1", "item": "I1"})
+    assert status == 201
+    peer = HostilePeer(session, desk)
+    await peer.connect()
+    await peer.pull()
+    event_id = created["event"]["id"]
+    original = peer.doc.value(event_id)
+    assert original is not None
+    obj = msgpack.unpackb(original)
+    obj["body"]["patron"] = "P666"  # same signature, different patron
+    peer.put(event_id, msgpack.packb(obj, use_bin_type=True))
+    await peer.push_and_expect_drop()
+    _, loans = await api(session, desk, "GET", "/loans?item=I1")
+    assert [loan["patron"] for loan in loans["loans"]] == ["P1"]
+    _, body = await api(session, desk, "GET", "/status")
+    assert body["refusals"]["altered_event"] == 1
+    assert desk.log.doc.value(event_id) == original  # the document was rolled back too
+    await _still_serving(session, desk, "I2")
+
+
+async def test_unsigned_and_forged_events_are_refused(desk, session) -> None:
+    impostor = SimDesk()
+    victim_id = desk.node_id
+    forged = impostor.write("checkout", patron="P9", item="I9", due=1)
+    # 1: an event in the name of the desk itself, signed by someone else
+    obj = msgpack.unpackb(forged.encode())
+    obj.update(node=victim_id, seq=99, id=f"{victim_id}:99")
+    # 2: an event with a zeroed signature from a node that published a valid record
+    honest_looking = SimDesk()
+    unsigned = msgpack.unpackb(honest_looking.write("checkin", item="I9").encode())
+    unsigned["sig"] = bytes(64)
+    cases = [
+        ({f"{victim_id}:99": msgpack.packb(obj, use_bin_type=True)}, "bad_signature"),
+        ({forged.id: forged.encode()}, "unknown_node"),
+        ({"n:" + honest_looking.node: honest_looking.record().encode(),
+          f"{honest_looking.node}:1": msgpack.packb(unsigned, use_bin_type=True)}, "bad_signature"),
+        ({"not-an-event": b"hello"}, "malformed"),
+    ]
+    for entries, counter in cases:
+        peer = HostilePeer(session, desk)
+        await peer.connect()
+        await peer.pull()
+        for key, value in entries.items():
+            peer.put(key, value)
+        await peer.push_and_expect_drop()
+        _, body = await api(session, desk, "GET", "/status")
+        assert body["refusals"].get(counter, 0) >= 1, (counter, body["refusals"])
+    _, loans = await api(session, desk, "GET", "/loans?item=I9")
+    assert loans["loans"] == []
+    assert desk.log.doc.value(f"{victim_id}:99") is None
+    await _still_serving(session, desk, "I3")
+
+
+async def test_an_honest_new_peer_is_accepted(desk, session) -> None:
+    peer = HostilePeer(session, desk)  # used honestly this time
+    await peer.connect()
+    stranger = SimDesk(ident=peer.ident)
+    event = stranger.write("checkout", patron="P5", item="I5", due=1)
+    peer.put("n:" + stranger.node, stranger.record("visitor").encode())
+    peer.put(event.id, event.encode())
+    await peer.pull()
+    _, loans = await api(session, desk, "GET", "/loans?item=I5")
+    assert loans["loans"][0]["desk"] == "visitor"
