@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from node.crdt.document import DocumentError, LogDocument
-from node.crdt.event import Event, decode_event, make_event
+from node.crdt.event import GENESIS, Event, chain_hash, decode_event, make_event
 from node.crdt.hlc import HybridClock
 from node.crdt.order import OrderedLog
 from node.crdt.records import NodeRecord, decode_record, make_record, record_key
@@ -143,7 +143,7 @@ class EventLog:
         event = make_event(
             node=self.identity.node_id, seq=seq, hlc=self.clock.tick(), at=self._physical_ms(), kind=kind,
             body=body, staff=staff, seen={n: s for n, s in self.vector.items() if n != self.identity.node_id},
-            sign=self.identity.sign,
+            sign=self.identity.sign, prev=self._chain_tip(),
         )
         raw = event.encode()
         self.seq = seq
@@ -165,6 +165,11 @@ class EventLog:
         self._count_change(len(chunks))
         self._wake()
         return event
+
+    def _chain_tip(self) -> bytes:
+        if self.seq == 0:
+            return GENESIS
+        return chain_hash(self.raw[f"{self.identity.node_id}:{self.seq}"])
 
     def _done_in_flight(self) -> None:
         self._in_flight -= 1

@@ -7,7 +7,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from node.crdt.event import Event, make_event
+from node.crdt.event import GENESIS, Event, chain_hash, make_event
 from node.crdt.hlc import HybridClock
 from node.crdt.records import NodeRecord, make_record
 from node.trust.identity import NodeIdentity, node_id_for
@@ -28,6 +28,7 @@ class SimDesk:
     seq: int = 0
     known: dict[str, Event] = field(default_factory=dict)
     knew_at: dict[str, set[str]] = field(default_factory=dict)  # event id -> ids its writer knew
+    last_raw: bytes = b""
     clock: HybridClock = field(init=False)
 
     def __post_init__(self) -> None:
@@ -51,7 +52,9 @@ class SimDesk:
         self.seq += 1
         knew = set(self.known)
         event = make_event(node=self.node, seq=self.seq, hlc=self.clock.tick(), at=self.now, kind=kind,
-                           body=body, staff="tester", seen=self.vector(), sign=self.ident.sign)
+                           body=body, staff="tester", seen=self.vector(), sign=self.ident.sign,
+                           prev=chain_hash(self.last_raw) if self.last_raw else GENESIS)
+        self.last_raw = event.encode()
         self.known[event.id] = event
         self.knew_at[event.id] = knew
         return event

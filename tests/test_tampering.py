@@ -127,7 +127,7 @@ async def test_unsigned_and_forged_events_are_refused(desk, session) -> None:
     forged = impostor.write("checkout", patron="P9", item="I9", due=1)
     # 1: an event in the name of the desk itself, signed by someone else
     obj = msgpack.unpackb(forged.encode())
-    obj.update(node=victim_id, seq=99, id=f"{victim_id}:99")
+    obj.update(node=victim_id, seq=99, id=f"{victim_id}:99", prev=b"\x01" * 32)
     # 2: an event with a zeroed signature from a node that published a valid record
     honest_looking = SimDesk()
     unsigned = msgpack.unpackb(honest_looking.write("checkin", item="I9").encode())

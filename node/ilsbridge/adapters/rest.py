@@ -1,0 +1,70 @@
+"""Koha's REST API as the bridge uses it: snapshot pages and "who has this item now".
+
+HTTP Basic auth (Koha's RESTBasicAuth) with the bridge's staff account. Pages are `_page`/`_per_page`.
+Reconciliation follows Koha's own resources: the item by `external_id` (its barcode), its checkout by
+`item_id`, the borrower's cardnumber (taken from the checkout row when the server includes it, else from
+`/patrons/{patron_id}`).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import aiohttp
+
+from node.ilsbridge.adapters.base import SNAPSHOT_KINDS, Credentials, IlsUnavailable, SnapshotKind
+
+
+class KohaRest:
+    def __init__(self, base_url: str, credentials: Credentials, session_factory: Any) -> None:
+        self.base = base_url.rstrip("/")
+        token = base64.b64encode(f"{credentials.user}:{credentials.password}".encode()).decode("ascii")
+        self._auth = f"Basic {token}"
+        self._session_factory = session_factory
+
+    async def get_json(self, path: str, params: dict[str, str] | None = None) -> tuple[Any, int]:
+        """(decoded body, X-Total-Count or -1). IlsUnavailable for anything but a 200 with JSON."""
+        session = await self._session_factory()
+        try:
+            async with session.get(
+                f"{self.base}{path}", params=params, headers={"Authorization": self._auth}
+            ) as r:
+                if r.status != 200:
+                    text = (await r.text(errors="replace"))[:200]
+                    raise IlsUnavailable(f"GET {path}: HTTP {r.status} {text}".strip())
+                body = await r.json(content_type=None)
+                total = r.headers.get("X-Total-Count", "")
+                return body, int(total) if total.isdigit() else -1
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            raise IlsUnavailable(f"GET {path}: {type(exc).__name__}: {exc}") from None
+
+    async def fetch_page(self, kind: SnapshotKind, page: int, per_page: int) -> list[dict[str, Any]]:
+        if kind not in SNAPSHOT_KINDS:
+            raise ValueError(f"unknown snapshot kind {kind!r}")
+        if page < 1 or per_page < 1:
+            raise ValueError("page and per_page start at 1")
+        body, _ = await self.get_json(f"/api/v1/{kind}", {"_page": str(page), "_per_page": str(per_page)})
+        if not isinstance(body, list):
+            raise IlsUnavailable(f"GET /api/v1/{kind}: expected a JSON list")
+        return body
+
+    async def current_loan(self, item_barcode: str) -> str | None:
+        try:
+            items, _ = await self.get_json("/api/v1/items", {"external_id": item_barcode})
+            if not isinstance(items, list) or not items:
+                return None
+            checkouts, _ = await self.get_json(
+                "/api/v1/checkouts", {"item_id": str(int(items[0]["item_id"]))}
+            )
+            if not isinstance(checkouts, list) or not checkouts:
+                return None
+            checkout = checkouts[0]
+            if checkout.get("cardnumber"):
+                return str(checkout["cardnumber"])
+            patron, _ = await self.get_json(f"/api/v1/patrons/{int(checkout['patron_id'])}")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise IlsUnavailable(
+                f"unexpected REST answer while looking for {item_barcode}: {exc!r}"
+            ) from None
+        return str(patron["cardnumber"]) if isinstance(patron, dict) and patron.get("cardnumber") else None
