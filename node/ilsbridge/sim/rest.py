@@ -1,0 +1,136 @@
+"""A Koha-style REST subset for snapshots, with HTTP Basic auth (Koha's RESTBasicAuth).
+
+Koha's own shapes: `GET /api/v1/patrons`, `/api/v1/items`, `/api/v1/checkouts` (and `/{id}` of each),
+paged with `_page` (from 1) and `_per_page` (default 20, -1 for all), the total in `X-Total-Count` and
+`Link` headers with first/prev/next/last; query parameters named like a field filter on it (`cardnumber`,
+`category_id`, `external_id`, `item_id`, `patron_id`), so "who has this item now" is
+`GET /api/v1/checkouts?item_id=…` (or `?external_id=<barcode>`). `GET /api/v1/circulation_rules` returns
+Koha's rule sets ({context, issuelength, lengthunit, renewalsallowed, maxissueqty}). Field names are
+Koha's: patron_id, cardnumber, surname, firstname, category_id, library_id, date_of_birth, date_enrolled,
+expiry_date, email, phone, restricted, patron_card_lost, incorrect_address (Koha's "gone no address"),
+account_balance and checkouts_count (embeds in Koha, always present here); item_id, biblio_id,
+external_id (the barcode), callnumber, item_type_id, home_library_id, holding_library_id, location,
+not_for_loan_status, lost_status, withdrawn, damaged_status, checked_out_date; checkout_id, patron_id,
+item_id, external_id, library_id, checkout_date, due_date, renewals_count, last_renewed_date.
+
+Extensions, because a desk working offline needs in one row what Koha spreads over several endpoints:
+- patrons: `restriction` ({type, expiration_date, comment} of an active debarment, or null; Koha has it
+  under /patrons/{id}/restrictions) and `checkouts_limit` (the category's loan limit; Koha: maxissueqty in
+  /circulation_rules).
+- items: `title` and `author` (Koha: the embedded biblio) and `holds`, the item's current holds in
+  serving order ([{hold_id, patron_id, cardnumber, priority, status ("W" = waiting on the shelf),
+  hold_date, pickup_library_id}]; Koha: /holds?item_id=).
+- checkouts: `cardnumber` of the borrower (Koha: the embedded patron).
+- `GET /api/v1/contrib/circmesh/calendar` (a plugin-style route): {library_id, closed_weekdays (Monday = 0),
+  holidays}, so that due dates computed offline land on open days.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from node.ilsbridge.sim.koha import StaffAccount
+from node.ilsbridge.sim.library import Library
+
+DEFAULT_PER_PAGE = 20
+MAX_PER_PAGE = 100_000
+KINDS = ("patrons", "items", "checkouts")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_ID_FIELDS = {"patrons": "patron_id", "items": "item_id", "checkouts": "checkout_id"}
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+class RestApi:
+    def __init__(self, library: Library, staff: StaffAccount) -> None:
+        self.library = library
+        self.staff = staff
+
+    def add_routes(self, app: web.Application) -> None:
+        for kind in KINDS:
+            app.router.add_get(f"/api/v1/{kind}", self._lister(kind))
+            app.router.add_get(f"/api/v1/{kind}/{{object_id}}", self._getter(kind))
+        app.router.add_get("/api/v1/circulation_rules", self.circulation_rules)
+        app.router.add_get("/api/v1/contrib/circmesh/calendar", self.calendar)
+
+    def _authorized(self, request: web.Request) -> bool:
+        header = request.headers.get("Authorization", "")
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, sep, password = (
+                base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
+            )
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        return bool(sep) and self.staff.check(user, password)
+
+    def _lister(self, kind: str) -> Handler:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            if not self._authorized(request):
+                return _error(401, "Authentication failure.")
+            try:
+                page = int(request.query.get("_page", "1"))
+                per_page = int(request.query.get("_per_page", str(DEFAULT_PER_PAGE)))
+            except ValueError:
+                return _error(400, "_page and _per_page must be integers")
+            if page < 1 or per_page == 0 or per_page < -1 or per_page > MAX_PER_PAGE:
+                return _error(400, f"_page must be >= 1 and _per_page -1 or 1..{MAX_PER_PAGE}")
+            filters = {k: v for k, v in request.query.items() if not k.startswith("_")}
+            total, rows = self.library.page(kind, filters, page, per_page)
+            response = web.json_response(rows)
+            response.headers["X-Total-Count"] = str(total)
+            response.headers["X-Base-Total-Count"] = str(total)
+            links = _links(request, page, per_page, total)
+            if links:
+                response.headers["Link"] = links
+            return response
+
+        return handler
+
+    def _getter(self, kind: str) -> Handler:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            if not self._authorized(request):
+                return _error(401, "Authentication failure.")
+            object_id = request.match_info["object_id"]
+            if not object_id.isdigit():
+                return _error(400, "identifier must be an integer")
+            _, rows = self.library.page(kind, {_ID_FIELDS[kind]: object_id}, 1, 1)
+            if not rows:
+                return _error(404, f"{kind[:-1].capitalize()} not found")
+            return web.json_response(rows[0])
+
+        return handler
+
+    async def circulation_rules(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorized(request):
+            return _error(401, "Authentication failure.")
+        return web.json_response(self.library.circulation_rules())
+
+    async def calendar(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorized(request):
+            return _error(401, "Authentication failure.")
+        return web.json_response(self.library.calendar_json())
+
+
+def _links(request: web.Request, page: int, per_page: int, total: int) -> str:
+    if per_page < 0:
+        return ""
+    last = max(1, -(-total // per_page))
+    pages: dict[str, int] = {"first": 1, "last": last}
+    if page > 1:
+        pages["prev"] = page - 1
+    if page < last:
+        pages["next"] = page + 1
+    parts: list[str] = []
+    for rel, number in pages.items():
+        url = request.url.update_query({"_page": str(number), "_per_page": str(per_page)})
+        parts.append(f'<{url}>; rel="{rel}"')
+    return ", ".join(parts)
