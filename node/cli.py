@@ -27,6 +27,12 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--peer", action="append", default=[], metavar="HOST:PORT",
                    help="a peer's link address; repeat for several peers")
     p.add_argument("--loan-days", type=int, default=21, help="loan period when no due date is given")
+    p.add_argument("--ils", metavar="URL", help="make this desk the bridge to the ILS: koha+http://host:port, "
+                   "koha+https://host/prefix or sip2://host:port (give it to one desk only)")
+    p.add_argument("--ils-credentials", metavar="FILE", help="file with user=… and password=… lines for the "
+                   "ILS (default: environment CIRCMESH_ILS_USER and CIRCMESH_ILS_PASSWORD)")
+    p.add_argument("--upload-concurrency", type=int, default=16,
+                   help="ILS requests in flight at once while uploading (default 16)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
 
 
@@ -75,10 +81,18 @@ def _run(args: argparse.Namespace) -> int:
     config = DeskConfig(
         data_dir=args.data, desk=args.desk or args.data.resolve().name, host=args.host, port=args.port,
         peer_host=args.peer_host, peer_port=args.peer_port, peers=list(args.peer), loan_days=args.loan_days,
+        ils=args.ils, ils_credentials=args.ils_credentials, upload_concurrency=args.upload_concurrency,
     )
 
-    async def main() -> None:
+    from node.ilsbridge.adapters.base import CredentialsError
+
+    try:
         node = DeskNode(config)
+    except (CredentialsError, ValueError) as e:
+        print(f"circmesh run: {e}", file=sys.stderr)
+        return 2
+
+    async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

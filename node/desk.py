@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from node.crdt.state import Loan
 from node.discovery.peers import PeerTable
 from node.discovery.transport import PlainTransport, Transport
 from node.eventlog import EventLog, wall_ms
+from node.ilsbridge.adapters.base import load_credentials, make_adapter
+from node.ilsbridge.bridge import Bridge, BridgeConfig
 from node.trust.identity import load_or_create_identity
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,9 @@ class DeskConfig:
     peer_port: int = 0
     peers: list[str] = field(default_factory=list)
     loan_days: int = 21
+    ils: str | None = None  # this desk is the bridge to the ILS at this URL
+    ils_credentials: str | None = None  # a file; else CIRCMESH_ILS_USER / CIRCMESH_ILS_PASSWORD
+    upload_concurrency: int = 16
 
 
 class DeskNode:
@@ -44,6 +50,12 @@ class DeskNode:
         self.log = EventLog(identity, config.data_dir, config.desk)
         self.peers = PeerTable(self.log, transport or PlainTransport())
         self.live = LiveFeed(self)
+        self.bridge: Bridge | None = None
+        if config.ils:
+            credentials = load_credentials(config.ils_credentials, os.environ)
+            adapter = make_adapter(config.ils, credentials)
+            self.bridge = Bridge(self.log, adapter, config.ils, BridgeConfig(concurrency=config.upload_concurrency))
+            self.peers.bridge_state = self._bridge_tip
         self._runners: list[web.AppRunner] = []
         self.port = config.port
         self.peer_port = config.peer_port
@@ -72,10 +84,14 @@ class DeskNode:
         self._runners = [runner, peer_runner]
         for address in self.config.peers:
             self.peers.dial(address)
+        if self.bridge is not None:
+            await self.bridge.start()
         log.info("desk %s (%s) on http://%s:%d, peers on %d", self.config.desk, self.node_id[:12],
                  self.config.host, self.port, self.peer_port)
 
     async def stop(self) -> None:
+        if self.bridge is not None:
+            await self.bridge.stop()
         await self.peers.close()
         for runner in self._runners:
             await runner.cleanup()
@@ -123,6 +139,22 @@ class DeskNode:
             "conflicts": [c.id for c in state.open_conflicts() if c.item == barcode],
         }
 
+    def outcome_rows(self) -> list[dict[str, Any]]:
+        state = self.log.state
+        rows = []
+        for event in reversed(self.log.ordered()):
+            if event.kind not in DESK_KINDS or event.id in state.voided:
+                continue
+            outcome = state.outcomes.get(event.id)
+            rows.append({
+                "event": event.id, "kind": event.kind, "desk": self.log.desk_of(event.node), "at": event.at,
+                "patron": event.body.get("patron"), "item": event.body.get("item"),
+                "amount": event.body.get("amount"),
+                "status": outcome.status if outcome else "pending",
+                "message": outcome.message if outcome else "",
+            })
+        return rows
+
     def checkout_warnings(self, patron: str, item: str) -> list[dict[str, str]]:
         loan = self.log.state.loans.get(item)
         if loan is None:
@@ -169,13 +201,36 @@ class DeskNode:
                 "storage": "failed" if self.log.failed else "ok", "failure": self.log.failed,
             },
             "peers": self.peers.status(),
-            "bridge": None,
-            "ils": None,
-            "upload": {"pending": pending, "applied": applied, "failed": refused},
+            **self._bridge_status(),
+            "upload": {"pending": pending, "applied": applied, "failed": refused,
+                       "uploading": bool(self._bridge_status()["uploading"])},
             "conflicts": len([c for c in state.open_conflicts() if c.needs_admin]),
             "warnings": len([c for c in state.open_conflicts() if not c.needs_admin]),
             "refusals": dict(self.log.refusals) | {f"link_{k}": v for k, v in self.peers.counters.items()},
             "recent_refusals": self.log.refusal_log[-10:],
+        }
+
+
+    def _bridge_tip(self) -> dict[str, Any] | None:
+        if self.bridge is None:
+            return None
+        b = self.bridge
+        return {"node": self.node_id, "desk": self.config.desk, "term": b.config.term, "reachable": b.reachable,
+                "last_probe": b.last_probe, "uploading": b.uploading}
+
+    def _bridge_status(self) -> dict[str, Any]:
+        """This desk's bridge, or the one its peers report (the highest term, then the freshest probe)."""
+        tip = self._bridge_tip()
+        if tip is None:
+            seen = self.peers.bridges_seen()
+            tip = max(seen, key=lambda t: (t["term"], t["last_probe"] or 0)) if seen else None
+        if tip is None:
+            return {"bridge": None, "ils": None, "uploading": False}
+        return {
+            "bridge": {"node": tip["node"], "desk": tip["desk"], "term": tip["term"],
+                       "is_me": tip["node"] == self.node_id},
+            "ils": {"reachable": tip["reachable"], "last_probe": tip["last_probe"]},
+            "uploading": tip["uploading"],
         }
 
 

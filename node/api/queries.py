@@ -104,3 +104,18 @@ async def conflicts(request: web.Request) -> web.Response:
 @routes.get("/api/v1/status")
 async def status(request: web.Request) -> web.Response:
     return web.json_response(request.app[NODE].status())
+
+
+@routes.get("/api/v1/outcomes")
+async def outcomes(request: web.Request) -> web.Response:
+    """The ILS's answer to every uploaded event (the upload report), newest first."""
+    node = request.app[NODE]
+    wanted = request.query.get("status")
+    if wanted not in (None, "", "applied", "refused", "pending"):
+        raise ApiError(400, "bad_parameter", "status must be applied, refused or pending")
+    q = request.query.get("q", "").strip().casefold()[:100]
+    limit = _int_param(request, "limit", 1000, PAGE_MAX)
+    rows = node.outcome_rows()
+    found = [r for r in rows if (not wanted or r["status"] == wanted)
+             and (not q or any(q in str(r.get(k) or "").casefold() for k in ("patron", "item", "message", "desk")))]
+    return web.json_response({"outcomes": found[:limit], "total": len(found)})

@@ -2,7 +2,8 @@
 
 hello {t, v, node, desk, wall}  — first frame each way
 sync  {t, m}                    — an Automerge sync message
-tip   {t, vector, wall}         — what the sender holds ({node: highest seq}), for lag and clock offset
+tip   {t, vector, wall, bridge?} — what the sender holds ({node: highest seq}), for lag and clock offset;
+                                  a bridge adds its state (term, ILS reachable, uploading) for the cluster bar
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ class Sync:
 class Tip:
     vector: dict[str, int]
     wall: int
+    bridge: dict[str, Any] | None = None
+
+
+BRIDGE_FIELDS = {"node": str, "desk": str, "term": int, "reachable": bool, "last_probe": int, "uploading": bool}
 
 
 Frame = Hello | Sync | Tip
@@ -51,6 +56,8 @@ def encode(frame: Frame) -> bytes:
         obj = {"t": "sync", "m": frame.message}
     else:
         obj = {"t": "tip", "vector": frame.vector, "wall": frame.wall}
+        if frame.bridge is not None:
+            obj["bridge"] = frame.bridge
     return msgpack.packb(obj, use_bin_type=True)
 
 
@@ -90,5 +97,21 @@ def decode(data: object) -> Frame:
             for k, v in vector.items()
         ):
             raise FrameError("tip has no valid vector")
-        return Tip(vector, _int(obj.get("wall")))
+        return Tip(vector, _int(obj.get("wall")), _bridge(obj.get("bridge")))
     raise FrameError(f"unknown frame type {kind!r}")
+
+
+def _bridge(value: object) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != set(BRIDGE_FIELDS):
+        raise FrameError("tip's bridge state has the wrong fields")
+    for key, kind in BRIDGE_FIELDS.items():
+        v = value[key]
+        if key == "last_probe" and v is None:
+            continue
+        if not isinstance(v, kind) or (kind is int and isinstance(v, bool)) or (kind is str and len(v) > 64):
+            raise FrameError(f"tip's bridge state has a bad {key}")
+    if not is_node_id(value["node"]):
+        raise FrameError("tip's bridge state names no node")
+    return value

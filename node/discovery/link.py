@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ from node.eventlog import EventLog, RefusedSync, wall_ms
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 10.0
+TIP_EVERY = 2.0  # seconds: clock offset, lag and the bridge's state stay fresh on quiet links
 
 
 class LinkClosed(Exception):
@@ -39,11 +41,14 @@ class LinkInfo:
     peer_vector: dict[str, int] = field(default_factory=dict)
     clock_offset_ms: int = 0
     received_events: int = 0
+    bridge: dict[str, Any] | None = None
 
 
 class PeerLink:
-    def __init__(self, eventlog: EventLog, ws: Any, *, outbound: bool, address: str) -> None:
+    def __init__(self, eventlog: EventLog, ws: Any, *, outbound: bool, address: str,
+                 bridge_state: Callable[[], dict[str, Any] | None] = lambda: None) -> None:
         self.log = eventlog
+        self.bridge_state = bridge_state
         self.ws = ws
         self.outbound = outbound
         self.address = address
@@ -86,6 +91,7 @@ class PeerLink:
                 elif isinstance(frame, frames.Tip):
                     self.info.peer_vector = frame.vector
                     self.info.clock_offset_ms = frame.wall - wall_ms()
+                    self.info.bridge = frame.bridge
                 else:
                     raise LinkClosed("unexpected hello")
                 if writer.done():
@@ -99,15 +105,21 @@ class PeerLink:
 
     async def _write(self, sync_state: Any, waker: asyncio.Event) -> None:
         last_tip: dict[str, int] = {}
+        last_bridge: dict[str, Any] | None = None
+        last_sent = 0.0
         while True:
-            await waker.wait()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TIP_EVERY):
+                    await waker.wait()
             waker.clear()
             await self.log.durable()
             while (message := self.log.generate_sync(sync_state)) is not None:
                 await self.ws.send_bytes(frames.encode(frames.Sync(message)))
-            if self.log.vector != last_tip:
-                last_tip = dict(self.log.vector)
-                await self.ws.send_bytes(frames.encode(frames.Tip(last_tip, wall_ms())))
+            bridge = self.bridge_state()
+            now = time.monotonic()
+            if self.log.vector != last_tip or bridge != last_bridge or now - last_sent >= TIP_EVERY:
+                last_tip, last_bridge, last_sent = dict(self.log.vector), bridge, now
+                await self.ws.send_bytes(frames.encode(frames.Tip(last_tip, wall_ms(), bridge)))
 
     async def _next_frame(self) -> frames.Frame:
         msg = await self.ws.receive()

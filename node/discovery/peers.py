@@ -12,6 +12,7 @@ import contextlib
 import logging
 import random
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -39,6 +40,7 @@ class PeerTable:
         self._session: aiohttp.ClientSession | None = None
         self._changed = asyncio.Event()
         self._address_node: dict[str, str] = {}
+        self.bridge_state: Callable[[], dict[str, Any] | None] = lambda: None
 
     # ---- links
     def _claim(self, link: PeerLink) -> bool:
@@ -91,7 +93,8 @@ class PeerTable:
         await ws.prepare(request)
         peername = request.transport.get_extra_info("peername") if request.transport else None
         address = f"{peername[0]}:{peername[1]}" if peername else "?"
-        await self.serve_link(PeerLink(self.log, ws, outbound=False, address=address))
+        await self.serve_link(PeerLink(self.log, ws, outbound=False, address=address,
+                                        bridge_state=self.bridge_state))
         return ws
 
     # ---- outbound
@@ -111,7 +114,7 @@ class PeerTable:
                     url, ssl=self.transport.client_ssl() or False, max_msg_size=64 * 1024 * 1024,
                     heartbeat=15.0, timeout=ws_client_timeout(),
                 )
-                link = PeerLink(self.log, ws, outbound=True, address=address)
+                link = PeerLink(self.log, ws, outbound=True, address=address, bridge_state=self.bridge_state)
                 self.counters["dials_ok"] += 1
                 linked = True
                 await self.serve_link(link)
@@ -140,6 +143,10 @@ class PeerTable:
             await link.close()
         if self._session is not None:
             await self._session.close()
+
+    def bridges_seen(self) -> list[dict[str, Any]]:
+        """The bridge states that connected peers reported in their last tip."""
+        return [link.info.bridge for link in self.links.values() if link.info and link.info.bridge]
 
     def status(self) -> list[dict[str, Any]]:
         out = []

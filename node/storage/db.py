@@ -23,6 +23,7 @@ CREATE TABLE IF NOT EXISTS changes (pos INTEGER PRIMARY KEY AUTOINCREMENT, bytes
 CREATE TABLE IF NOT EXISTS saved (id INTEGER PRIMARY KEY CHECK (id = 1), bytes BLOB NOT NULL,
                                   upto INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS attempts (event TEXT PRIMARY KEY, at INTEGER NOT NULL);
 """
 
 Statement = tuple[str, tuple[Any, ...]]
@@ -130,6 +131,11 @@ def change_insert(chunk: bytes) -> Statement:
 
 def record_upsert(node: str, raw: bytes) -> Statement:
     return ("INSERT OR REPLACE INTO records (node, raw) VALUES (?, ?)", (node, raw))
+
+
+def attempt_insert(event_id: str, at: int) -> Statement:
+    """The bridge is about to send `event_id` to the ILS: after a crash, its outcome must be reconciled."""
+    return ("INSERT OR IGNORE INTO attempts (event, at) VALUES (?, ?)", (event_id, at))
 
 
 def meta_set(key: str, value: str) -> Statement:

@@ -1,0 +1,203 @@
+"""The bridge: while the ILS answers, apply every pending event to it, exactly once, and record each
+outcome as an `applied` event that replicates to every desk.
+
+- Reachability is probed; losing the ILS mid-upload pauses (in-flight requests finish or fail as
+  transient) and the upload resumes when a probe succeeds.
+- Events go in the order `UploadSchedule` allows, with at most `concurrency` requests in flight.
+- Before a request leaves, an attempt marker is committed. After a crash, an event with a marker and no
+  outcome is reconciled against the ILS's current state instead of being sent blindly again.
+- A refusal ("Item not issued.") is an outcome, recorded like a success; only transient failures retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from node.crdt.event import Event
+from node.eventlog import EventLog, wall_ms
+from node.ilsbridge.adapters.base import IlsAdapter, IlsUnavailable
+from node.ilsbridge.mapping import operation_of
+from node.ilsbridge.operation import Outcome
+from node.ilsbridge.schedule import UploadSchedule, held_events, pending_events
+from node.storage import db
+
+log = logging.getLogger(__name__)
+
+PROBE_INTERVAL = 1.0
+RETRY_START = 0.5
+RETRY_MAX = 10.0
+
+
+@dataclass
+class BridgeConfig:
+    concurrency: int = 16
+    term: int = 1  # a single configured bridge for now; elections bring real terms
+
+
+class Bridge:
+    def __init__(self, eventlog: EventLog, adapter: IlsAdapter, url: str, config: BridgeConfig | None = None
+                 ) -> None:
+        self.log = eventlog
+        self.adapter = adapter
+        self.url = url
+        self.config = config or BridgeConfig()
+        self.reachable = False
+        self.last_probe: int | None = None
+        self.uploading = False
+        self.counters = {"applied": 0, "refused": 0, "transient": 0, "reconciled": 0}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._attempted: set[str] = set()
+        self._before_restart: set[str] = set()
+
+    # ---- lifecycle
+    async def start(self) -> None:
+        rows = await self.log.store.run(lambda c: [r[0] for r in c.execute("SELECT event FROM attempts")])
+        self._attempted = set(rows)
+        self._before_restart = set(rows)
+        self.log.subscribe(lambda arrival: self._wake.set())
+        self._task = asyncio.create_task(self._run(), name="bridge")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await self.adapter.close()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "bridge": {"node": self.log.identity.node_id, "desk": self.log.desk, "term": self.config.term,
+                       "is_me": True},
+            "ils": {"reachable": self.reachable, "last_probe": self.last_probe, "url": _redact(self.url)},
+            "uploading": self.uploading,
+            "counters": dict(self.counters),
+        }
+
+    # ---- the loop
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._probe()
+                if self.reachable:
+                    finished = await self._upload_round()
+                    if finished:
+                        self._wake.clear()
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(PROBE_INTERVAL * 5):
+                                await self._wake.wait()
+                        continue
+                await asyncio.sleep(PROBE_INTERVAL)  # the ILS is down: probe again shortly
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("bridge loop error; retrying")
+                await asyncio.sleep(PROBE_INTERVAL)
+
+    async def _probe(self) -> None:
+        try:
+            self.reachable = await self.adapter.probe()
+        except Exception as e:  # an adapter should not raise, but the loop must not die if it does
+            log.warning("ILS probe failed: %s", e)
+            self.reachable = False
+        self.last_probe = wall_ms()
+
+    async def _upload_round(self) -> bool:
+        """Uploads what is pending now. True when nothing is left that could go; False when the ILS went away."""
+        state = self.log.state
+        pending = pending_events(self.log.ordered(), state)
+        if not pending:
+            return True
+        schedule = UploadSchedule(pending, held=held_events(state))
+        in_flight: dict[asyncio.Task[tuple[Event, Outcome]], Event] = {}
+        self.uploading = True
+        lost = False
+        delay = RETRY_START
+        try:
+            while True:
+                while not lost and len(in_flight) < self.config.concurrency and (event := schedule.take()):
+                    task = asyncio.create_task(self._send(event))
+                    in_flight[task] = event
+                if not in_flight:
+                    break
+                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    event = in_flight.pop(task)
+                    outcome = task.result()[1]
+                    if outcome.status == "transient":
+                        self.counters["transient"] += 1
+                        schedule.retry(event.id)
+                        if not lost:
+                            lost = not await self._still_reachable(outcome)
+                            if not lost:
+                                await asyncio.sleep(delay)  # a passing failure: back off before retrying
+                                delay = min(delay * 2, RETRY_MAX)
+                        continue
+                    delay = RETRY_START
+                    await self._record(event, outcome)
+                    schedule.done(event.id)
+        finally:
+            self.uploading = False
+        return not lost
+
+    async def _still_reachable(self, outcome: Outcome) -> bool:
+        if outcome.code == "auth":
+            log.error("the ILS refused the bridge's credentials: upload paused (%s)", outcome.message)
+            self.reachable = False
+            return False
+        await self._probe()
+        if not self.reachable:
+            log.warning("the ILS went away during upload: paused until it answers again")
+        return self.reachable
+
+    async def _send(self, event: Event) -> tuple[Event, Outcome]:
+        if event.id in self._attempted:
+            reconciled = await self._reconcile(event, after_restart=event.id in self._before_restart)
+            if reconciled is not None:
+                return event, reconciled
+        else:
+            await self.log.store.commit([db.attempt_insert(event.id, wall_ms())])
+            self._attempted.add(event.id)
+        try:
+            return event, await self.adapter.apply(operation_of(event))
+        except Exception as e:
+            return event, Outcome("transient", f"adapter error: {e}")
+
+    async def _reconcile(self, event: Event, *, after_restart: bool) -> Outcome | None:
+        """An earlier attempt may or may not have reached the ILS: look before sending again. Loans and
+        returns can be checked against the ILS's loans. Payments and the rest cannot: within one run they
+        are resent (a transient answer means the ILS did not take them); after a restart nobody knows."""
+        kind, body = event.kind, event.body
+        try:
+            if kind == "checkout":
+                holder = await self.adapter.current_loan(body["item"])
+                if holder == body["patron"]:
+                    self.counters["reconciled"] += 1
+                    return Outcome("applied", "Success. (found applied at the ILS after a bridge restart)")
+            elif kind == "checkin":
+                holder = await self.adapter.current_loan(body["item"])
+                if holder is None:
+                    self.counters["reconciled"] += 1
+                    return Outcome("applied", "Success. (found checked in at the ILS after a bridge restart)")
+            elif after_restart and kind in ("payment", "in_house_use", "patron_register"):
+                # The ILS keeps no trace the bridge can query: resending could pay twice. Staff must check.
+                return Outcome("refused", "outcome unknown: the bridge stopped while the ILS was answering; "
+                                          "check the patron's account at the ILS", "unknown")
+        except IlsUnavailable as e:
+            return Outcome("transient", f"cannot reconcile now: {e}")
+        return None
+
+    async def _record(self, event: Event, outcome: Outcome) -> None:
+        status = "applied" if outcome.status == "applied" else "refused"
+        self.counters[status] += 1
+        body = {"event": event.id, "status": status, "message": outcome.message[:500] or status,
+                "term": self.config.term}
+        await self.log.append("applied", body, "bridge")
+
+
+def _redact(url: str) -> str:
+    return url.split("?")[0]

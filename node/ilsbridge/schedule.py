@@ -1,0 +1,97 @@
+"""Which events may go to the ILS now, and in what order. Pure: no I/O, no clock.
+
+Every pending event waits in one FIFO queue per item and per patron it touches, in causal order. An
+event is ready when it heads all its queues: events on the same item or patron never overtake each other,
+while events on unrelated items and patrons go in parallel. An event held back (it is part of a conflict
+an admin must settle first) keeps heading its queues, so everything after it on the same item or patron
+waits too, and the rest of the log goes on.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Iterable
+
+from node.crdt.event import Event
+from node.crdt.state import CirculationState
+
+UPLOADED_KINDS = ("checkout", "checkin", "renew", "payment", "in_house_use", "patron_register")
+
+
+def keys_of(event: Event) -> tuple[str, ...]:
+    body = event.body
+    keys = []
+    if body.get("item"):
+        keys.append("item:" + body["item"])
+    if body.get("patron"):
+        keys.append("patron:" + body["patron"])
+    return tuple(keys)
+
+
+def pending_events(ordered: Iterable[Event], state: CirculationState) -> list[Event]:
+    """Desk events, in causal order, that are neither voided nor answered by the ILS yet."""
+    return [e for e in ordered
+            if e.kind in UPLOADED_KINDS and e.id not in state.voided and e.id not in state.outcomes]
+
+
+def held_events(state: CirculationState) -> set[str]:
+    """Events in an open conflict that an admin must settle before upload."""
+    return {event_id for c in state.open_conflicts() if c.needs_admin for event_id in c.events}
+
+
+class UploadSchedule:
+    def __init__(self, events: Iterable[Event], held: set[str] | None = None) -> None:
+        self._queues: dict[str, deque[str]] = {}
+        self._events: dict[str, Event] = {}
+        self._held = set(held or ())
+        self._ready: list[tuple[tuple[int, int, str, int], str]] = []
+        self._started: set[str] = set()
+        for event in events:
+            self._events[event.id] = event
+            for key in keys_of(event):
+                self._queues.setdefault(key, deque()).append(event.id)
+        for event_id in self._events:
+            self._consider(event_id)
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def _consider(self, event_id: str) -> None:
+        if event_id in self._started or event_id in self._held:
+            return
+        event = self._events[event_id]
+        if all(self._queues[k][0] == event_id for k in keys_of(event)):
+            heapq.heappush(self._ready, (event.order_key, event_id))
+            self._started.add(event_id)
+
+    def take(self) -> Event | None:
+        """The earliest ready event, or None if every remaining one waits for another or is held."""
+        if not self._ready:
+            return None
+        _, event_id = heapq.heappop(self._ready)
+        return self._events[event_id]
+
+    def done(self, event_id: str) -> None:
+        """The ILS answered `event_id` for good (applied or refused): its successors may go."""
+        event = self._events.pop(event_id)
+        for key in keys_of(event):
+            queue = self._queues[key]
+            queue.popleft()  # only a ready event is taken, and a ready event heads all its queues
+            if queue:
+                self._consider(queue[0])
+            else:
+                del self._queues[key]
+
+    def retry(self, event_id: str) -> None:
+        """The ILS could not answer now: the event goes back to the front of the line."""
+        event = self._events[event_id]
+        heapq.heappush(self._ready, (event.order_key, event_id))
+
+    @property
+    def remaining(self) -> int:
+        return len(self._events)
+
+    @property
+    def held(self) -> int:
+        return len(self._held & set(self._events))
