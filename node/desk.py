@@ -216,7 +216,7 @@ class DeskNode:
             return None
         b = self.bridge
         return {"node": self.node_id, "desk": self.config.desk, "term": b.config.term, "reachable": b.reachable,
-                "last_probe": b.last_probe, "uploading": b.uploading}
+                "last_probe": b.last_probe, "uploading": b.uploading, "problem": b.problem}
 
     def _bridge_status(self) -> dict[str, Any]:
         """This desk's bridge, or the one its peers report (the highest term, then the freshest probe)."""
@@ -229,7 +229,7 @@ class DeskNode:
         return {
             "bridge": {"node": tip["node"], "desk": tip["desk"], "term": tip["term"],
                        "is_me": tip["node"] == self.node_id},
-            "ils": {"reachable": tip["reachable"], "last_probe": tip["last_probe"]},
+            "ils": {"reachable": tip["reachable"], "last_probe": tip["last_probe"], "problem": tip["problem"]},
             "uploading": tip["uploading"],
         }
 

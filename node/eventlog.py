@@ -72,6 +72,7 @@ class EventLog:
         self.ordered_log = OrderedLog()
         self.vector: dict[str, int] = {}  # node -> highest seq held (a prefix: Automerge delivers in order)
         self.seq = 0
+        self._tip: bytes | None = None  # this desk's latest event as stored
         self.failed: str | None = None
         self.refusals: Counter[str] = Counter()
         self.refusal_log: list[str] = []
@@ -147,6 +148,7 @@ class EventLog:
         )
         raw = event.encode()
         self.seq = seq
+        self._tip = raw  # the next event chains to this one even if it is written before this one is durable
         self._check_healthy()
         self._in_flight += 1
         self._idle.clear()
@@ -169,7 +171,9 @@ class EventLog:
     def _chain_tip(self) -> bytes:
         if self.seq == 0:
             return GENESIS
-        return chain_hash(self.raw[f"{self.identity.node_id}:{self.seq}"])
+        if self._tip is None:
+            self._tip = self.raw[f"{self.identity.node_id}:{self.seq}"]
+        return chain_hash(self._tip)
 
     def _done_in_flight(self) -> None:
         self._in_flight -= 1

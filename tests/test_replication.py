@@ -122,3 +122,16 @@ async def test_compaction_keeps_everything(tmp_path: Path, monkeypatch) -> None:
     a2.close()
 
 
+
+
+async def test_concurrent_appends_chain_and_verify(tmp_path: Path) -> None:
+    """A scan and the bridge's outcome can be written at the same moment: both must chain correctly."""
+    [a, b] = make_logs(tmp_path, 2)
+    await a.start()
+    await b.start()
+    events = await asyncio.gather(*(a.append("in_house_use", {"item": f"I{i}"}, "t") for i in range(20)))
+    assert sorted(e.seq for e in events) == list(range(1, 21))
+    await full_sync([a, b])
+    assert len(b.events) == 20 and not b.refusals
+    a.close()
+    b.close()

@@ -42,7 +42,9 @@ class Tip:
     bridge: dict[str, Any] | None = None
 
 
-BRIDGE_FIELDS = {"node": str, "desk": str, "term": int, "reachable": bool, "last_probe": int, "uploading": bool}
+BRIDGE_FIELDS = {"node": str, "desk": str, "term": int, "reachable": bool, "last_probe": int, "uploading": bool,
+                 "problem": str}
+OPTIONAL_BRIDGE_FIELDS = {"last_probe", "problem"}
 
 
 Frame = Hello | Sync | Tip
@@ -108,9 +110,9 @@ def _bridge(value: object) -> dict[str, Any] | None:
         raise FrameError("tip's bridge state has the wrong fields")
     for key, kind in BRIDGE_FIELDS.items():
         v = value[key]
-        if key == "last_probe" and v is None:
+        if key in OPTIONAL_BRIDGE_FIELDS and v is None:
             continue
-        if not isinstance(v, kind) or (kind is int and isinstance(v, bool)) or (kind is str and len(v) > 64):
+        if not isinstance(v, kind) or (kind is int and isinstance(v, bool)) or (kind is str and len(v) > 200):
             raise FrameError(f"tip's bridge state has a bad {key}")
     if not is_node_id(value["node"]):
         raise FrameError("tip's bridge state names no node")

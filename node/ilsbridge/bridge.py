@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 PROBE_INTERVAL = 1.0
 RETRY_START = 0.5
 RETRY_MAX = 10.0
+AUTH_RETRY = 30.0  # a refused login will not fix itself quickly: try again now and then, not in a loop
 
 
 @dataclass
@@ -48,6 +49,8 @@ class Bridge:
         self.reachable = False
         self.last_probe: int | None = None
         self.uploading = False
+        self.problem: str | None = None  # why the upload is paused although the ILS answers
+        self._auth_retry_at = 0.0
         self.counters = {"applied": 0, "refused": 0, "transient": 0, "reconciled": 0}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -73,7 +76,8 @@ class Bridge:
         return {
             "bridge": {"node": self.log.identity.node_id, "desk": self.log.desk, "term": self.config.term,
                        "is_me": True},
-            "ils": {"reachable": self.reachable, "last_probe": self.last_probe, "url": _redact(self.url)},
+            "ils": {"reachable": self.reachable, "last_probe": self.last_probe, "url": _redact(self.url),
+                    "problem": self.problem},
             "uploading": self.uploading,
             "counters": dict(self.counters),
         }
@@ -83,7 +87,7 @@ class Bridge:
         while True:
             try:
                 await self._probe()
-                if self.reachable:
+                if self.reachable and asyncio.get_running_loop().time() >= self._auth_retry_at:
                     finished = await self._upload_round()
                     if finished:
                         self._wake.clear()
@@ -138,6 +142,7 @@ class Bridge:
                                 delay = min(delay * 2, RETRY_MAX)
                         continue
                     delay = RETRY_START
+                    self.problem = None
                     await self._record(event, outcome)
                     schedule.done(event.id)
         finally:
@@ -147,7 +152,8 @@ class Bridge:
     async def _still_reachable(self, outcome: Outcome) -> bool:
         if outcome.code == "auth":
             log.error("the ILS refused the bridge's credentials: upload paused (%s)", outcome.message)
-            self.reachable = False
+            self.problem = outcome.message
+            self._auth_retry_at = asyncio.get_running_loop().time() + AUTH_RETRY
             return False
         await self._probe()
         if not self.reachable:
