@@ -8,14 +8,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.procs import DeskProcess, Relay, free_port, get_json, post_json, wait_for  # noqa: E402
+from tests.procs import DeskProcess, Relay, free_port, get_json, post_json, wait_for
 
 __all__ = ["DeskProcess", "Relay", "free_port", "get_json", "pct", "post_json", "summary", "wait_for"]
 
 
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def summary(name: str, values_ms: list[float]) -> str:

@@ -24,7 +24,7 @@ EVENTS = int(sys.argv[2]) if len(sys.argv) > 2 else 5000
 async def scan(session: aiohttp.ClientSession, desk: DeskProcess, n: int) -> None:
     for i in range(n):
         body = {"patron": f"P{desk.desk[-1]}{i % 50}", "item": f"{desk.desk}-{i}"}
-        async with session.post(f"{desk.url}/api/v1/checkouts", json=body) as r:
+        async with session.post(f"{desk.url}/api/v1/checkouts", json=body, headers=desk.headers) as r:
             assert r.status == 201, await r.text()
 
 

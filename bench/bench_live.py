@@ -29,7 +29,7 @@ async def run(n: int, root: Path) -> None:
         async with aiohttp.ClientSession() as session:
             for d in desks:
                 await wait_for(lambda d=d: _linked(session, d, n - 1), within=60, what="mesh")
-            feeds = [await session.ws_connect(f"{d.url}/api/v1/live") for d in desks]
+            feeds = [await session.ws_connect(f"{d.url}/api/v1/live", headers=d.headers) for d in desks]
             arrivals: dict[str, dict[int, float]] = {}
             done = {}
 
@@ -49,7 +49,7 @@ async def run(n: int, root: Path) -> None:
                 base.append((time.perf_counter() - t0) * 1000)
                 src = s % n
                 t0 = time.perf_counter()
-                async with session.post(f"{desks[src].url}/api/v1/checkouts",
+                async with session.post(f"{desks[src].url}/api/v1/checkouts", headers=desks[src].headers,
                                         json={"patron": f"P{s}", "item": f"I{s}"}) as r:
                     event_id = (await r.json())["event"]["id"]
                 fut = done.setdefault(event_id, asyncio.get_running_loop().create_future())

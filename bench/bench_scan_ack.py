@@ -49,7 +49,7 @@ async def main() -> None:
                     body = {"patron": f"2300{i % 97:05d}", "item": f"3900{i // 2:06d}"} if kind == 0 else \
                         {"item": f"3900{i // 2:06d}"}
                     t0 = time.perf_counter()
-                    async with session.post(url, json=body) as r:
+                    async with session.post(url, json=body, headers=desk.headers) as r:
                         await r.read()
                         assert r.status == 201, await r.text()
                     latencies.append((time.perf_counter() - t0) * 1000)

@@ -15,8 +15,9 @@ from node import __version__
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run this desk's node", description=(
-        "Runs a desk node: the replicated log, peer links and the desk web API/UI. Prints one JSON line "
-        "{\"ready\": true, ...} on stdout once it serves."))
+        "Runs a desk node: the replicated log, peer links (mutual TLS 1.3 with the cluster's certificates), "
+        "mDNS discovery and the desk web UI/API. The data directory must belong to a cluster "
+        "(circmesh init / join). Prints one JSON line {\"ready\": true, ...} on stdout once it serves."))
     p.add_argument("--data", required=True, type=Path, help="this node's data directory (created if missing)")
     p.add_argument("--desk", default=None, help="the desk's name shown to staff (default: the data "
                    "directory's name)")
@@ -27,6 +28,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--peer", action="append", default=[], metavar="HOST:PORT",
                    help="a peer's link address; repeat for several peers")
     p.add_argument("--loan-days", type=int, default=21, help="loan period when no due date is given")
+    p.add_argument("--interface", action="append", metavar="IP", dest="interfaces",
+                   help="find peers by mDNS only on this interface address; repeat for several "
+                        "(default: every LAN interface; the demo and tests use 127.0.0.1)")
+    p.add_argument("--no-mdns", action="store_true", help="do not use mDNS; only the --peer addresses")
     p.add_argument("--ils", metavar="URL", help="make this desk the bridge to the ILS: koha+http://host:port, "
                    "koha+https://host/prefix or sip2://host:port (give it to one desk only)")
     p.add_argument("--ils-credentials", metavar="FILE", help="file with user=… and password=… lines for the "
@@ -56,6 +61,33 @@ def _add_ils_sim(sub: argparse._SubParsersAction) -> None:
     sim_cli.add_arguments(p)
 
 
+def _add_user(sub: argparse._SubParsersAction) -> None:
+    from node.api import users
+
+    p = sub.add_parser("user", help="add, list or remove the staff who sign in to a desk's web UI")
+    users.add_arguments(p)
+
+
+def _add_membership(sub: argparse._SubParsersAction) -> None:
+    from node import membership_cli
+
+    membership_cli.add_init_arguments(sub.add_parser(
+        "init", help="create a cluster on the first desk (its CA); this desk becomes its admin"))
+    membership_cli.add_join_arguments(sub.add_parser(
+        "join", help="join a cluster, with a one-time code from an admin desk"))
+    membership_cli.add_admit_arguments(sub.add_parser(
+        "admit", help="on the admin desk: print a one-time code that lets a new desk join"))
+
+
+def _add_files(sub: argparse._SubParsersAction) -> None:
+    from node import offline_files
+
+    offline_files.add_export_arguments(sub.add_parser(
+        "export", help="export a desk's merged log as .koc, OffCirc.dat or pending.xacts"))
+    offline_files.add_import_arguments(sub.add_parser(
+        "import", help="import an offline file into a desk; every bad line is reported"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="circmesh",
@@ -66,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_demo(sub)
     _add_ils_sim(sub)
+    _add_files(sub)
+    _add_membership(sub)
+    _add_user(sub)
     return parser
 
 
@@ -82,13 +117,16 @@ def _run(args: argparse.Namespace) -> int:
         data_dir=args.data, desk=args.desk or args.data.resolve().name, host=args.host, port=args.port,
         peer_host=args.peer_host, peer_port=args.peer_port, peers=list(args.peer), loan_days=args.loan_days,
         ils=args.ils, ils_credentials=args.ils_credentials, upload_concurrency=args.upload_concurrency,
+        mdns=not args.no_mdns, interfaces=args.interfaces,
     )
 
+    from node.cluster import NotEnrolled
     from node.ilsbridge.adapters.base import CredentialsError
+    from node.trust.certs import TrustError
 
     try:
         node = DeskNode(config)
-    except (CredentialsError, ValueError) as e:
+    except (CredentialsError, ValueError, NotEnrolled, TrustError) as e:
         print(f"circmesh run: {e}", file=sys.stderr)
         return 2
 
@@ -118,6 +156,19 @@ def main(argv: list[str] | None = None) -> int:
         from node.demo import run_demo
 
         return run_demo(args)
+    if args.command == "user":
+        from node.api import users
+
+        return users.run(args)
+    if args.command in ("init", "join", "admit"):
+        from node import membership_cli
+
+        return {"init": membership_cli.run_init, "join": membership_cli.run_join,
+                "admit": membership_cli.run_admit}[args.command](args)
+    if args.command in ("export", "import"):
+        from node import offline_files
+
+        return offline_files.run_export(args) if args.command == "export" else offline_files.run_import(args)
     if args.command == "ils-sim":
         if getattr(args, "sim_missing", False):
             print("circmesh: the ILS simulator is not installed in this build", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import signal
 import subprocess
 import sys
@@ -14,6 +15,63 @@ from typing import Any
 DESK_NAMES = ["Front desk", "Children's desk", "Returns", "Study room", "Mobile library", "Annex",
               "Reading room", "Music", "Local history"]
 READY_TIMEOUT = 60.0
+PATRON_PATTERN = "^23"  # the demo library's cards are 23…, its items 39…
+
+
+def demo_users() -> list[dict[str, str]]:
+    """A staff and an admin sign-in with fresh passwords for this run (printed, and in demo.json)."""
+    def password() -> str:
+        return "-".join(secrets.token_hex(2) for _ in range(3))
+
+    return [{"name": "desk", "password": password(), "role": "staff"},
+            {"name": "admin", "password": password(), "role": "admin"}]
+
+
+def enrol_desk(data: Path, i: int, desk: str) -> None:
+    """Desk 1 creates the demo cluster (it holds the CA, as after `circmesh init`); the other desks are
+    admitted with its CA directly, as `circmesh join` with a one-time code would leave them."""
+    from node.cluster import CLUSTER_FILE, admit_locally, init_cluster
+    from node.trust.ca import load_ca
+    from node.trust.identity import load_or_create_identity
+
+    data_dir = data / f"desk-{i}"
+    if (data_dir / CLUSTER_FILE).exists():
+        return
+    identity = load_or_create_identity(data_dir)
+    if i == 1:
+        init_cluster(data_dir, identity, desk, "Demo library")
+    else:
+        admit_locally(load_ca(data / "desk-1" / "ca"), data_dir, identity, desk, "desk")
+
+
+def prepare_desk(data_dir: Path, users: list[dict[str, str]]) -> None:
+    """The demo's sign-ins and desk settings, written before the desk starts."""
+    from node.api.users import UserStore
+
+    store = UserStore(data_dir)
+    for user in users:
+        store.add(user["name"], user["password"], user["role"])
+    (data_dir / "ui.json").write_text(json.dumps({"patron_pattern": PATRON_PATTERN}) + "\n")
+
+
+def example_barcodes(ils: dict[str, str]) -> tuple[str | None, str | None]:
+    """A real patron and a real item of the simulated library, for the printed examples."""
+    import base64
+    import urllib.request
+
+    auth = base64.b64encode(f"{ils['user']}:{ils['password']}".encode()).decode()
+
+    def first(path: str, field: str) -> str | None:
+        request = urllib.request.Request(f"{ils['http']}{path}", headers={"Authorization": f"Basic {auth}"})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as r:  # loopback only: the demo's own simulator
+                rows = json.load(r)
+            return str(rows[0][field]) if rows else None
+        except (OSError, ValueError, KeyError, IndexError):
+            return None
+
+    return first("/api/v1/patrons?_per_page=1&_page=3", "cardnumber"), first(
+        "/api/v1/items?_per_page=1&_page=7", "external_id")
 
 
 def start_process(argv: list[str], name: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
@@ -45,24 +103,52 @@ def run_demo(args: argparse.Namespace) -> int:
     data.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen[str]] = []
     desks = []
+    users = demo_users()
     try:
+        ils_argv = [sys.executable, "-m", "node.ilsbridge.sim", "--data", str(data / "ils"),
+                    "--http-port", str(base), "--sip-port", str(base + 1)]
+        ils_proc, ils = start_process(ils_argv, "the ILS simulator")
+        procs.append(ils_proc)
+        credentials = data / "ils-credentials"
+        credentials.touch(mode=0o600)
+        credentials.write_text(f"user={ils['user']}\npassword={ils['password']}\n")
         for i in range(1, n + 1):
+            prepare_desk(data / f"desk-{i}", users)
+            enrol_desk(data, i, DESK_NAMES[i - 1])
+            # mDNS on 127.0.0.1 finds the other desks; the static addresses are a second way to them
             peers = [arg for j in range(1, n + 1) if j != i for arg in ("--peer", f"127.0.0.1:{base + 50 + j}")]
             argv = [sys.executable, "-m", "node.cli", "run", "--data", str(data / f"desk-{i}"),
                     "--desk", DESK_NAMES[i - 1], "--port", str(base + 10 + i), "--peer-port", str(base + 50 + i),
-                    "--log-level", "WARNING", *peers]
+                    "--interface", "127.0.0.1", "--log-level", "WARNING", *peers]
+            if i == 1:  # the first desk is the bridge to the ILS
+                argv += ["--ils", f"koha+http://{ils['http']}", "--ils-credentials", str(credentials)]
             proc, ready = start_process(argv, DESK_NAMES[i - 1])
             procs.append(proc)
             desks.append({"name": DESK_NAMES[i - 1], "url": ready["url"], "node": ready["node"]})
-        demo = {"ils": None, "desks": [{"name": d["name"], "url": d["url"]} for d in desks], "users": []}
+        ils_info = {"http": f"http://{ils['http']}", "sip2": ils["sip2"], "user": ils["user"],
+                    "password": ils["password"]}
+        demo = {"ils": ils_info, "desks": [{"name": d["name"], "url": d["url"]} for d in desks], "users": users}
         (data / "demo.json").write_text(json.dumps(demo, indent=2) + "\n")
         print(f"circmesh demo: {n} desks running (data in {data}/, details in {data / 'demo.json'})")
         for d in desks:
             print(f"  {d['name']:<16} {d['url']}/   API: {d['url']}/api/v1/status")
-        print("Try:  curl -s -X POST -H 'Content-Type: application/json' "
-              f"-d '{{\"patron\":\"23000000001\",\"item\":\"39000000001\"}}' {desks[0]['url']}/api/v1/checkouts")
-        if len(desks) > 1:
-            print(f"then: curl -s {desks[1]['url']}/api/v1/loans")
+        print("Sign in with " + ", ".join(f"{u['name']} / {u['password']} ({u['role']})" for u in users))
+        url, admin = desks[0]["url"], users[-1]
+        sign_in = f"{{\"name\":\"{admin['name']}\",\"password\":\"{admin['password']}\"}}"
+        print("Try:  TOKEN=$(curl -s -H 'Content-Type: application/json' "
+              f"-d '{sign_in}' {url}/api/v1/session"
+              " | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"token\"])')")
+        print("      curl -s -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' "
+              f"-d '{{\"patron\":\"23000000001\",\"item\":\"39000000001\"}}' {url}/api/v1/checkouts")
+        patron, item = example_barcodes(ils_info)
+        if patron and item:
+            print(f"      (a patron of the demo library: {patron}; an item on the shelf: {item})")
+        print(f"The ILS simulator (Koha offline service, REST, SIP2 on {ils['sip2']}) runs at {ils_info['http']};"
+              f" {desks[0]['name']} is the bridge that uploads to it.")
+        print("Take the ILS offline, scan, then bring it back and watch the upload:")
+        for online in ("false", "true"):
+            print(f"      curl -s -X POST -H 'Content-Type: application/json' -d '{{\"online\": {online}}}' "
+                  f"{ils_info['http']}/sim/state")
         print("Press Ctrl-C to stop.", flush=True)
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
@@ -72,6 +158,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print("\ncircmesh demo: stopping")
         return 0
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)

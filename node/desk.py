@@ -13,14 +13,17 @@ from aiohttp import web
 
 from node.api.app import build_app, build_peer_app
 from node.api.live import LiveFeed
+from node.cluster import ClusterPolicy, load_membership
 from node.crdt.conflicts import Conflict
 from node.crdt.event import Event
 from node.crdt.state import Loan
+from node.discovery.mdns import Discovery, Peer
 from node.discovery.peers import PeerTable
-from node.discovery.transport import PlainTransport, Transport
-from node.eventlog import EventLog, wall_ms
+from node.discovery.tls import TlsTransport, serve_tls
+from node.eventlog import Arrival, EventLog, wall_ms
 from node.ilsbridge.adapters.base import load_credentials, make_adapter
 from node.ilsbridge.bridge import Bridge, BridgeConfig
+from node.trust.admissions import AdmissionStore
 from node.trust.identity import load_or_create_identity
 
 log = logging.getLogger(__name__)
@@ -40,15 +43,25 @@ class DeskConfig:
     ils: str | None = None  # this desk is the bridge to the ILS at this URL
     ils_credentials: str | None = None  # a file; else CIRCMESH_ILS_USER / CIRCMESH_ILS_PASSWORD
     upload_concurrency: int = 16
+    mdns: bool = True  # find peers of this cluster by mDNS (static --peer addresses work either way)
+    interfaces: list[str] | None = None  # mDNS interfaces (IP addresses); None: zeroconf's default, the LAN
 
 
 class DeskNode:
-    def __init__(self, config: DeskConfig, transport: Transport | None = None) -> None:
+    def __init__(self, config: DeskConfig) -> None:
+        """Raises NotEnrolled when the data directory belongs to no cluster: there is no plaintext mode."""
         self.config = config
         self.loan_days = config.loan_days
         identity = load_or_create_identity(config.data_dir)
-        self.log = EventLog(identity, config.data_dir, config.desk)
-        self.peers = PeerTable(self.log, transport or PlainTransport())
+        self.membership = load_membership(config.data_dir, identity)
+        self.log = EventLog(identity, config.data_dir, config.desk, policy=ClusterPolicy(self.membership),
+                            cert=self.membership.node_cert_pem)
+        self.transport = TlsTransport(identity, self.membership, config.data_dir / "tls",
+                                      revoked=lambda: set(self.log.state.revoked))
+        self.peers = PeerTable(self.log, self.transport)
+        self.admissions = AdmissionStore() if self.membership.ca is not None else None
+        self.discovery: Discovery | None = None
+        self._peer_server: asyncio.Server | None = None
         self.live = LiveFeed(self)
         self.bridge: Bridge | None = None
         if config.ils:
@@ -71,12 +84,12 @@ class DeskNode:
         self.log.open()
         await self.log.start()
         self.log.subscribe(self.live.publish)
+        self.log.subscribe(self._on_arrival)
         peer_runner = web.AppRunner(build_peer_app(self), access_log=None)
         await peer_runner.setup()
-        peer_site = web.TCPSite(peer_runner, self.config.peer_host, self.config.peer_port,
-                                ssl_context=self.peers.transport.server_ssl())
-        await peer_site.start()
-        self.peer_port = _bound_port(peer_runner)
+        self._peer_server = await serve_tls(peer_runner, self.config.peer_host, self.config.peer_port,
+                                            self.transport.server_ssl(), self.peers.counters)
+        self.peer_port = int(self._peer_server.sockets[0].getsockname()[1])
         runner = web.AppRunner(build_app(self), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, self.config.host, self.config.port).start()
@@ -84,19 +97,46 @@ class DeskNode:
         self._runners = [runner, peer_runner]
         for address in self.config.peers:
             self.peers.dial(address)
+        if self.config.mdns:
+            self.discovery = Discovery(
+                node_id=self.node_id, cluster_id=self.membership.cluster_id, port=self.peer_port,
+                on_found=self._peer_found, on_lost=self._peer_lost, interfaces=self.config.interfaces,
+                desk=self.config.desk[:30],
+            )
+            await self.discovery.start()
         if self.bridge is not None:
             await self.bridge.start()
         log.info("desk %s (%s) on http://%s:%d, peers on %d", self.config.desk, self.node_id[:12],
                  self.config.host, self.port, self.peer_port)
 
     async def stop(self) -> None:
+        if self.discovery is not None:
+            await self.discovery.stop()
         if self.bridge is not None:
             await self.bridge.stop()
+        if self._peer_server is not None:
+            self._peer_server.close()
         await self.peers.close()
         for runner in self._runners:
             await runner.cleanup()
         await self.log.store.commit([])
         self.log.close()
+
+    # ---- membership
+    def _peer_found(self, peer: Peer) -> None:
+        """mDNS only proposes: the TLS handshake decides whether this is a member of the cluster."""
+        self.peers.dial(_address(peer.host, peer.port))
+
+    def _peer_lost(self, node_id: str) -> None:
+        peer = self.discovery.peers.get(node_id) if self.discovery else None
+        if peer is not None:
+            self.peers.forget(_address(peer.host, peer.port))
+
+    def _on_arrival(self, arrival: Arrival) -> None:
+        if arrival.event.kind == "revoke":
+            node = arrival.event.body["node"]
+            task = asyncio.get_running_loop().create_task(self.peers.drop(node, "revoked"))
+            task.add_done_callback(lambda _t: None)
 
     # ---- views shared by the API, the live feed and the UI
     def event_json(self, event: Event) -> dict[str, Any]:
@@ -194,6 +234,8 @@ class DeskNode:
                 applied += 1
             else:
                 refused += 1
+        bridge = self._bridge_status()
+        uploading = bool(bridge.pop("uploading"))
         return {
             "node": {
                 "id": self.node_id, "desk": self.config.desk, "events": len(self.log.events),
@@ -201,12 +243,14 @@ class DeskNode:
                 "storage": "failed" if self.log.failed else "ok", "failure": self.log.failed,
             },
             "peers": self.peers.status(),
-            **self._bridge_status(),
-            "upload": {"pending": pending, "applied": applied, "failed": refused,
-                       "uploading": bool(self._bridge_status()["uploading"])},
+            **bridge,
+            "cluster": {"id": self.membership.cluster_id, "name": self.membership.cluster_name,
+                        "role": self.membership.role},
+            "upload": {"pending": pending, "applied": applied, "failed": refused, "uploading": uploading},
             "conflicts": len([c for c in state.open_conflicts() if c.needs_admin]),
             "warnings": len([c for c in state.open_conflicts() if not c.needs_admin]),
             "refusals": dict(self.log.refusals) | {f"link_{k}": v for k, v in self.peers.counters.items()},
+            "discovery": dict(self.discovery.counters) if self.discovery else None,
             "recent_refusals": self.log.refusal_log[-10:],
         }
 
@@ -232,6 +276,10 @@ class DeskNode:
             "ils": {"reachable": tip["reachable"], "last_probe": tip["last_probe"], "problem": tip["problem"]},
             "uploading": tip["uploading"],
         }
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _bound_port(runner: web.AppRunner) -> int:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from node.cluster import TrustPolicy
 from node.crdt.document import DocumentError, LogDocument
 from node.crdt.event import GENESIS, Event, chain_hash, decode_event, make_event
 from node.crdt.hlc import HybridClock
@@ -58,9 +59,12 @@ class Arrival:
 
 class EventLog:
     def __init__(self, identity: NodeIdentity, data_dir: Path, desk: str,
-                 physical_ms: Callable[[], int] = wall_ms) -> None:
+                 physical_ms: Callable[[], int] = wall_ms, *, policy: TrustPolicy | None = None,
+                 cert: str | None = None) -> None:
         self.identity = identity
         self.desk = desk
+        self.policy = policy or TrustPolicy()
+        self.cert = cert  # this desk's certificate from the cluster CA, published in its node record
         self.store = db.Store(data_dir / "circmesh.sqlite")
         self._physical_ms = physical_ms
         self.clock = HybridClock(physical_ms)
@@ -93,9 +97,9 @@ class EventLog:
             self._integrate(decode_event(raw), raw, local=False, notify=False)
         self.seq = self.vector.get(self.identity.node_id, 0)
         own = self.records.get(self.identity.node_id)
-        if own is None or own.desk != self.desk:
+        if own is None or own.desk != self.desk or own.cert != self.cert:
             record = make_record(self.identity.node_id, self.identity.public_key_raw, self.desk,
-                                 self._physical_ms(), self.identity.sign)
+                                 max(self._physical_ms(), own.at + 1 if own else 0), self.identity.sign, self.cert)
             self._pending_record = record
         else:
             self._pending_record = None
@@ -138,11 +142,13 @@ class EventLog:
         return lambda: self._listeners.remove(listener)
 
     # ---- local events
-    async def append(self, kind: str, body: dict[str, Any], staff: str) -> Event:
-        """Writes one event; returns once it is durable. Raises EventError for a malformed body."""
+    async def append(self, kind: str, body: dict[str, Any], staff: str, *, at: int | None = None) -> Event:
+        """Writes one event; returns once it is durable. Raises EventError for a malformed body.
+        `at` overrides the desk's clock for operations done earlier elsewhere (an imported offline file)."""
         seq = self.seq + 1
         event = make_event(
-            node=self.identity.node_id, seq=seq, hlc=self.clock.tick(), at=self._physical_ms(), kind=kind,
+            node=self.identity.node_id, seq=seq, hlc=self.clock.tick(),
+            at=self._physical_ms() if at is None else at, kind=kind,
             body=body, staff=staff, seen={n: s for n, s in self.vector.items() if n != self.identity.node_id},
             sign=self.identity.sign, prev=self._chain_tip(),
         )
@@ -209,7 +215,8 @@ class EventLog:
                 # Changes that touched nothing visible (e.g. an empty change): persist them all the same.
                 self._persist_remote(before, [], [])
             return 0
-        verdict = verify_touched(touched.keys, self.doc.value, self.raw.get, self.records.get)
+        verdict = verify_touched(touched.keys, self.doc.value, self.raw.get, self.records.get,
+                                 admitted=self.policy.admit, refuse_event=self._refuse_event)
         problems = list(touched.problems) + verdict.refusals
         if problems:
             self.doc.rollback(before)
@@ -238,6 +245,10 @@ class EventLog:
         if not future.cancelled() and future.exception() is not None:
             self.failed = f"storage failure: {future.exception()}"
             log.error("%s; this desk stops taking scans", self.failed)
+
+    def _refuse_event(self, event: Event, record: NodeRecord) -> str | None:
+        revoked = self.state.revoked.get(event.node)
+        return self.policy.refuse_event(event, record, revoked[0] if revoked else None)
 
     def refuse(self, kind: str, message: str) -> None:
         self.refusals[kind] += 1
@@ -291,6 +302,10 @@ def _refusal_kind(problem: str) -> str:
         return "altered_event"
     if "unknown node" in problem:
         return "unknown_node"
+    if "revoked" in problem or "only an admin" in problem:
+        return "revoked_node"
+    if "not a member" in problem:
+        return "not_a_member"
     if "node record" in problem:
         return "bad_node_record"
     return "malformed"

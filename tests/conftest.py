@@ -6,12 +6,16 @@ from pathlib import Path
 import pytest
 
 from node.desk import DeskConfig, DeskNode
+from tests.procs import TEST_PASSWORD, TEST_USER, add_user
+from tests.provision import provision
 
 
 @pytest.fixture
 async def desk(tmp_path: Path) -> AsyncIterator[DeskNode]:
     """A real desk node in this process, on loopback ports chosen by the OS."""
-    node = DeskNode(DeskConfig(data_dir=tmp_path / "desk", desk="Front desk", port=0, peer_port=0))
+    add_user(tmp_path / "desk", TEST_USER, TEST_PASSWORD, "admin")  # tests sign in: tests.procs.sign_in
+    provision(tmp_path / "desk", "Front desk")
+    node = DeskNode(DeskConfig(data_dir=tmp_path / "desk", desk="Front desk", port=0, peer_port=0, mdns=False))
     await node.start()
     try:
         yield node

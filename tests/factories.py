@@ -38,8 +38,8 @@ class SimDesk:
     def node(self) -> str:
         return self.ident.node_id
 
-    def record(self, desk: str = "desk") -> NodeRecord:
-        return make_record(self.node, self.ident.public_key_raw, desk, self.now, self.ident.sign)
+    def record(self, desk: str = "desk", cert: str | None = None) -> NodeRecord:
+        return make_record(self.node, self.ident.public_key_raw, desk, self.now, self.ident.sign, cert)
 
     def vector(self) -> dict[str, int]:
         vec: dict[str, int] = {}

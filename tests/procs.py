@@ -1,4 +1,7 @@
-"""Real `circmesh run` processes for tests, and TCP relays between them that a test can cut and heal."""
+"""Real `circmesh run` processes for tests, and TCP relays between them that a test can cut and heal.
+
+Each DeskProcess has a staff user (an admin, so tests may do anything) and signs in once it serves; its
+bearer token is kept per desk address, and get_json/post_json/auth_headers send it."""
 
 from __future__ import annotations
 
@@ -15,7 +18,38 @@ from typing import Any
 
 import aiohttp
 
+from tests.provision import provision
+
 READY_TIMEOUT = 60.0
+TEST_USER = "tester"
+TEST_PASSWORD = "correct horse battery"
+_TOKENS: dict[str, str] = {}  # "127.0.0.1:port" -> bearer token of the desk serving there
+
+
+def auth_headers(url: str) -> dict[str, str]:
+    """The Authorization header for the desk that serves `url` (none if it is not a signed-in desk)."""
+    from urllib.parse import urlsplit
+
+    token = _TOKENS.get(urlsplit(url).netloc)
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def add_user(data: Path, name: str, password: str, role: str) -> None:
+    """Creates the user in a desk's data directory unless it is already there (a restarted desk)."""
+    from node.api.users import UserStore
+
+    store = UserStore(data)
+    existing = store.get(name)
+    if existing is None or existing.role != role or store.verify(name, password) is None:
+        store.add(name, password, role)
+
+
+async def sign_in(session: aiohttp.ClientSession, url: str, name: str, password: str) -> str:
+    async with session.post(f"{url}/api/v1/session", json={"name": name, "password": password}) as r:
+        body = await r.json()
+        if r.status != 200:
+            raise RuntimeError(f"sign-in to {url} as {name} failed: {r.status} {body}")
+        return str(body["token"])
 
 
 def free_port() -> int:
@@ -44,6 +78,13 @@ class DeskProcess:
         self.extra = extra or []
         self.proc: asyncio.subprocess.Process | None = None
         self.node: str | None = None
+        self.users: list[tuple[str, str, str]] = [(TEST_USER, TEST_PASSWORD, "admin")]
+        self.mdns = False
+        self.token: str | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     @property
     def url(self) -> str:
@@ -54,9 +95,14 @@ class DeskProcess:
         return f"127.0.0.1:{self.peer_port}"
 
     async def start(self) -> None:
+        for name, password, role in self.users:
+            await asyncio.to_thread(add_user, self.data, name, password, role)
+        await asyncio.to_thread(provision, self.data, self.desk)  # a member of the test directory's cluster
+        # mDNS stays off unless a test asks for it: links must run where the test routes them (relays)
+        discovery = ["--interface", "127.0.0.1"] if self.mdns else ["--no-mdns"]
         argv = [sys.executable, "-m", "node.cli", "run", "--data", str(self.data), "--desk", self.desk,
                 "--port", str(self.port), "--peer-port", str(self.peer_port), "--log-level", "WARNING",
-                *[a for p in self.peers for a in ("--peer", p)], *self.extra]
+                *discovery, *[a for p in self.peers for a in ("--peer", p)], *self.extra]
         self.proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE)
         assert self.proc.stdout is not None
         async with asyncio.timeout(READY_TIMEOUT):
@@ -68,7 +114,11 @@ class DeskProcess:
                     ready = json.loads(line)
                     if ready.get("ready"):
                         self.node = ready["node"]
-                        return
+                        break
+        name, password, _ = self.users[0]
+        async with aiohttp.ClientSession() as session:
+            self.token = await sign_in(session, self.url, name, password)
+        _TOKENS[f"127.0.0.1:{self.port}"] = self.token
 
     async def kill9(self) -> None:
         assert self.proc is not None
@@ -143,12 +193,12 @@ class Relay:
 
 
 async def get_json(session: aiohttp.ClientSession, url: str) -> Any:
-    async with session.get(url) as r:
+    async with session.get(url, headers=auth_headers(url)) as r:
         return await r.json()
 
 
 async def post_json(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> tuple[int, Any]:
-    async with session.post(url, json=body) as r:
+    async with session.post(url, json=body, headers=auth_headers(url)) as r:
         return r.status, await r.json()
 
 

@@ -81,7 +81,7 @@ async def test_checkout_at_one_desk_reaches_the_others_loans_and_live_feed(clust
     a, b, c = (cluster.desks[n] for n in "ABC")
     for d in (a, b, c):
         await wait_for(lambda d=d: connected(session, d, 2), what=f"{d.desk} linked")
-    feeds = [await session.ws_connect(f"{d.url}/api/v1/live") for d in (b, c)]
+    feeds = [await session.ws_connect(f"{d.url}/api/v1/live", headers=d.headers) for d in (b, c)]
     status, created = await post_json(session, f"{a.url}/api/v1/checkouts", {"patron": "23000001", "item": "39001"})
     assert status == 201
     event_id = created["event"]["id"]
@@ -178,7 +178,7 @@ async def test_desk_survives_bad_http_input(cluster, session) -> None:
     ]
     for raw, code in cases:
         async with session.post(f"{a.url}/api/v1/checkouts", data=raw,
-                                headers={"Content-Type": "application/json"}) as r:
+                                headers={"Content-Type": "application/json", **a.headers}) as r:
             body = await r.json()
             assert 400 <= r.status < 500 and body["error"]["code"] == code, (raw[:40], body)
     status = await get_json(session, f"{a.url}/api/v1/status")

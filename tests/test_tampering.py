@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,7 +17,12 @@ from automerge.core import ROOT, ScalarType
 from node.crdt.document import LogDocument
 from node.desk import DeskNode
 from node.discovery import frames
+from node.trust.ca import issue_node_certificate
+from node.trust.certs import cert_pem
+from node.trust.tlsctx import client_context
 from tests.factories import SimDesk, identity
+from tests.procs import TEST_PASSWORD, TEST_USER, sign_in
+from tests.provision import test_ca
 
 
 async def api(session: aiohttp.ClientSession, node: DeskNode, method: str, path: str, **kw: Any) -> Any:
@@ -32,9 +38,15 @@ class HostilePeer:
         self.ident = identity()
         self.doc = LogDocument(self.ident.actor_id)
         self.state = self.doc.new_sync_state()
+        # A member of the cluster gone bad: its certificate is genuine, so TLS lets it in.
+        root = Path(node.config.data_dir).parent
+        ca = test_ca(root)
+        cert = issue_node_certificate(ca, self.ident.key.public_key(), self.ident.node_id, "intruder", "desk")
+        self.cert_pem = cert_pem(cert)
+        self.ssl = client_context(self.ident.key, cert, ca.cert, root / f"tls-{self.ident.node_id[:8]}")
 
     async def connect(self) -> None:
-        self.ws = await self.session.ws_connect(f"ws://127.0.0.1:{self.node.peer_port}/peer")
+        self.ws = await self.session.ws_connect(f"wss://127.0.0.1:{self.node.peer_port}/peer", ssl=self.ssl)
         await self.ws.send_bytes(frames.encode(frames.Hello(self.ident.node_id, "intruder", 0)))
         hello = frames.decode((await self.ws.receive(timeout=10)).data)
         assert isinstance(hello, frames.Hello) and hello.node == self.node.node_id
@@ -75,9 +87,17 @@ class HostilePeer:
 
 
 @pytest.fixture
-async def session():
+async def session(desk):
+    """A client signed in to the desk (bearer token): the peer port needs none, the desk API does."""
     async with aiohttp.ClientSession() as s:
+        token = await sign_in(s, f"http://127.0.0.1:{desk.port}", TEST_USER, TEST_PASSWORD)
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as s:
         yield s
+
+
+def member_cert(desk: DeskNode, sim: SimDesk) -> str:
+    ca = test_ca(Path(desk.config.data_dir).parent)
+    return cert_pem(issue_node_certificate(ca, sim.ident.key.public_key(), sim.node, "member", "desk"))
 
 
 async def _still_serving(session, desk, item: str) -> None:
@@ -92,10 +112,15 @@ async def test_random_bytes_and_non_protocol_frames_are_refused(desk, session) -
         await peer.connect()
         await peer.ws.send_bytes(payload)
         await peer.expect_drop()
-    async with session.get(f"http://127.0.0.1:{desk.peer_port}/peer") as r:  # plain HTTP, not a WebSocket
-        assert r.status == 400
+    # plain HTTP on the peer port: the TLS handshake fails, the connection is closed, and it is counted
+    reader, writer = await asyncio.open_connection("127.0.0.1", desk.peer_port)
+    writer.write(b"GET /peer HTTP/1.1\r\nHost: x\r\n\r\n")
+    async with asyncio.timeout(10):
+        assert await reader.read() == b""
+    writer.close()
     _, body = await api(session, desk, "GET", "/status")
     assert body["refusals"]["garbage"] >= 4
+    assert body["refusals"]["link_tls_wrong_protocol"] >= 1
     assert body["node"]["events"] == 0
     await _still_serving(session, desk, "I-after-garbage")
 
@@ -135,8 +160,10 @@ async def test_unsigned_and_forged_events_are_refused(desk, session) -> None:
     cases = [
         ({f"{victim_id}:99": msgpack.packb(obj, use_bin_type=True)}, "bad_signature"),
         ({forged.id: forged.encode()}, "unknown_node"),
-        ({"n:" + honest_looking.node: honest_looking.record().encode(),
+        ({"n:" + honest_looking.node: honest_looking.record(cert=member_cert(desk, honest_looking)).encode(),
           f"{honest_looking.node}:1": msgpack.packb(unsigned, use_bin_type=True)}, "bad_signature"),
+        # a self-signed record with no certificate from the cluster's CA: not a member
+        ({"n:" + impostor.node: impostor.record().encode(), forged.id: forged.encode()}, "not_a_member"),
         ({"not-an-event": b"hello"}, "malformed"),
     ]
     for entries, counter in cases:
@@ -159,7 +186,7 @@ async def test_an_honest_new_peer_is_accepted(desk, session) -> None:
     await peer.connect()
     stranger = SimDesk(ident=peer.ident)
     event = stranger.write("checkout", patron="P5", item="I5", due=1)
-    peer.put("n:" + stranger.node, stranger.record("visitor").encode())
+    peer.put("n:" + stranger.node, stranger.record("visitor", cert=peer.cert_pem).encode())
     peer.put(event.id, event.encode())
     await peer.pull()
     _, loans = await api(session, desk, "GET", "/loans?item=I5")

@@ -1,21 +1,30 @@
-"""The desk's web application: the JSON API under /api/v1, the live feed, and (later) the web UI."""
+"""The desk's web application: the JSON API under /api/v1, the live feed, sign-in, and the web UI."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from aiohttp import web
 
-from node.api import circulation, queries
-from node.api.auth import staff_middleware
+from node.api import admin, auth, circulation, enrolment, files, queries, ui
+from node.api.auth import setup_auth, staff_middleware
 from node.api.errors import MAX_BODY, error_middleware
 from node.api.keys import NODE
+from node.trust.enrolment_http import enrolment_routes
 
 
 def build_app(node: object) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[error_middleware, staff_middleware])
     app[NODE] = node
+    setup_auth(app, Path(node.config.data_dir), node.node_id)  # type: ignore[attr-defined]
+    app.add_routes(auth.routes)
     app.add_routes(circulation.routes)
     app.add_routes(queries.routes)
+    app.add_routes(admin.routes)
+    app.add_routes(files.routes)
+    app.add_routes(enrolment.routes)
     app.router.add_get("/api/v1/live", node.live.handle)  # type: ignore[attr-defined]
+    app.add_routes(ui.routes)
     return app
 
 
@@ -23,4 +32,7 @@ def build_peer_app(node: object) -> web.Application:
     """The peer port serves nothing but peer links."""
     app = web.Application(client_max_size=MAX_BODY)
     app.router.add_get("/peer", node.peers.handle)  # type: ignore[attr-defined]
+    admissions = node.admissions  # type: ignore[attr-defined]
+    if admissions is not None:  # this desk holds the cluster CA: it admits joining desks
+        app.add_routes(enrolment_routes(admissions, node.membership.ca))  # type: ignore[attr-defined]
     return app

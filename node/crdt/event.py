@@ -24,7 +24,7 @@ from node.crdt.hlc import Hlc
 from node.trust.identity import is_node_id
 
 DESK_KINDS = ("checkout", "checkin", "renew", "payment", "in_house_use", "patron_register")
-ADMIN_KINDS = ("void", "resolve")
+ADMIN_KINDS = ("void", "resolve", "revoke")
 BRIDGE_KINDS = ("applied",)
 KINDS = DESK_KINDS + ADMIN_KINDS + BRIDGE_KINDS
 MAX_EVENT_BYTES = 8192
@@ -124,6 +124,15 @@ def _check_resolve(b: Mapping[str, Any]) -> None:
     _text(b, "note", required=False)
 
 
+def _check_revoke(b: Mapping[str, Any]) -> None:
+    if not is_node_id(b.get("node")):
+        raise EventError("node must be the revoked desk's node id")
+    upto = b.get("upto")
+    if not isinstance(upto, int) or isinstance(upto, bool) or upto < 0:
+        raise EventError("upto must be the revoked desk's last accepted sequence number")
+    _text(b, "reason", required=False)
+
+
 def _check_applied(b: Mapping[str, Any]) -> None:
     _text(b, "event", limit=80)
     if b.get("status") not in ("applied", "refused"):
@@ -143,6 +152,7 @@ _BODY_CHECKS: dict[str, Callable[[Mapping[str, Any]], None]] = {
     "patron_register": _check_register,
     "void": _check_void,
     "resolve": _check_resolve,
+    "revoke": _check_revoke,
     "applied": _check_applied,
 }
 

@@ -49,6 +49,7 @@ class CirculationState:
     conflicts: dict[str, Conflict] = field(default_factory=dict)
     settled: dict[str, str] = field(default_factory=dict)  # conflict id -> resolve event id
     voided: dict[str, str] = field(default_factory=dict)  # event id -> void event id
+    revoked: dict[str, tuple[int, str]] = field(default_factory=dict)  # node -> (last accepted seq, revoke id)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     events_seen: int = 0
     _by_id: dict[str, Event] = field(default_factory=dict, repr=False)
@@ -138,6 +139,10 @@ def _resolve(state: CirculationState, e: Event) -> None:
     state.settled.setdefault(e.body["conflict"], e.id)
 
 
+def _revoke(state: CirculationState, e: Event) -> None:
+    state.revoked.setdefault(e.body["node"], (e.body["upto"], e.id))
+
+
 def _applied(state: CirculationState, e: Event) -> None:
     target = e.body["event"]
     if target not in state.outcomes:
@@ -152,6 +157,7 @@ _RULES = {
     "in_house_use": _in_house_use,
     "patron_register": _register,
     "resolve": _resolve,
+    "revoke": _revoke,
     "applied": _applied,
 }
 

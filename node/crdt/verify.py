@@ -39,8 +39,10 @@ def verify_touched(
     known_event: Callable[[str], bytes | None],
     known_record: Callable[[str], NodeRecord | None],
     admitted: Callable[[NodeRecord], str | None] = lambda record: None,
+    refuse_event: Callable[[Event, NodeRecord], str | None] = lambda event, record: None,
 ) -> Verdict:
-    """`admitted` may refuse a record (returns the reason): the hook where cluster membership slots in."""
+    """`admitted` may refuse a record and `refuse_event` an event (each returns the reason): the hooks
+    where cluster membership and revocation slot in."""
     verdict = Verdict()
     keys = list(keys)
     fresh_records: dict[str, NodeRecord] = {}
@@ -95,6 +97,18 @@ def verify_touched(
         if record is None:
             verdict.refusals.extend(f"event {e.id} is signed by an unknown node" for e, _ in events)
             continue
+        reason = admitted(record) if node not in fresh_records else None
+        if reason:
+            verdict.refusals.extend(f"event {e.id}: {reason}" for e, _ in events)
+            continue
+        allowed = []
+        for event, raw in events:
+            reason = refuse_event(event, record)
+            if reason:
+                verdict.refusals.append(reason)
+            else:
+                allowed.append((event, raw))
+        events = allowed
         _verify_runs(sorted(events, key=lambda er: er[0].seq), record.key, known_event, verdict)
     return verdict
 

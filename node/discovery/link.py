@@ -55,7 +55,8 @@ class PeerLink:
         self.info: LinkInfo | None = None
         self._closing = False
 
-    async def handshake(self) -> LinkInfo:
+    async def handshake(self, proven: str | None = None) -> LinkInfo:
+        """Exchanges hellos. `proven` is the node id the peer's certificate proves: the hello must agree."""
         hello = frames.Hello(self.log.identity.node_id, self.log.desk, wall_ms())
         await self.ws.send_bytes(frames.encode(hello))
         try:
@@ -67,6 +68,9 @@ class PeerLink:
             raise LinkClosed("first frame was not a hello")
         if frame.node == self.log.identity.node_id:
             raise LinkClosed("connected to itself")
+        if proven is not None and frame.node != proven:
+            self.log.refuse("impostor", f"{self.address}: hello names {frame.node[:12]}, certificate {proven[:12]}")
+            raise LinkClosed("hello names another node than the certificate")
         self.info = LinkInfo(frame.node, frame.desk, self.address, self.outbound,
                              clock_offset_ms=frame.wall - wall_ms())
         return self.info

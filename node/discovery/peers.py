@@ -21,6 +21,7 @@ from aiohttp import web
 from node.discovery.link import LinkClosed, LinkInfo, PeerLink, ws_client_timeout
 from node.discovery.transport import Transport
 from node.eventlog import EventLog
+from node.trust.certs import TrustError
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,9 @@ class PeerTable:
             del self.links[link.info.node]
             self._changed.set()
 
-    async def serve_link(self, link: PeerLink) -> None:
+    async def serve_link(self, link: PeerLink, proven: str | None = None) -> None:
         try:
-            await link.handshake()
+            await link.handshake(proven)
             if not self._claim(link):
                 return
             log.info("linked to %s (%s) at %s", link.info.desk if link.info else "?", link.address,
@@ -90,17 +91,39 @@ class PeerTable:
         if not ws.can_prepare(request).ok:
             self.counters["not_websocket"] += 1
             return web.Response(status=400, text="circmesh peer port: WebSocket peers only\n")
+        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+        try:
+            proven = self.transport.peer_identity(ssl_object)
+        except TrustError as e:
+            self.counters["untrusted_peer"] += 1
+            log.warning("refused a peer link: %s", e)
+            return web.Response(status=403, text=f"circmesh peer port: {e}\n")
         await ws.prepare(request)
         peername = request.transport.get_extra_info("peername") if request.transport else None
         address = f"{peername[0]}:{peername[1]}" if peername else "?"
         await self.serve_link(PeerLink(self.log, ws, outbound=False, address=address,
-                                        bridge_state=self.bridge_state))
+                                       bridge_state=self.bridge_state), proven)
         return ws
 
     # ---- outbound
     def dial(self, address: str) -> None:
         if address not in self._dialers:
             self._dialers[address] = asyncio.get_running_loop().create_task(self._dial_loop(address))
+
+    def forget(self, address: str) -> None:
+        """Stops dialling an address (a peer that mDNS says went away); a live link to it stays up."""
+        task = self._dialers.pop(address, None)
+        if task is not None and self._address_node.get(address) not in self.links:
+            task.cancel()
+        elif task is not None:
+            self._dialers[address] = task
+
+    async def drop(self, node: str, reason: str) -> None:
+        link = self.links.get(node)
+        if link is not None:
+            log.warning("dropping the link to %s: %s", node[:12], reason)
+            self.counters["dropped"] += 1
+            await link.close()
 
     async def _dial_loop(self, address: str) -> None:
         delay = BACKOFF_START
@@ -115,9 +138,16 @@ class PeerTable:
                     heartbeat=15.0, timeout=ws_client_timeout(),
                 )
                 link = PeerLink(self.log, ws, outbound=True, address=address, bridge_state=self.bridge_state)
+                try:
+                    proven = self.transport.peer_identity(ws.get_extra_info("ssl_object"))
+                except TrustError as e:
+                    self.counters["untrusted_peer"] += 1
+                    log.warning("refused the peer at %s: %s", address, e)
+                    await link.close()
+                    raise OSError(str(e)) from None
                 self.counters["dials_ok"] += 1
                 linked = True
-                await self.serve_link(link)
+                await self.serve_link(link, proven)
             except (aiohttp.ClientError, OSError, TimeoutError) as e:
                 self.counters["dials_failed"] += 1
                 log.debug("dial %s failed: %s", address, e)

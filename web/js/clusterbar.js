@@ -1,0 +1,124 @@
+// The cluster bar on every screen: the ILS, linked desks, the bridge, uploads (with a progress bar
+// while uploading), this desk's clock and storage. Polled every few seconds and after live events.
+
+import { get } from './api.js';
+import { $, debounce } from './dom.js';
+import { fmt, t } from './i18n.js';
+
+const POLL_MS = 3000;
+const CLOCK_WARN_MS = 60_000;
+let timer = null;
+let last = null;
+let liveState = 'closed';
+const listeners = new Set();
+
+export function onStatus(listener) { listeners.add(listener); }
+export function lastStatus() { return last; }
+
+function pill(id, tone, text, title = '') {
+  const node = $(id);
+  node.dataset.tone = tone;
+  node.querySelector('.pill-text').textContent = text;
+  if (title) node.title = title; else node.removeAttribute('title');
+}
+
+function median(values) {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted.length ? sorted[Math.floor(sorted.length / 2)] : 0;
+}
+
+export function render(status = last) {
+  renderLive();
+  if (!status) return;
+  const ils = status.ils;
+  if (!ils) pill('cb-ils', 'unknown', t('cluster.ils_unknown'));
+  else {
+    const probe = ils.last_probe ? t('cluster.ils_probe', { time: fmt.time(ils.last_probe) }) : '';
+    pill('cb-ils', ils.reachable ? 'good' : 'bad', ils.reachable ? t('cluster.ils_online') : t('cluster.ils_offline'), probe);
+  }
+
+  const peers = status.peers || [];
+  const connected = peers.filter((p) => p.connected).length;
+  if (!peers.length) pill('cb-peers', 'unknown', t('cluster.peers_none'));
+  else {
+    pill('cb-peers', connected === peers.length ? 'good' : connected ? 'warn' : 'bad',
+      t('cluster.peers', { connected: fmt.number(connected), count: peers.length }),
+      peers.map((p) => `${p.desk}: ${p.connected ? t('desks.linked') : t('desks.not_linked')}`).join('\n'));
+  }
+
+  const bridge = status.bridge;
+  if (!bridge) pill('cb-bridge', 'unknown', t('cluster.bridge_none'));
+  else pill('cb-bridge', 'good', bridge.is_me ? t('cluster.bridge_me') : t('cluster.bridge', { desk: bridge.desk }));
+
+  renderUpload(status.upload || { pending: 0, applied: 0, failed: 0, uploading: false });
+
+  const offsets = peers.filter((p) => p.connected && typeof p.clock_offset_ms === 'number');
+  const clock = $('cb-clock');
+  const typical = median(offsets.map((p) => p.clock_offset_ms));
+  if (offsets.length && Math.abs(typical) > CLOCK_WARN_MS) {
+    clock.hidden = false;
+    const worst = offsets.reduce((a, b) => (Math.abs(b.clock_offset_ms) > Math.abs(a.clock_offset_ms) ? b : a));
+    pill('cb-clock', 'warn', t('cluster.clock', { offset: fmt.duration(typical) }),
+      t('cluster.clock_detail', { desk: worst.desk, offset: fmt.duration(worst.clock_offset_ms) }));
+  } else {
+    clock.hidden = true;
+  }
+
+  const storage = $('cb-storage');
+  storage.hidden = !(status.node && status.node.storage === 'failed');
+  if (!storage.hidden) pill('cb-storage', 'bad', t('cluster.storage'), status.node.failure || '');
+}
+
+function renderUpload(upload) {
+  const done = (upload.applied || 0) + (upload.failed || 0);
+  const pending = upload.pending || 0;
+  const total = done + pending;
+  const percent = total ? Math.floor((done / total) * 100) : 100;
+  const text = pending === 0
+    ? t('cluster.upload_done')
+    : upload.uploading
+      ? t('cluster.upload_uploading', { count: pending })
+      : t('cluster.upload_pending', { count: pending });
+  pill('cb-upload', pending === 0 ? 'good' : upload.uploading ? 'busy' : 'warn', text);
+  const bar = $('cb-progress');
+  bar.hidden = total === 0;
+  $('cb-progress-label').hidden = total === 0;
+  bar.setAttribute('aria-valuenow', String(percent));
+  bar.dataset.active = String(Boolean(upload.uploading) || pending > 0);
+  $('cb-progress-fill').style.width = `${percent}%`;
+  $('cb-progress-label').textContent = fmt.percent(percent / 100);
+}
+
+function renderLive() {
+  pill('cb-live', liveState === 'open' ? 'good' : 'warn', liveState === 'open' ? t('cluster.live_on') : t('cluster.live_off'));
+}
+
+export function setLiveState(state) {
+  liveState = state;
+  renderLive();
+}
+
+export async function refresh() {
+  try {
+    last = await get('/status');
+    render(last);
+    for (const listener of listeners) listener(last);
+  } catch (e) {
+    // The bar keeps its last picture; the live pill shows the desk is unreachable.
+    console.warn('cluster status', e);
+  }
+}
+
+export const refreshSoon = debounce(refresh, 150);
+
+export function startClusterBar() {
+  $('cluster-bar').hidden = false;
+  refresh();
+  clearInterval(timer);
+  timer = setInterval(refresh, POLL_MS);
+}
+
+export function stopClusterBar() {
+  clearInterval(timer);
+  $('cluster-bar').hidden = true;
+}
