@@ -1,4 +1,4 @@
-"""The cluster CA, node certificates, member records and revocations."""
+"""The cluster CA, node certificates and member records (revocation is a log event: test_membership.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from node.trust.ca import (
     CA_KEY_FILE,
@@ -33,7 +31,6 @@ from node.trust.certs import (
     verify_node_certificate,
 )
 from node.trust.identity import node_id_for
-from node.trust.revocation import make_revocation, verify_revocation
 
 UTC = dt.UTC
 
@@ -250,55 +247,3 @@ def test_member_record_round_trip_and_tampering(ca: CertificateAuthority) -> Non
     _, _, foreign = new_node(create_ca("Elsewhere"))
     with pytest.raises(TrustError, match="not issued"):
         verify_member_record(make_member_record(foreign), ca.cert, set())
-
-
-def test_revocation_by_an_admin(ca: CertificateAuthority) -> None:
-    admin_key, admin_id, admin_cert = new_node(ca, desk="Office", role="admin")
-    _, target, _ = new_node(ca)
-    statement = make_revocation(admin_key, admin_cert, ca.cluster_id, target, "stolen laptop")
-    revocation = verify_revocation(statement, ca.cert)
-    assert (revocation.node_id, revocation.by, revocation.reason) == (target, admin_id, "stolen laptop")
-
-
-def test_revocation_refusals(ca: CertificateAuthority) -> None:
-    admin_key, admin_id, admin_cert = new_node(ca, role="admin")
-    desk_key, _, desk_cert = new_node(ca, role="desk")
-    _, target, _ = new_node(ca)
-    good = make_revocation(admin_key, admin_cert, ca.cluster_id, target)
-
-    with pytest.raises(TrustError, match="signature"):
-        verify_revocation({**good, "node": node_id_for(Ed25519PrivateKey.generate().public_key())}, ca.cert)
-    with pytest.raises(TrustError, match="not an admin"):
-        verify_revocation(make_revocation(desk_key, desk_cert, ca.cluster_id, target), ca.cert)
-    with pytest.raises(TrustError, match="revoked"):
-        verify_revocation(good, ca.cert, {admin_id})
-    with pytest.raises(TrustError, match="another cluster"):
-        verify_revocation(make_revocation(admin_key, admin_cert, "1" * 32, target), ca.cert)
-    # An admin of another cluster, or a key claiming someone else's certificate.
-    foreign_ca = create_ca("Elsewhere")
-    f_key, _, f_cert = new_node(foreign_ca, role="admin")
-    with pytest.raises(TrustError, match="not issued"):
-        verify_revocation(make_revocation(f_key, f_cert, ca.cluster_id, target), ca.cert)
-    with pytest.raises(TrustError):
-        verify_revocation(make_revocation(desk_key, admin_cert, ca.cluster_id, target), ca.cert)
-    with pytest.raises(TrustError, match="fields"):
-        verify_revocation({k: v for k, v in good.items() if k != "reason"}, ca.cert)
-    with pytest.raises(TrustError):
-        make_revocation(admin_key, admin_cert, ca.cluster_id, "not-a-node-id")
-
-
-@pytest.fixture(scope="module")
-def signed_revocation(ca: CertificateAuthority):
-    admin_key, _, admin_cert = new_node(ca, role="admin")
-    _, target, _ = new_node(ca)
-    return make_revocation(admin_key, admin_cert, ca.cluster_id, target, "lost")
-
-
-@settings(max_examples=60, deadline=None)
-@given(field=st.sampled_from(["v", "cluster", "node", "by", "at", "reason", "sig"]),
-       value=st.one_of(st.text(max_size=40), st.integers(), st.none(), st.booleans()))
-def test_any_change_to_a_revocation_is_refused(ca, signed_revocation, field, value) -> None:
-    if signed_revocation[field] == value and type(signed_revocation[field]) is type(value):
-        return
-    with pytest.raises(TrustError):
-        verify_revocation({**signed_revocation, field: value}, ca.cert)

@@ -73,3 +73,35 @@ def test_events_of_a_node_without_a_record_are_refused() -> None:
     values = {event.id: event.encode()}
     verdict = check(values)
     assert verdict.refusals == [f"event {event.id} is signed by an unknown node"]
+
+
+def _member(ca, desk: SimDesk, role: str = "desk") -> str:
+    from node.trust.ca import issue_node_certificate
+    from node.trust.certs import cert_pem
+
+    return cert_pem(issue_node_certificate(ca, desk.ident.key.public_key(), desk.node, "Desk", role))
+
+
+def test_cluster_policy_admits_members_and_applies_revocations() -> None:
+    from node.cluster import ClusterPolicy, Membership
+    from node.trust.ca import create_ca
+
+    ca = create_ca("Test library")
+    admin, desk, stranger = SimDesk(), SimDesk(), SimDesk()
+    membership = Membership(ca.cluster_id, "Test library", "admin", ca.cert, ca.cert, ca)
+    policy = ClusterPolicy(membership)
+    records = {d.node: d.record(cert=_member(ca, d, role)) for d, role in ((admin, "admin"), (desk, "desk"))}
+    records[stranger.node] = stranger.record()  # self-signed, no certificate from the CA
+    assert policy.admit(records[admin.node]) is None and policy.admit(records[desk.node]) is None
+    assert "not a member" in policy.admit(records[stranger.node])
+
+    early = [desk.write("in_house_use", item=f"I{i}") for i in range(3)]
+    late = desk.write("in_house_use", item="after")
+    # a revocation accepted up to seq 3: what the desk wrote while trusted stays, what follows is refused
+    assert all(policy.refuse_event(e, records[desk.node], 3) is None for e in early)
+    assert "revoked" in policy.refuse_event(late, records[desk.node], 3)
+    # only an admin desk may revoke
+    by_desk = desk.write("revoke", node=admin.node, upto=0)
+    by_admin = admin.write("revoke", node=desk.node, upto=3)
+    assert "only an admin" in policy.refuse_event(by_desk, records[desk.node], None)
+    assert policy.refuse_event(by_admin, records[admin.node], None) is None
