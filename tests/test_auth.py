@@ -65,6 +65,16 @@ def test_a_running_store_sees_users_added_by_another_process(tmp_path: Path) -> 
     assert running.verify("late", "late-pass") is None
 
 
+def test_a_damaged_user_file_lets_no_one_in_and_does_not_crash(tmp_path: Path) -> None:
+    store = UserStore(tmp_path)
+    store.add("anna", "s3cret-pass", "admin")
+    for damage in ("{not json", '{"users": [{"name": "anna"}]}', "[1, 2]", '{"users": [{"name": "anna", '
+                   '"role": "emperor", "hash": "x"}]}'):
+        (tmp_path / "users.json").write_text(damage)
+        assert store.verify("anna", "s3cret-pass") is None
+        assert store.get("anna") is None
+
+
 @given(st.text(min_size=1, max_size=40))
 def test_user_names_normalise_stably(name: str) -> None:
     try:

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import getpass
 import json
+import logging
 import os
 import sys
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+log = logging.getLogger(__name__)
 USERS_FILE = "users.json"
 ROLES = ("staff", "admin")
 PASSWORD_ENV = "CIRCMESH_PASSWORD"
@@ -61,7 +63,7 @@ class UserStore:
         self.path = Path(data_dir) / USERS_FILE
         self.hasher = hasher or PasswordHasher()
         self._users: dict[str, User] = {}
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         # Checked when the name is unknown, so that an unknown name costs as long as a wrong password.
         self._decoy = self.hasher.hash("circmesh decoy password")
 
@@ -72,12 +74,18 @@ class UserStore:
         except FileNotFoundError:
             self._users, self._stamp = {}, None
             return self._users
-        stamp = (st.st_mtime_ns, st.st_size)
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)  # each write replaces the file: a new inode
         if stamp != self._stamp:
-            raw = json.loads(self.path.read_text(encoding="utf-8"))
             users = {}
-            for entry in raw.get("users", []):
-                users[normal_name(entry["name"])] = User(entry["name"], entry["role"], entry["hash"])
+            try:
+                raw = json.loads(self.path.read_text(encoding="utf-8"))
+                for entry in raw["users"]:
+                    if entry["role"] in ROLES:
+                        users[normal_name(entry["name"])] = User(entry["name"], entry["role"], entry["hash"])
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                # Fail closed: nobody signs in on a damaged file, and the log says why.
+                log.error("%s is unreadable (%s): no one can sign in until it is fixed", self.path, e)
+                users = {}
             self._users, self._stamp = users, stamp
         return self._users
 
