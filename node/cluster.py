@@ -122,8 +122,8 @@ class TrustPolicy:
     def refuse_event(self, event: Event, record: NodeRecord, revoked_upto: int | None) -> str | None:
         if revoked_upto is not None and event.seq > revoked_upto:
             return f"event {event.id} was written by a revoked desk after its revocation"
-        if event.kind == "revoke" and self.role_of(record) != "admin":
-            return f"event {event.id}: only an admin desk may revoke a desk"
+        if event.kind in ("revoke", "away") and self.role_of(record) != "admin":
+            return f"event {event.id}: only an admin desk may revoke a desk or mark it away"
         return None
 
     def role_of(self, record: NodeRecord) -> str:

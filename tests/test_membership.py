@@ -243,3 +243,24 @@ async def test_foreign_and_spoofed_mdns_records_lead_nowhere(two_desks, session)
     assert status == 201
 
 
+
+
+async def test_away_lasts_until_the_desk_writes_again(two_desks, session) -> None:
+    admin, joiner = two_desks
+
+    async def away() -> bool | None:
+        desks = (await get_json(session, f"{admin.url}/api/v1/desks"))["desks"]
+        return next(d["away"] for d in desks if d["desk"] == "Returns")
+
+    status, body = await post_json(session, f"{admin.url}/api/v1/desks/{joiner.node}/away", {})
+    assert status == 201, body
+    assert await away() is True
+    status, body = await post_json(session, f"{admin.url}/api/v1/desks/{admin.node}/away", {})
+    assert status == 400  # a desk cannot mark itself away
+    status, _ = await post_json(session, f"{joiner.url}/api/v1/checkins", {"item": "back-again"})
+    assert status == 201
+
+    async def back() -> bool:
+        return await away() is False
+
+    await wait_for(back, what="the desk no longer away once it writes")

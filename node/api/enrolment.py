@@ -65,10 +65,12 @@ async def desks(request: web.Request) -> web.Response:
             except TrustError:
                 role = "unknown"
         revoked = state.revoked.get(record.node)
+        away = state.away.get(record.node)
         out.append({
             "node": record.node, "desk": record.desk, "role": role, "certificate_expires": expires,
             "me": record.node == node.node_id, "connected": record.node in linked,
             "revoked": revoked is not None, "revoked_by": revoked[1] if revoked else None,
+            "away": away is not None and node.log.vector.get(record.node, 0) <= away[0],
             "events": node.log.vector.get(record.node, 0),
         })
     body: dict[str, Any] = {"desks": out, "cluster": {"id": node.membership.cluster_id,
@@ -106,6 +108,24 @@ async def reject(request: web.Request) -> web.Response:
     except EnrolmentError as e:
         raise ApiError(404, f"enrolment_{e.reason}", str(e)) from None
     return web.json_response({"rejected": request.match_info["id"]})
+
+
+@routes.post("/api/v1/desks/{node}/away")
+async def mark_away(request: web.Request) -> web.Response:
+    """An admin says a desk is switched off for a while (the two-desk library): it counts as away until it
+    writes anything new, so it needs no 'back' button."""
+    _admin(request)
+    node = request.app[NODE]
+    target = request.match_info["node"]
+    await json_body(request, set(), set())
+    if not is_node_id(target) or target not in node.log.records:
+        raise ApiError(404, "unknown_desk", "no enrolled desk has that node id")
+    if target == node.node_id:
+        raise ApiError(400, "self_away", "this desk is plainly here; mark the other desk away")
+    if target in node.log.state.revoked:
+        raise ApiError(409, "already_revoked", "that desk is revoked")
+    event = await node.log.append("away", {"node": target, "upto": node.log.vector.get(target, 0)}, request[STAFF])
+    return web.json_response({"event": node.event_json(event)}, status=201)
 
 
 @routes.post("/api/v1/desks/{node}/revocation")

@@ -24,7 +24,7 @@ from node.crdt.hlc import Hlc
 from node.trust.identity import is_node_id
 
 DESK_KINDS = ("checkout", "checkin", "renew", "payment", "in_house_use", "patron_register")
-ADMIN_KINDS = ("void", "resolve", "revoke")
+ADMIN_KINDS = ("void", "resolve", "revoke", "away")
 BRIDGE_KINDS = ("applied",)
 KINDS = DESK_KINDS + ADMIN_KINDS + BRIDGE_KINDS
 MAX_EVENT_BYTES = 8192
@@ -153,6 +153,7 @@ _BODY_CHECKS: dict[str, Callable[[Mapping[str, Any]], None]] = {
     "void": _check_void,
     "resolve": _check_resolve,
     "revoke": _check_revoke,
+    "away": _check_revoke,  # {node, upto}: away until that desk writes past `upto`
     "applied": _check_applied,
 }
 

@@ -50,6 +50,7 @@ class CirculationState:
     settled: dict[str, str] = field(default_factory=dict)  # conflict id -> resolve event id
     voided: dict[str, str] = field(default_factory=dict)  # event id -> void event id
     revoked: dict[str, tuple[int, str]] = field(default_factory=dict)  # node -> (last accepted seq, revoke id)
+    away: dict[str, tuple[int, str]] = field(default_factory=dict)  # node -> (seq it had reached, away event)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     events_seen: int = 0
     _by_id: dict[str, Event] = field(default_factory=dict, repr=False)
@@ -143,6 +144,10 @@ def _revoke(state: CirculationState, e: Event) -> None:
     state.revoked.setdefault(e.body["node"], (e.body["upto"], e.id))
 
 
+def _away(state: CirculationState, e: Event) -> None:
+    state.away[e.body["node"]] = (e.body["upto"], e.id)
+
+
 def _applied(state: CirculationState, e: Event) -> None:
     target = e.body["event"]
     if target not in state.outcomes:
@@ -158,6 +163,7 @@ _RULES = {
     "patron_register": _register,
     "resolve": _resolve,
     "revoke": _revoke,
+    "away": _away,
     "applied": _applied,
 }
 

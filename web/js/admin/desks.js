@@ -8,6 +8,7 @@ import { fmt, t } from '../i18n.js';
 
 let active = false;
 let data = null;
+let languageChanged = false;
 
 function errorText(e) {
   if (e instanceof ApiError) {
@@ -43,8 +44,15 @@ function stateOf(desk) {
   return 'enrolled';
 }
 
+let shownDesks = null;
+
 function renderDesks() {
   const peers = new Map(((lastStatus() || {}).peers || []).map((p) => [p.node, p]));
+  // Redraw only on a change: a row rebuilt under the pointer would swallow the admin's click.
+  const shown = JSON.stringify([data.desks, [...peers.values()].map((p) => [p.node, p.connected, p.lag,
+    Math.round((p.clock_offset_ms || 0) / 1000)]), document.documentElement.lang]);
+  if (shown === shownDesks) return;
+  shownDesks = shown;
   const body = clear($('desks-body'));
   for (const desk of data.desks) {
     const peer = peers.get(desk.node) || {};
@@ -68,10 +76,17 @@ function renderDesks() {
   }
 }
 
+let shownPending = null;
+
 function renderPending() {
   const section = $('pending-section');
   section.hidden = !Array.isArray(data.pending);
   if (section.hidden) return;
+  // Redraw only when the requests change, or a refresh would wipe the code the admin is typing.
+  const ids = data.pending.map((p) => p.id).join(' ');
+  if (ids === shownPending && !languageChanged) return;
+  shownPending = ids;
+  languageChanged = false;
   const body = clear($('pending-body'));
   for (const p of data.pending) {
     const code = el('input', { class: 'code-input mono', autocomplete: 'off', spellcheck: 'false', 'aria-label': t('col.code') });
@@ -133,6 +148,7 @@ export function showDesks(on) {
 export function initDesks() {
   $('code-desk').addEventListener('click', () => run(() => post('/enrolment/codes', { role: 'desk' })));
   $('code-admin').addEventListener('click', () => run(() => post('/enrolment/codes', { role: 'admin' })));
-  onStatus(() => { if (active && data) renderDesks(); });
-  document.addEventListener('languagechange', () => { if (active) render(); });
+  // New desks and join requests appear by themselves: the list is fetched again with every status poll.
+  onStatus(() => { if (active) loadDesks(); });
+  document.addEventListener('languagechange', () => { languageChanged = true; if (active) render(); });
 }
