@@ -43,14 +43,16 @@ async def loans(request: web.Request) -> web.Response:
     return web.json_response({"loans": [node.loan_json(loan) for loan in found]})
 
 
-@routes.get("/api/v1/patrons/{barcode}")
-async def patron(request: web.Request) -> web.Response:
-    node = request.app[NODE]
+def _path_barcode(request: web.Request, what: str) -> str:
     try:
-        barcode = clean_barcode(request.match_info["barcode"], "patron barcode")
+        return clean_barcode(request.match_info["barcode"], what)
     except BarcodeError as e:
         raise ApiError(400, "bad_barcode", str(e)) from None
-    return web.json_response(node.patron_json(barcode))
+
+
+@routes.get("/api/v1/patrons/{barcode}")
+async def patron(request: web.Request) -> web.Response:
+    return web.json_response(request.app[NODE].patron_json(_path_barcode(request, "patron barcode")))
 
 
 @routes.get("/api/v1/patrons")
@@ -70,12 +72,7 @@ async def patron_search(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/items/{barcode}")
 async def item(request: web.Request) -> web.Response:
-    node = request.app[NODE]
-    try:
-        barcode = clean_barcode(request.match_info["barcode"], "item barcode")
-    except BarcodeError as e:
-        raise ApiError(400, "bad_barcode", str(e)) from None
-    return web.json_response(node.item_json(barcode))
+    return web.json_response(request.app[NODE].item_json(_path_barcode(request, "item barcode")))
 
 
 @routes.get("/api/v1/events")

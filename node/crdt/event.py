@@ -230,16 +230,10 @@ class Event:
         return other.seen.get(self.node, 0) >= self.seq
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "node": self.node,
-            "seq": self.seq,
-            "hlc": self.hlc.to_wire(),
-            "at": self.at,
-            "kind": self.kind,
-            "body": self.body,
-            "staff": self.staff,
-        }
+        """What the API shows: the event without its proofs (version vector, chain hash, signature)."""
+        out = self.unsigned()
+        del out["seen"], out["prev"]
+        return out
 
 
 def make_event(
