@@ -57,7 +57,7 @@ class DeskNode:
         self.log = EventLog(identity, config.data_dir, config.desk, policy=ClusterPolicy(self.membership),
                             cert=self.membership.node_cert_pem)
         self.transport = TlsTransport(identity, self.membership, config.data_dir / "tls",
-                                      revoked=lambda: set(self.log.state.revoked))
+                                      revoked=lambda: set(self.log.revoked))
         self.peers = PeerTable(self.log, self.transport)
         self.admissions = AdmissionStore() if self.membership.ca is not None else None
         self.discovery: Discovery | None = None

@@ -33,7 +33,8 @@ from node.trust.identity import NodeIdentity
 
 log = logging.getLogger(__name__)
 
-COMPACT_EVERY = 2000  # change chunks between full saves
+COMPACT_EVERY = 2000  # change chunks between full saves…
+COMPACT_INTERVAL = 60.0  # …and seconds: a healed partition brings thousands at once, a save costs O(log)
 
 
 def wall_ms() -> int:
@@ -75,6 +76,7 @@ class EventLog:
         self.arrivals: list[Arrival] = []
         self.ordered_log = OrderedLog()
         self.vector: dict[str, int] = {}  # node -> highest seq held (a prefix: Automerge delivers in order)
+        self.revoked: dict[str, int] = {}  # node -> last seq accepted from it (kept as events arrive)
         self.seq = 0
         self._tip: bytes | None = None  # this desk's latest event as stored
         self.failed: str | None = None
@@ -86,6 +88,7 @@ class EventLog:
         self._idle = asyncio.Event()
         self._idle.set()
         self._since_save = 0
+        self._last_compaction = float("-inf")
 
     # ---- start
     def open(self) -> None:
@@ -247,8 +250,7 @@ class EventLog:
             log.error("%s; this desk stops taking scans", self.failed)
 
     def _refuse_event(self, event: Event, record: NodeRecord) -> str | None:
-        revoked = self.state.revoked.get(event.node)
-        return self.policy.refuse_event(event, record, revoked[0] if revoked else None)
+        return self.policy.refuse_event(event, record, self.revoked.get(event.node))
 
     def refuse(self, kind: str, message: str) -> None:
         self.refusals[kind] += 1
@@ -278,6 +280,10 @@ class EventLog:
         if event.seq > self.vector.get(event.node, 0):
             self.vector[event.node] = event.seq
         self.ordered_log.add(event)
+        if event.kind == "revoke":
+            # Read on every TLS handshake and every verified batch: kept here so that reading it never
+            # refolds the whole log (as `state` would while a healed partition pours events in).
+            self.revoked.setdefault(event.body["node"], event.body["upto"])
         self.clock.observe(event.hlc)
         arrival = Arrival(len(self.arrivals) + 1, event, local)
         self.arrivals.append(arrival)
@@ -290,8 +296,10 @@ class EventLog:
 
     def _count_change(self, n: int) -> None:
         self._since_save += n
-        if self._since_save >= COMPACT_EVERY:
+        now = time.monotonic()
+        if self._since_save >= COMPACT_EVERY and now - self._last_compaction >= COMPACT_INTERVAL:
             self._since_save = 0
+            self._last_compaction = now
             self.store.submit(db.compaction(self.doc.save()))
 
 

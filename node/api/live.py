@@ -21,6 +21,8 @@ class LiveFeed:
         self.clients: set[asyncio.Queue[str | None]] = set()
 
     def publish(self, arrival: Arrival) -> None:
+        if not self.clients:
+            return  # nobody watching: don't encode (a healed partition brings thousands at once)
         text = json.dumps({"type": "event", "local": arrival.local, "pos": arrival.pos,
                            "event": self.node.event_json(arrival.event)})  # type: ignore[attr-defined]
         for queue in list(self.clients):
