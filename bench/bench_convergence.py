@@ -56,7 +56,6 @@ async def main() -> None:
                 expected = DESKS * EVENTS
                 print(f"baseline: one desk took {EVENTS} scans in {alone:.2f} s; "
                       f"the other {DESKS - 1} desks wrote theirs concurrently in {written:.2f} s")
-                await asyncio.sleep(0)
                 t0 = time.perf_counter()
                 for relay in relays.values():
                     relay.heal()

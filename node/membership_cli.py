@@ -62,7 +62,9 @@ def _unverified_tls() -> ssl.SSLContext:
 
 
 def run_join(args: argparse.Namespace) -> int:
-    from node.trust.enrolment import EnrolmentError
+    from cryptography.x509.oid import NameOID
+
+    from node.trust.enrolment import EnrolmentError, EnrolmentResult
     from node.trust.enrolment_http import request_enrolment, submit_join_request, wait_for_approval
 
     if (args.data / CLUSTER_FILE).exists():
@@ -71,7 +73,7 @@ def run_join(args: argparse.Namespace) -> int:
     identity = load_or_create_identity(args.data)
     admin = args.admin if "://" in args.admin else f"https://{args.admin}"
 
-    async def main() -> object:
+    async def main() -> EnrolmentResult:
         ctx = _unverified_tls()
         if args.code:
             return await request_enrolment(admin, args.code, identity.key, args.desk, ssl_context=ctx)
@@ -87,23 +89,20 @@ def run_join(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"circmesh join: cannot reach the admin desk at {args.admin}: {e}", file=sys.stderr)
         return 1
-    from cryptography.x509.oid import NameOID
-
-    names = result.ca_cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)  # type: ignore[attr-defined]
-    save_membership(args.data, cluster_id=result.cluster_id, cluster_name=str(names[0].value) if names else "",  # type: ignore[attr-defined]
-                    role=result.role, ca_cert=result.ca_cert, node_cert=result.node_cert)  # type: ignore[attr-defined]
-    role = "an admin desk" if result.role == "admin" else "a desk"  # type: ignore[attr-defined]
-    print(f"{args.desk} joined cluster {result.cluster_id} as {role} "  # type: ignore[attr-defined]
-          f"(CA fingerprint {result.ca_fingerprint}).")  # type: ignore[attr-defined]
+    names = result.ca_cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    save_membership(args.data, cluster_id=result.cluster_id, cluster_name=str(names[0].value) if names else "",
+                    role=result.role, ca_cert=result.ca_cert, node_cert=result.node_cert)
+    role = "an admin desk" if result.role == "admin" else "a desk"
+    print(f"{args.desk} joined cluster {result.cluster_id} as {role} (CA fingerprint {result.ca_fingerprint}).")
     return 0
 
 
 def run_admit(args: argparse.Namespace) -> int:
+    import getpass
+
     import aiohttp
 
     name = os.environ.get("CIRCMESH_USER") or input("admin name: ")
-    import getpass
-
     password = os.environ.get("CIRCMESH_PASSWORD") or getpass.getpass("password: ")
 
     async def main() -> int:
