@@ -75,7 +75,12 @@ async def main() -> None:
                           f"{'met' if worst <= 2 else 'MISSED'}; ratio heal/one-desk-writes: {worst / alone:.2f}x")
                 rss = [psutil.Process(d.proc.pid).memory_info().rss / 2**20 for d in desks if d.proc]
                 print(f"RSS per desk after convergence: min {min(rss):.0f} MiB, max {max(rss):.0f} MiB")
-                refused = [(await get_json(session, f"{d.url}/api/v1/status"))["refusals"] for d in desks]
+                statuses = [await get_json(session, f"{d.url}/api/v1/status") for d in desks]
+                received = [sum(p["events_received"] for p in st["peers"]) for st in statuses]
+                traffic = [sum(p["sync_bytes_in"] for p in st["peers"]) / 2**20 for st in statuses]
+                print(f"events received per desk (unique needed: {expected - EVENTS}): min {min(received)}, "
+                      f"max {max(received)}; sync traffic in per desk: {min(traffic):.1f}–{max(traffic):.1f} MiB")
+                refused = [st["refusals"] for st in statuses]
                 print("refusals:", [{k: v for k, v in r.items() if not k.startswith("link_")} for r in refused])
         finally:
             await asyncio.gather(*(d.stop() for d in desks))

@@ -41,6 +41,8 @@ class LinkInfo:
     peer_vector: dict[str, int] = field(default_factory=dict)
     clock_offset_ms: int = 0
     received_events: int = 0
+    sync_bytes_in: int = 0
+    sync_bytes_out: int = 0
     bridge: dict[str, Any] | None = None
 
 
@@ -86,6 +88,7 @@ class PeerLink:
             while True:
                 frame = await self._next_frame()
                 if isinstance(frame, frames.Sync):
+                    self.info.sync_bytes_in += len(frame.message)
                     try:
                         n = self.log.receive_sync(sync_state, frame.message, self.info.desk)
                     except RefusedSync as e:
@@ -118,6 +121,8 @@ class PeerLink:
             waker.clear()
             await self.log.durable()
             while (message := self.log.generate_sync(sync_state)) is not None:
+                if self.info is not None:
+                    self.info.sync_bytes_out += len(message)
                 await self.ws.send_bytes(frames.encode(frames.Sync(message)))
             bridge = self.bridge_state()
             now = time.monotonic()

@@ -188,5 +188,7 @@ class PeerTable:
             out.append({
                 "node": node, "desk": info.desk, "address": info.address, "connected": connected,
                 "outbound": info.outbound, "lag": lag, "clock_offset_ms": info.clock_offset_ms,
+                "events_received": info.received_events, "sync_bytes_in": info.sync_bytes_in,
+                "sync_bytes_out": info.sync_bytes_out,
             })
         return out
