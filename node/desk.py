@@ -15,7 +15,7 @@ from node.api.app import build_app, build_peer_app
 from node.api.live import LiveFeed
 from node.cluster import ClusterPolicy, load_membership
 from node.crdt.conflicts import Conflict
-from node.crdt.event import Event
+from node.crdt.event import DESK_KINDS, Event
 from node.crdt.state import Loan
 from node.discovery.mdns import Discovery, Peer
 from node.discovery.peers import PeerTable
@@ -27,7 +27,6 @@ from node.trust.admissions import AdmissionStore
 from node.trust.identity import load_or_create_identity
 
 log = logging.getLogger(__name__)
-DESK_KINDS = {"checkout", "checkin", "renew", "payment", "in_house_use", "patron_register"}
 
 
 @dataclass

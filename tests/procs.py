@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import socket
 import sys
@@ -200,7 +199,3 @@ async def get_json(session: aiohttp.ClientSession, url: str) -> Any:
 async def post_json(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> tuple[int, Any]:
     async with session.post(url, json=body, headers=auth_headers(url)) as r:
         return r.status, await r.json()
-
-
-def env_without_proxy() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -25,20 +25,7 @@ from node.ilsbridge.adapters.koha import KohaAdapter
 from node.ilsbridge.operation import Operation, Outcome
 from tests.ilssim import Sim, start_simulator, wait_until
 
-
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
-    s = start_simulator(tmp_path_factory.mktemp("ils"))
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
-@pytest.fixture(autouse=True)
-async def reset_state(sim: Sim) -> AsyncIterator[None]:
-    yield
-    await sim.reset()
+pytestmark = pytest.mark.usefixtures("sim_reset")  # `sim` (one per module) is in conftest.py
 
 
 def creds(sim: Sim, password: str | None = None) -> Credentials:

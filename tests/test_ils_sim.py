@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -18,25 +18,13 @@ from node.ilsbridge.sim.library import Library
 from node.ilsbridge.sim.rules import Calendar, LoanRule, due_date, parse_timestamp
 from node.ilsbridge.sim.seed import SeedSpec
 from node.ilsbridge.sip2 import Message
-from tests.ilssim import Sim, running_simulator, start_simulator, wait_until
+from tests.ilssim import Sim, running_simulator, wait_until
 
 SERVICE = "/cgi-bin/koha/offline_circ/service.pl"
 AUTH = "/cgi-bin/koha/svc/authentication"
 
 
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
-    s = start_simulator(tmp_path_factory.mktemp("ils"))
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
-@pytest.fixture(autouse=True)
-async def reset_state(sim: Sim) -> AsyncIterator[None]:
-    yield
-    await sim.reset()
+pytestmark = pytest.mark.usefixtures("sim_reset")  # `sim` (one per module) is in conftest.py
 
 
 async def koha(sim: Sim, method: str = "GET", creds: str = "old", **params: str) -> tuple[int, str]:

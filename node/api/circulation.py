@@ -13,9 +13,8 @@ from typing import Any
 from aiohttp import web
 
 from node.api.auth import STAFF
-from node.api.errors import ApiError, json_body
+from node.api.errors import ApiError, barcode_or_400, json_body
 from node.api.keys import NODE
-from node.crdt.barcode import BarcodeError, clean_barcode
 from node.crdt.event import EventError, parse_amount
 from node.eventlog import EventLog, StorageFailure
 
@@ -23,10 +22,7 @@ routes = web.RouteTableDef()
 
 
 def _barcode(body: dict[str, Any], key: str, what: str) -> str:
-    try:
-        return clean_barcode(body.get(key), what)
-    except BarcodeError as e:
-        raise ApiError(400, "bad_barcode", str(e)) from None
+    return barcode_or_400(body.get(key), what)
 
 
 def _due_ms(value: object, now_ms: int, loan_days: int) -> int:

@@ -110,20 +110,27 @@ async def reject(request: web.Request) -> web.Response:
     return web.json_response({"rejected": request.match_info["id"]})
 
 
+def _other_desk(request: web.Request, self_message: str) -> str:
+    """The node id in the path: an enrolled desk other than this one, not revoked."""
+    node = request.app[NODE]
+    target = request.match_info["node"]
+    if not is_node_id(target) or target not in node.log.records:
+        raise ApiError(404, "unknown_desk", "no enrolled desk has that node id")
+    if target == node.node_id:
+        raise ApiError(400, "this_desk", self_message)
+    if target in node.log.revoked:
+        raise ApiError(409, "already_revoked", "that desk is already revoked")
+    return target
+
+
 @routes.post("/api/v1/desks/{node}/away")
 async def mark_away(request: web.Request) -> web.Response:
     """An admin says a desk is switched off for a while (the two-desk library): it counts as away until it
     writes anything new, so it needs no 'back' button."""
     _admin(request)
     node = request.app[NODE]
-    target = request.match_info["node"]
     await json_body(request, set(), set())
-    if not is_node_id(target) or target not in node.log.records:
-        raise ApiError(404, "unknown_desk", "no enrolled desk has that node id")
-    if target == node.node_id:
-        raise ApiError(400, "self_away", "this desk is plainly here; mark the other desk away")
-    if target in node.log.state.revoked:
-        raise ApiError(409, "already_revoked", "that desk is revoked")
+    target = _other_desk(request, "this desk is plainly here; mark the other desk away")
     event = await node.log.append("away", {"node": target, "upto": node.log.vector.get(target, 0)}, request[STAFF])
     return web.json_response({"event": node.event_json(event)}, status=201)
 
@@ -134,14 +141,8 @@ async def revoke(request: web.Request) -> web.Response:
     up to the last one this desk holds stay valid (they were written while it was trusted)."""
     _admin(request)
     node = request.app[NODE]
-    target = request.match_info["node"]
     body = await json_body(request, {"reason"}, set())
-    if not is_node_id(target) or target not in node.log.records:
-        raise ApiError(404, "unknown_desk", "no enrolled desk has that node id")
-    if target == node.node_id:
-        raise ApiError(400, "self_revocation", "a desk cannot revoke itself; revoke it from another admin desk")
-    if target in node.log.state.revoked:
-        raise ApiError(409, "already_revoked", "that desk is already revoked")
+    target = _other_desk(request, "a desk cannot revoke itself; revoke it from another admin desk")
     reason = body.get("reason") or f"revoked by {request[STAFF]}"
     event = await node.log.append("revoke", {"node": target, "upto": node.log.vector.get(target, 0),
                                              "reason": str(reason)[:200]}, request[STAFF])

@@ -9,6 +9,8 @@ from typing import Any
 
 from aiohttp import web
 
+from node.crdt.barcode import BarcodeError, clean_barcode
+
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
 
@@ -40,6 +42,14 @@ async def error_middleware(
     except Exception:
         log.exception("unexpected error in %s %s", request.method, request.path)
         return error_response(500, "internal", "unexpected error on this desk; the scan was not recorded")
+
+
+def barcode_or_400(value: object, what: str) -> str:
+    """A barcode from a request, trimmed, or a 400 saying what is wrong with it."""
+    try:
+        return clean_barcode(value, what)
+    except BarcodeError as e:
+        raise ApiError(400, "bad_barcode", str(e)) from None
 
 
 async def json_body(request: web.Request, allowed: set[str], required: set[str]) -> dict[str, Any]:

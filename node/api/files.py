@@ -16,7 +16,7 @@ from node import __version__
 from node.api.auth import STAFF
 from node.api.errors import ApiError
 from node.api.keys import NODE
-from node.crdt.event import EventError
+from node.crdt.event import DESK_KINDS, EventError
 from node.eventlog import StorageFailure
 from node.ilsbridge import formats
 from node.ilsbridge.mapping import body_of, operation_of, utc_to_ms
@@ -24,7 +24,6 @@ from node.ilsbridge.mapping import body_of, operation_of, utc_to_ms
 routes = web.RouteTableDef()
 MAX_IMPORT = 32 * 1024 * 1024
 FILENAMES = {"koc": "circmesh.koc", "offcirc": "OffCirc.dat", "evergreen": "pending.xacts"}
-EXPORTED_KINDS = ("checkout", "checkin", "renew", "payment", "in_house_use", "patron_register")
 
 
 def _zone(request: web.Request) -> datetime.tzinfo:
@@ -51,7 +50,7 @@ async def export(request: web.Request) -> web.Response:
     fmt = _format(request)
     state = node.log.state
     operations = [operation_of(e) for e in node.log.ordered()
-                  if e.kind in EXPORTED_KINDS and e.id not in state.voided]
+                  if e.kind in DESK_KINDS and e.id not in state.voided]
     data, skipped = formats.export_report(fmt, operations, tz=_zone(request), generator="circmesh",
                                           generator_version=__version__)
     headers = {"Content-Disposition": f'attachment; filename="{FILENAMES[fmt]}"',

@@ -6,9 +6,8 @@ from typing import Any
 
 from aiohttp import web
 
-from node.api.errors import ApiError
+from node.api.errors import ApiError, barcode_or_400
 from node.api.keys import NODE
-from node.crdt.barcode import BarcodeError, clean_barcode
 
 routes = web.RouteTableDef()
 PAGE_MAX = 10_000
@@ -16,12 +15,7 @@ PAGE_MAX = 10_000
 
 def _query_barcode(request: web.Request, key: str) -> str | None:
     value = request.query.get(key)
-    if value is None:
-        return None
-    try:
-        return clean_barcode(value, key)
-    except BarcodeError as e:
-        raise ApiError(400, "bad_barcode", str(e)) from None
+    return None if value is None else barcode_or_400(value, key)
 
 
 def _int_param(request: web.Request, key: str, default: int, maximum: int) -> int:
@@ -44,10 +38,7 @@ async def loans(request: web.Request) -> web.Response:
 
 
 def _path_barcode(request: web.Request, what: str) -> str:
-    try:
-        return clean_barcode(request.match_info["barcode"], what)
-    except BarcodeError as e:
-        raise ApiError(400, "bad_barcode", str(e)) from None
+    return barcode_or_400(request.match_info["barcode"], what)
 
 
 @routes.get("/api/v1/patrons/{barcode}")

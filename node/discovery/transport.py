@@ -1,7 +1,7 @@
 """The one seam where peer-link security lives.
 
-Issue-2 links run plain WebSockets on loopback; mutual TLS (the cluster CA) replaces `PlainTransport`
-with a transport that builds SSL contexts and names the peer from its certificate. Nothing else changes.
+`TlsTransport` (node/discovery/tls.py) is the one in use: mutual TLS 1.3 with the cluster CA, naming the
+peer from its certificate. The peer table and links see only this protocol.
 """
 
 from __future__ import annotations
@@ -20,16 +20,3 @@ class Transport(Protocol):
     def peer_identity(self, ssl_object: ssl.SSLObject | None) -> str | None:
         """The node id the transport proved for this connection, or None if it proves none."""
         ...
-
-
-class PlainTransport:
-    scheme = "ws"
-
-    def server_ssl(self) -> ssl.SSLContext | None:
-        return None
-
-    def client_ssl(self) -> ssl.SSLContext | None:
-        return None
-
-    def peer_identity(self, ssl_object: ssl.SSLObject | None) -> str | None:
-        return None

@@ -13,10 +13,8 @@ import heapq
 from collections import deque
 from collections.abc import Iterable
 
-from node.crdt.event import Event
+from node.crdt.event import DESK_KINDS, Event
 from node.crdt.state import CirculationState
-
-UPLOADED_KINDS = ("checkout", "checkin", "renew", "payment", "in_house_use", "patron_register")
 
 
 def keys_of(event: Event) -> tuple[str, ...]:
@@ -32,7 +30,7 @@ def keys_of(event: Event) -> tuple[str, ...]:
 def pending_events(ordered: Iterable[Event], state: CirculationState) -> list[Event]:
     """Desk events, in causal order, that are neither voided nor answered by the ILS yet."""
     return [e for e in ordered
-            if e.kind in UPLOADED_KINDS and e.id not in state.voided and e.id not in state.outcomes]
+            if e.kind in DESK_KINDS and e.id not in state.voided and e.id not in state.outcomes]
 
 
 def held_events(state: CirculationState) -> set[str]:
