@@ -38,6 +38,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    "ILS (default: environment CIRCMESH_ILS_USER and CIRCMESH_ILS_PASSWORD)")
     p.add_argument("--upload-concurrency", type=int, default=16,
                    help="ILS requests in flight at once while uploading (default 16)")
+    p.add_argument("--max-payment", default="10000.00", metavar="AMOUNT",
+                   help="the largest payment staff may record in one scan (default 10000.00)")
+    p.add_argument("--unicode-barcodes", action="store_true",
+                   help="accept barcodes in any printable Unicode (default: printable ASCII, what scanners send)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
 
 
@@ -110,14 +114,22 @@ def _setup_logging(level: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from decimal import Decimal, InvalidOperation
+
+    from node.crdt.bounds import BoundsError, DeskLimits
     from node.desk import DeskConfig, DeskNode
 
     _setup_logging(args.log_level)
+    try:
+        limits = DeskLimits(max_payment=Decimal(args.max_payment), unicode_barcodes=args.unicode_barcodes)
+    except (InvalidOperation, BoundsError) as e:
+        print(f"circmesh run: --max-payment: {e or 'not a number'}", file=sys.stderr)
+        return 2
     config = DeskConfig(
         data_dir=args.data, desk=args.desk or args.data.resolve().name, host=args.host, port=args.port,
         peer_host=args.peer_host, peer_port=args.peer_port, peers=list(args.peer), loan_days=args.loan_days,
         ils=args.ils, ils_credentials=args.ils_credentials, upload_concurrency=args.upload_concurrency,
-        mdns=not args.no_mdns, interfaces=args.interfaces,
+        mdns=not args.no_mdns, interfaces=args.interfaces, limits=limits,
     )
 
     from node.cluster import NotEnrolled

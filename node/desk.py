@@ -14,6 +14,7 @@ from aiohttp import web
 from node.api.app import build_app, build_peer_app
 from node.api.live import LiveFeed
 from node.cluster import ClusterPolicy, load_membership
+from node.crdt.bounds import DeskLimits
 from node.crdt.conflicts import Conflict
 from node.crdt.event import DESK_KINDS, Event
 from node.crdt.state import Loan
@@ -44,6 +45,7 @@ class DeskConfig:
     upload_concurrency: int = 16
     mdns: bool = True  # find peers of this cluster by mDNS (static --peer addresses work either way)
     interfaces: list[str] | None = None  # mDNS interfaces (IP addresses); None: zeroconf's default, the LAN
+    limits: DeskLimits = field(default_factory=DeskLimits)  # what staff and files may enter at this desk
 
 
 class DeskNode:
@@ -51,6 +53,7 @@ class DeskNode:
         """Raises NotEnrolled when the data directory belongs to no cluster: there is no plaintext mode."""
         self.config = config
         self.loan_days = config.loan_days
+        self.limits = config.limits
         identity = load_or_create_identity(config.data_dir)
         self.membership = load_membership(config.data_dir, identity)
         self.log = EventLog(identity, config.data_dir, config.desk, policy=ClusterPolicy(self.membership),
@@ -132,7 +135,7 @@ class DeskNode:
             self.peers.forget(_address(peer.host, peer.port))
 
     def _on_arrival(self, arrival: Arrival) -> None:
-        if arrival.event.kind == "revoke":
+        if arrival.event.kind == "revoke" and arrival.event.problem is None:
             node = arrival.event.body["node"]
             task = asyncio.get_running_loop().create_task(self.peers.drop(node, "revoked"))
             task.add_done_callback(lambda _t: None)
@@ -151,6 +154,9 @@ class DeskNode:
     def conflict_json(self, conflict: Conflict) -> dict[str, Any]:
         out = conflict.to_json()
         out["detail"] = [self.event_json(self.log.events[e]) for e in conflict.events if e in self.log.events]
+        about = self.log.state.conflicts.get(conflict.about) if conflict.about else None
+        if about is not None:  # the admins' answers disagree: show what they answered, and about what
+            out["about_conflict"] = self.conflict_json(about)
         return out
 
     def patron_json(self, barcode: str) -> dict[str, Any]:
@@ -182,7 +188,7 @@ class DeskNode:
         state = self.log.state
         rows = []
         for event in reversed(self.log.ordered()):
-            if event.kind not in DESK_KINDS or event.id in state.voided:
+            if event.problem is not None or event.kind not in DESK_KINDS or event.id in state.voided:
                 continue
             outcome = state.outcomes.get(event.id)
             rows.append({
@@ -224,7 +230,7 @@ class DeskNode:
         state = self.log.state
         pending = applied = refused = 0
         for event in self.log.events.values():
-            if event.kind not in DESK_KINDS or event.id in state.voided:
+            if event.problem is not None or event.kind not in DESK_KINDS or event.id in state.voided:
                 continue
             outcome = state.outcomes.get(event.id)
             if outcome is None:
@@ -248,6 +254,11 @@ class DeskNode:
             "upload": {"pending": pending, "applied": applied, "failed": refused, "uploading": uploading},
             "conflicts": len([c for c in state.open_conflicts() if c.needs_admin]),
             "warnings": len([c for c in state.open_conflicts() if not c.needs_admin]),
+            "quarantined": {
+                "count": len(state.quarantined),
+                "recent": [{"event": event_id, "desk": self.log.desk_of(event_id.partition(":")[0]), "reason": why}
+                           for event_id, why in list(state.quarantined.items())[-10:]],
+            },
             "refusals": dict(self.log.refusals) | {f"link_{k}": v for k, v in self.peers.counters.items()},
             "discovery": dict(self.discovery.counters) if self.discovery else None,
             "recent_refusals": self.log.refusal_log[-10:],

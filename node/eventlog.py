@@ -171,10 +171,14 @@ class EventLog:
             self.failed = f"storage failure: {e}"
             log.error("%s; this desk stops taking scans", self.failed)
             raise StorageFailure(self.failed) from e
-        self._integrate(event, raw, local=True)
-        self._done_in_flight()
-        self._count_change(len(chunks))
-        self._wake()
+        try:
+            self._integrate(event, raw, local=True)
+        finally:
+            # The event is durable: whatever happens while folding it, sync must go on (a stuck gate
+            # would silence this desk while its links still looked connected).
+            self._done_in_flight()
+            self._count_change(len(chunks))
+            self._wake()
         return event
 
     def _chain_tip(self) -> bytes:
@@ -280,7 +284,7 @@ class EventLog:
         if event.seq > self.vector.get(event.node, 0):
             self.vector[event.node] = event.seq
         self.ordered_log.add(event)
-        if event.kind == "revoke":
+        if event.kind == "revoke" and event.problem is None:
             # Read on every TLS handshake and every verified batch: kept here so that reading it never
             # refolds the whole log (as `state` would while a healed partition pours events in).
             self.revoked.setdefault(event.body["node"], event.body["upto"])

@@ -12,6 +12,9 @@ from node.crdt.hlc import HybridClock
 from node.crdt.records import NodeRecord, make_record
 from node.trust.identity import NodeIdentity, node_id_for
 
+START_MS = 1_700_000_000_000  # a SimDesk's clock starts here (November 2023)
+DUE = START_MS + 21 * 86_400_000  # a due date three weeks later
+
 
 def identity() -> NodeIdentity:
     key = Ed25519PrivateKey.generate()
@@ -24,7 +27,7 @@ class SimDesk:
     """A desk in a simulation: its own (possibly skewed) physical clock, HLC and knowledge of the log."""
 
     ident: NodeIdentity = field(default_factory=identity)
-    now: int = 1_700_000_000_000
+    now: int = START_MS
     seq: int = 0
     known: dict[str, Event] = field(default_factory=dict)
     knew_at: dict[str, set[str]] = field(default_factory=dict)  # event id -> ids its writer knew

@@ -340,12 +340,15 @@ async def test_admins_settle_conflicts_with_void_keep_accept_and_apply(desk) -> 
 
         keep = {"action": "keep", "event": reg["events"][0], "note": "the first card is right"}
         status, body = await _post(s, desk, path.format(reg["id"]), keep, auth)
-        assert status == 201 and [e["kind"] for e in body["events"]] == ["void"]
-        assert body["events"][0]["body"]["event"] == reg["events"][1]
-        assert body["events"][0]["body"]["reason"] == "the first card is right"
+        # one answer, one event: the fold derives the void of the other registration from it
+        assert status == 201 and [e["kind"] for e in body["events"]] == ["resolve"]
+        assert body["events"][0]["body"] == {"conflict": reg["id"], "action": "keep", "event": reg["events"][0],
+                                             "note": "the first card is right"}
+        assert desk.log.state.voided.get(reg["events"][1]) == body["events"][0]["id"]
         status, body = await _post(s, desk, path.format(twice["id"]),
                                    {"action": "void", "event": twice["events"][1]}, auth)
         assert status == 201 and body["events"][0]["body"]["event"] == twice["events"][1]
+        assert twice["events"][1] in desk.log.state.voided
         status, body = await _post(s, desk, path.format(found["lent_while_on_loan/L1"]["id"]),
                                    {"action": "accept_ils"}, auth)
         assert status == 201 and body["events"][0]["kind"] == "resolve"

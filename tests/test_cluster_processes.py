@@ -131,19 +131,30 @@ async def test_kill9_a_desk_keep_scanning_restart_and_nothing_acknowledged_is_mi
     assert keyed[0] == keyed[1] == keyed[2] and len(keyed[0]) == 10 - 1 + 50
 
 
-async def test_partition_concurrent_loans_of_one_item_become_the_same_conflict_everywhere(cluster, session) -> None:
+async def _lend_x1_in_both_halves(cluster, session) -> tuple[dict, dict]:
+    """Desks A and C each lend item X1, to different patrons, while C is cut off; then the cut heals."""
     a, b, c = (cluster.desks[n] for n in "ABC")
     for d in (a, b, c):
         await wait_for(lambda d=d: connected(session, d, 2), what=f"{d.desk} linked")
-    # Cut C off from A (and from B, which would otherwise carry A's events to C).
-    cluster.relay("A", "C").cut()
-    cluster.relay("B", "C").cut()
-    await wait_for(lambda: _disconnected(session, c), what="C cut off")
+    await _cut_off_c(cluster, session)
     s1, lent_a = await post_json(session, f"{a.url}/api/v1/checkouts", {"patron": "P-one", "item": "X1"})
     s2, lent_c = await post_json(session, f"{c.url}/api/v1/checkouts", {"patron": "P-two", "item": "X1"})
     assert s1 == s2 == 201 and lent_a["warnings"] == lent_c["warnings"] == []
     cluster.relay("A", "C").heal()
     cluster.relay("B", "C").heal()
+    return lent_a, lent_c
+
+
+async def _cut_off_c(cluster, session) -> None:
+    """Cuts C off from A (and from B, which would otherwise carry A's events to C)."""
+    cluster.relay("A", "C").cut()
+    cluster.relay("B", "C").cut()
+    await wait_for(lambda: _disconnected(session, cluster.desks["C"]), what="C cut off")
+
+
+async def test_partition_concurrent_loans_of_one_item_become_the_same_conflict_everywhere(cluster, session) -> None:
+    a, b, c = (cluster.desks[n] for n in "ABC")
+    await _lend_x1_in_both_halves(cluster, session)
 
     async def same_conflict() -> list | None:
         found = [(await get_json(session, f"{d.url}/api/v1/conflicts"))["conflicts"] for d in (a, b, c)]
@@ -183,3 +194,83 @@ async def test_desk_survives_bad_http_input(cluster, session) -> None:
             assert 400 <= r.status < 500 and body["error"]["code"] == code, (raw[:40], body)
     status = await get_json(session, f"{a.url}/api/v1/status")
     assert status["node"]["events"] == 0
+
+
+async def test_two_admins_answer_one_conflict_differently_in_a_partition(cluster, session) -> None:
+    """Issue 8: "keep desk A's loan" and "keep desk C's loan", given in two halves of a partition, used to
+    void both loans. Now neither answer takes effect: every desk shows the disagreement with both answers
+    until an admin who has seen both settles it."""
+    a, b, c = (cluster.desks[n] for n in "ABC")
+    lent_a, lent_c = await _lend_x1_in_both_halves(cluster, session)
+
+    async def conflicts_everywhere(kind: str) -> list | None:
+        found = [[x for x in (await get_json(session, f"{d.url}/api/v1/conflicts"))["conflicts"] if x["kind"] == kind]
+                 for d in (a, b, c)]
+        return found if all(len(f) == 1 for f in found) and len({f[0]["id"] for f in found}) == 1 else None
+
+    conflict = (await wait_for(lambda: conflicts_everywhere("concurrent_checkout"), within=60,
+                               what="the double loan on every desk"))[0][0]
+    await _cut_off_c(cluster, session)
+    path = f"/api/v1/conflicts/{conflict['id']}/resolution"
+    s1, _ = await post_json(session, a.url + path, {"action": "keep", "event": lent_a["event"]["id"]})
+    s2, _ = await post_json(session, c.url + path, {"action": "keep", "event": lent_c["event"]["id"]})
+    assert s1 == s2 == 201
+    cluster.relay("A", "C").heal()
+    cluster.relay("B", "C").heal()
+
+    dispute = (await wait_for(lambda: conflicts_everywhere("resolutions_disagree"), within=60,
+                              what="the disagreement on every desk"))[0][0]
+    assert dispute["about"] == conflict["id"] and dispute["needs_admin"] and len(dispute["detail"]) == 2
+    assert {e["body"]["event"] for e in dispute["detail"]} == {lent_a["event"]["id"], lent_c["event"]["id"]}
+    for d in (a, b, c):
+        loans = (await get_json(session, f"{d.url}/api/v1/loans?item=X1"))["loans"]
+        assert len(loans) == 1, "while the admins disagree, neither answer voids a loan"
+        ids = [x["id"] for x in (await get_json(session, f"{d.url}/api/v1/conflicts"))["conflicts"]]
+        assert conflict["id"] in ids
+
+    status, _ = await post_json(session, f"{b.url}/api/v1/conflicts/{dispute['id']}/resolution",
+                                {"action": "keep", "event": lent_c["event"]["id"]})
+    assert status == 201
+
+    async def settled() -> bool:
+        for d in (a, b, c):
+            if (await get_json(session, f"{d.url}/api/v1/conflicts"))["conflicts"]:
+                return False
+            loans = (await get_json(session, f"{d.url}/api/v1/loans?item=X1"))["loans"]
+            if [x["patron"] for x in loans] != ["P-two"]:
+                return False
+        return True
+
+    await wait_for(settled, within=60, what="the third admin's answer settled on every desk")
+
+
+async def test_values_out_of_bounds_are_refused_and_nothing_is_recorded(cluster, session) -> None:
+    """Issue 8: each of these answered 500 after recording, or was recorded and broke exports."""
+    a = cluster.desks["A"]
+    cases = [
+        ("/api/v1/payments", {"patron": "23000000000003", "amount": "1E+999999999"}, "bad_amount"),
+        ("/api/v1/payments", {"patron": "23000000000003", "amount": "1E+30"}, "bad_amount"),
+        ("/api/v1/payments", {"patron": "23000000000003", "amount": 1e30}, "bad_amount"),
+        ("/api/v1/payments", {"patron": "23000000000003", "amount": "2.505"}, "bad_amount"),
+        ("/api/v1/payments", {"patron": "23000000000003", "amount": "NaN"}, "bad_amount"),
+        ("/api/v1/checkouts", {"patron": "P", "item": "1", "due": 100000000000000000000}, "bad_due"),
+        ("/api/v1/checkouts", {"patron": "P", "item": "1", "due": "10000-01-01"}, "bad_due"),
+        ("/api/v1/checkouts", {"patron": "P", "item": "1", "due": 253402300800000}, "bad_due"),
+        ("/api/v1/checkouts", {"patron": "P", "item": "1", "due": -5}, "bad_due"),
+        ("/api/v1/checkouts", {"patron": "P", "item": "\U0001F4DA"}, "bad_barcode"),
+        ("/api/v1/registrations", {"patron": "R1", "name": "Ann \ud800"}, "bad_name"),
+        ("/api/v1/renewals", {"item": "1", "due": 1.5}, "bad_due"),
+    ]
+    for path, body, code in cases:
+        raw = json.dumps(body).encode()  # \ud800 travels as the JSON escape a careless client sends
+        async with session.post(f"{a.url}{path}", data=raw,
+                                headers={"Content-Type": "application/json", **a.headers}) as r:
+            answer = await r.json()
+            assert r.status == 400 and answer["error"]["code"] == code, (path, body, answer)
+    status = await get_json(session, f"{a.url}/api/v1/status")
+    assert status["node"]["events"] == 0
+    s, _ = await post_json(session, f"{a.url}/api/v1/payments", {"patron": "23000000000003", "amount": "9999.99"})
+    assert s == 201
+    for fmt in ("koc", "offcirc", "evergreen"):
+        async with session.get(f"{a.url}/api/v1/export?format={fmt}", headers=a.headers) as r:
+            assert r.status == 200

@@ -9,14 +9,14 @@ from hypothesis import strategies as st
 
 from node.crdt.event import EventError, decode_event, verify_event
 from node.crdt.hlc import Hlc, HybridClock
-from tests.factories import SimDesk
+from tests.factories import DUE, SimDesk
 
 barcodes = st.text(alphabet="0123456789ABCDEFX-", min_size=1, max_size=20)
 
 
 def test_event_round_trip_and_signature() -> None:
     desk = SimDesk()
-    event = desk.write("checkout", patron="23000001", item="39000001", due=1)
+    event = desk.write("checkout", patron="23000001", item="39000001", due=DUE)
     decoded = decode_event(event.encode())
     assert decoded == event
     verify_event(decoded, desk.ident.public_key_raw)
@@ -26,7 +26,7 @@ def test_event_round_trip_and_signature() -> None:
 
 def test_altered_copy_does_not_verify() -> None:
     desk = SimDesk()
-    event = desk.write("checkout", patron="23000001", item="39000001", due=1)
+    event = desk.write("checkout", patron="23000001", item="39000001", due=DUE)
     obj = msgpack.unpackb(event.encode())
     obj["body"]["patron"] = "23000002"
     altered = decode_event(msgpack.packb(obj, use_bin_type=True))
@@ -37,21 +37,36 @@ def test_altered_copy_does_not_verify() -> None:
 @pytest.mark.parametrize("mutate, reason", [
     (lambda o: o.update(id="x:1"), "id does not match"),
     (lambda o: o.update(seq=0), "seq"),
-    (lambda o: o.update(kind="lend"), "unknown event kind"),
-    (lambda o: o["body"].update(item=""), "item is empty"),
-    (lambda o: o["body"].update(item="A\x07B"), "control"),
-    (lambda o: o["body"].update(item="9" * 65), "longer than 64"),
-    (lambda o: o["body"].pop("patron"), "patron is missing"),
     (lambda o: o.update(sig=b"short"), "64-byte"),
     (lambda o: o.pop("seen"), "fields must be exactly"),
     (lambda o: o.update(hlc=[1]), "hlc"),
 ])
 def test_malformed_events_are_refused_with_a_reason(mutate, reason) -> None:
     desk = SimDesk()
-    obj = msgpack.unpackb(desk.write("checkout", patron="P1", item="I1", due=5).encode())
+    obj = msgpack.unpackb(desk.write("checkout", patron="P1", item="I1", due=DUE).encode())
     mutate(obj)
     with pytest.raises(EventError, match=reason):
         decode_event(msgpack.packb(obj, use_bin_type=True))
+
+
+@pytest.mark.parametrize("mutate, reason", [
+    (lambda o: o.update(kind="lend"), "not known to this desk"),
+    (lambda o: o["body"].update(item=""), "length >= 1"),
+    (lambda o: o["body"].update(item="A\x07B"), "matching regex"),
+    (lambda o: o["body"].update(item="9" * 65), "length <= 64"),
+    (lambda o: o["body"].pop("patron"), "missing required field `patron`"),
+    (lambda o: o["body"].update(due=10**19), "<= 4102444800000"),
+    (lambda o: o.update(at=-5), "time is not a date"),
+    (lambda o: o.update(staff=b"x"), "staff name"),
+])
+def test_unreadable_bodies_are_decoded_for_quarantine_with_a_reason(mutate, reason) -> None:
+    """The envelope holds, so the event is kept (its desk's chain stays whole) but marked unreadable."""
+    desk = SimDesk()
+    obj = msgpack.unpackb(desk.write("checkout", patron="P1", item="I1", due=DUE).encode())
+    mutate(obj)
+    event = decode_event(msgpack.packb(obj, use_bin_type=True))
+    assert event.problem is not None and reason in event.problem
+    assert event.to_json()["problem"] == event.problem
 
 
 @given(st.binary(max_size=300))

@@ -24,7 +24,7 @@ from node.discovery.mdns import SERVICE_TYPE, instance_name, record_properties
 from node.trust.ca import create_ca, issue_node_certificate, load_ca
 from node.trust.certs import cert_pem, load_cert_pem
 from node.trust.tlsctx import client_context
-from tests.factories import SimDesk, identity
+from tests.factories import DUE, SimDesk, identity
 from tests.procs import TEST_PASSWORD, TEST_USER, DeskProcess, get_json, post_json, wait_for
 
 pytestmark = pytest.mark.multiprocess
@@ -142,7 +142,7 @@ async def test_refusals_are_counted_and_the_desk_keeps_serving(two_desks, sessio
     ws = await session.ws_connect(url, ssl=member_ctx)
     await ws.send_bytes(frames.encode(frames.Hello(member.node_id, "Rogue", 0)))
     other = SimDesk()  # another key, writing in the member's name
-    forged = other.write("checkout", patron="P1", item="FORGED", due=1)
+    forged = other.write("checkout", patron="P1", item="FORGED", due=DUE)
     obj = msgpack.unpackb(forged.encode())
     obj.update(node=member.node_id, id=f"{member.node_id}:1")
     doc = LogDocument(member.actor_id)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.ilsbridge.schedule import UploadSchedule, keys_of
-from tests.factories import SimDesk
+from tests.factories import DUE, SimDesk
 
 ops = st.lists(st.tuples(st.sampled_from(["checkout", "checkin", "payment"]), st.integers(0, 5),
                          st.integers(0, 4)), min_size=1, max_size=60)
@@ -19,7 +19,7 @@ def make(script):
     out = []
     for kind, item, patron in script:
         if kind == "checkout":
-            out.append(desk.write("checkout", patron=f"P{patron}", item=f"I{item}", due=1))
+            out.append(desk.write("checkout", patron=f"P{patron}", item=f"I{item}", due=DUE))
         elif kind == "checkin":
             out.append(desk.write("checkin", item=f"I{item}"))
         else:
@@ -54,7 +54,7 @@ def test_same_item_or_patron_never_overtakes_and_everything_is_taken_once(script
 
 def test_unrelated_events_are_all_ready_at_once() -> None:
     desk = SimDesk()
-    events = [desk.write("checkout", patron=f"P{i}", item=f"I{i}", due=1) for i in range(20)]
+    events = [desk.write("checkout", patron=f"P{i}", item=f"I{i}", due=DUE) for i in range(20)]
     schedule = UploadSchedule(events)
     taken = [schedule.take() for _ in range(20)]
     assert [e.id for e in taken] == [e.id for e in events]  # all ready, handed out in causal order
@@ -62,9 +62,9 @@ def test_unrelated_events_are_all_ready_at_once() -> None:
 
 def test_a_held_event_blocks_only_its_item_and_patron() -> None:
     desk = SimDesk()
-    held = desk.write("checkout", patron="P1", item="I1", due=1)
+    held = desk.write("checkout", patron="P1", item="I1", due=DUE)
     after_same_item = desk.write("checkin", item="I1")
-    unrelated = desk.write("checkout", patron="P2", item="I2", due=1)
+    unrelated = desk.write("checkout", patron="P2", item="I2", due=DUE)
     schedule = UploadSchedule([held, after_same_item, unrelated], held={held.id})
     assert schedule.take().id == unrelated.id
     assert schedule.take() is None

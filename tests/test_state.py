@@ -9,7 +9,7 @@ from node.crdt import conflicts as c
 from node.crdt.event import Event
 from node.crdt.order import OrderedLog
 from node.crdt.state import CirculationState, fold
-from tests.factories import SimDesk
+from tests.factories import DUE, SimDesk
 
 ITEMS = ["I1", "I2", "I3"]
 PATRONS = ["P1", "P2", "P3"]
@@ -89,8 +89,8 @@ def test_a_checkin_written_after_seeing_a_checkout_sorts_after_it(script) -> Non
 
 def test_concurrent_checkout_is_a_conflict_for_an_admin() -> None:
     a, b = SimDesk(), SimDesk(now=1_700_000_000_005)
-    x = a.write("checkout", patron="P1", item="I1", due=1)
-    y = b.write("checkout", patron="P2", item="I1", due=1)
+    x = a.write("checkout", patron="P1", item="I1", due=DUE)
+    y = b.write("checkout", patron="P2", item="I1", due=DUE)
     state = fold(sorted([x, y], key=lambda e: e.order_key))
     [conflict] = state.open_conflicts()
     assert conflict.kind == c.CONCURRENT_CHECKOUT and conflict.needs_admin
@@ -100,10 +100,10 @@ def test_concurrent_checkout_is_a_conflict_for_an_admin() -> None:
 
 def test_lending_an_item_seen_on_loan_is_recorded_and_override_is_not_an_admin_matter() -> None:
     a, b = SimDesk(), SimDesk()
-    x = a.write("checkout", patron="P1", item="I1", due=1)
+    x = a.write("checkout", patron="P1", item="I1", due=DUE)
     b.now += 10
     b.receive(x)
-    y = b.write("checkout", patron="P2", item="I1", due=1, override=True)
+    y = b.write("checkout", patron="P2", item="I1", due=DUE, override=True)
     [conflict] = fold(sorted([x, y], key=lambda e: e.order_key)).open_conflicts()
     assert conflict.kind == c.LENT_WHILE_ON_LOAN and not conflict.needs_admin
 
@@ -122,14 +122,14 @@ def test_checkin_not_on_loan_and_unknown_baseline() -> None:
 
 def test_void_and_resolve_settle_conflicts_on_every_node() -> None:
     a, b, admin = SimDesk(), SimDesk(), SimDesk()
-    x = a.write("checkout", patron="P1", item="I1", due=1)
-    y = b.write("checkout", patron="P2", item="I1", due=1)
+    x = a.write("checkout", patron="P1", item="I1", due=DUE)
+    y = b.write("checkout", patron="P2", item="I1", due=DUE)
     for e in (x, y):
         admin.receive(e)
     [conflict] = fold(sorted([x, y], key=lambda e: e.order_key)).open_conflicts()
     void = admin.write("void", event=x.id, reason="patron P1 never left with it")
     state = fold(sorted([x, y, void], key=lambda e: e.order_key))
     assert state.open_conflicts() == [] and state.loans["I1"].patron == "P2"
-    resolve = admin.write("resolve", conflict=conflict.id, action="accept")
+    resolve = admin.write("resolve", conflict=conflict.id, action="accept_ils")
     state = fold(sorted([x, y, resolve], key=lambda e: e.order_key))
     assert state.open_conflicts() == [] and conflict.id in state.settled

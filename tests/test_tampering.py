@@ -20,7 +20,7 @@ from node.discovery import frames
 from node.trust.ca import issue_node_certificate
 from node.trust.certs import cert_pem
 from node.trust.tlsctx import client_context
-from tests.factories import SimDesk, identity
+from tests.factories import DUE, SimDesk, identity
 from tests.procs import TEST_PASSWORD, TEST_USER, sign_in
 from tests.provision import test_ca
 
@@ -149,7 +149,7 @@ async def test_altered_copy_of_an_existing_event_is_refused(desk, session) -> No
 async def test_unsigned_and_forged_events_are_refused(desk, session) -> None:
     impostor = SimDesk()
     victim_id = desk.node_id
-    forged = impostor.write("checkout", patron="P9", item="I9", due=1)
+    forged = impostor.write("checkout", patron="P9", item="I9", due=DUE)
     # 1: an event in the name of the desk itself, signed by someone else
     obj = msgpack.unpackb(forged.encode())
     obj.update(node=victim_id, seq=99, id=f"{victim_id}:99", prev=b"\x01" * 32)
@@ -185,7 +185,7 @@ async def test_an_honest_new_peer_is_accepted(desk, session) -> None:
     peer = HostilePeer(session, desk)  # used honestly this time
     await peer.connect()
     stranger = SimDesk(ident=peer.ident)
-    event = stranger.write("checkout", patron="P5", item="I5", due=1)
+    event = stranger.write("checkout", patron="P5", item="I5", due=DUE)
     peer.put("n:" + stranger.node, stranger.record("visitor", cert=peer.cert_pem).encode())
     peer.put(event.id, event.encode())
     await peer.pull()

@@ -7,7 +7,7 @@ import msgpack
 from node.crdt.event import Event
 from node.crdt.records import record_key
 from node.crdt.verify import verify_touched
-from tests.factories import SimDesk
+from tests.factories import DUE, SimDesk
 
 
 def entries(desk: SimDesk, events: list[Event]) -> dict[str, bytes]:
@@ -30,7 +30,7 @@ def test_a_whole_chain_is_accepted() -> None:
 
 def test_an_altered_event_inside_a_chain_is_refused_even_though_the_last_signature_is_good() -> None:
     desk = SimDesk()
-    events = [desk.write("checkout", patron="P1", item=f"I{i}", due=1) for i in range(5)]
+    events = [desk.write("checkout", patron="P1", item=f"I{i}", due=DUE) for i in range(5)]
     values = entries(desk, events)
     obj = msgpack.unpackb(values[events[2].id])
     obj["body"]["patron"] = "P2"

@@ -1,10 +1,14 @@
 """An admin settles a conflict: `POST /api/v1/conflicts/{id}/resolution {action, event?, note?}`.
 
-Settling is itself an event in the log, so it replicates and the conflict disappears on every desk:
-- `void`: the named event of the conflict is voided (a `void` event; the fold then ignores it).
-- `keep`: the named event is kept and every other event of the conflict is voided.
-- `accept_ils`: nothing of the conflict is uploaded as it stands; the ILS's own state wins (`resolve`).
-- `apply`: the events are uploaded anyway, in causal order (`resolve`).
+Settling is one `resolve` event in the log, so it replicates and the conflict disappears on every desk;
+the fold derives what it implies (state.settlements_in):
+- `void`: the named event of the conflict is voided;
+- `keep`: the named event is kept and every other event of the conflict is voided;
+- `accept_ils`: nothing of the conflict is uploaded as it stands; the ILS's own state wins;
+- `apply`: the events are uploaded anyway, in causal order.
+Two admins who answered differently without seeing each other's answer leave a `resolutions_disagree`
+conflict: settling it (with one of the original conflict's options) answers the original conflict anew,
+after both answers, so that answer stands.
 """
 
 from __future__ import annotations
@@ -14,73 +18,61 @@ from typing import Any
 from aiohttp import web
 
 from node.api.auth import STAFF, require_admin
-from node.api.errors import ApiError, json_body
+from node.api.errors import ApiError
 from node.api.keys import NODE
+from node.api.schemas import ResolutionRequest, read_json
+from node.crdt import conflicts as c
 from node.crdt.conflicts import Conflict
 from node.crdt.event import Event, EventError
 from node.eventlog import StorageFailure
 
 routes = web.RouteTableDef()
 ACTIONS = ("void", "keep", "accept_ils", "apply")
-MAX_NOTE = 500
 
 
-def plan(conflict: Conflict, action: str, event: str | None, note: str | None
-         ) -> list[tuple[str, dict[str, Any]]]:
-    """The events (kind, body) that settle `conflict` this way; raises ApiError if it cannot."""
+def plan(conflict: Conflict, action: str, event: str | None, note: str | None) -> tuple[str, dict[str, Any]]:
+    """The event (kind, body) that settles `conflict` this way; raises ApiError if it cannot."""
     if action not in ACTIONS:
         raise ApiError(400, "bad_action", f"action must be one of {', '.join(ACTIONS)}")
+    body: dict[str, Any] = {"conflict": conflict.id, "action": action}
     if action in ("void", "keep"):
         if not isinstance(event, str) or event not in conflict.events:
             raise ApiError(400, "bad_event", f"event must be one of this conflict's events: "
                            f"{', '.join(conflict.events)}")
-        doomed = [event] if action == "void" else [e for e in conflict.events if e != event]
-        if not doomed:
+        if action == "keep" and len(conflict.events) < 2:
             raise ApiError(400, "nothing_to_void", "this conflict has no other event to void")
-        reason = note or (f"conflict {conflict.id}: voided" if action == "void"
-                          else f"conflict {conflict.id}: kept {event}")
-        return [("void", {"event": e, "reason": reason[:MAX_NOTE]}) for e in doomed]
-    if event is not None:
+        body["event"] = event
+    elif event is not None:
         raise ApiError(400, "bad_event", f"{action} takes no event")
-    body: dict[str, Any] = {"conflict": conflict.id, "action": action}
     if note:
         body["note"] = note
-    return [("resolve", body)]
-
-
-def _note(value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or len(value) > MAX_NOTE or any(ord(c) < 32 for c in value):
-        raise ApiError(400, "bad_note", f"note must be text of at most {MAX_NOTE} printable characters")
-    return value.strip() or None
+    return ("resolve", body)
 
 
 @routes.post(r"/api/v1/conflicts/{conflict:.+}/resolution")
 async def resolution(request: web.Request) -> web.Response:
     require_admin(request)
-    body = await json_body(request, {"action", "event", "note"}, {"action"})
+    body = await read_json(request, ResolutionRequest)
     node = request.app[NODE]
     conflict_id = request.match_info["conflict"]
     state = node.log.state
     conflict = state.conflicts.get(conflict_id)
-    if conflict is None:
-        raise ApiError(404, "no_such_conflict", f"no open conflict {conflict_id!r} on this desk")
-    if conflict_id in state.settled:
-        raise ApiError(409, "already_settled", "this conflict was already settled")
-    steps = plan(conflict, body["action"], body.get("event"), _note(body.get("note")))
-    recorded: list[Event] = []
+    if conflict is None or conflict not in state.open_conflicts():
+        if conflict is not None and conflict_id in state.settled:
+            raise ApiError(409, "already_settled", "this conflict was already settled")
+        raise ApiError(404, "no_such_conflict", f"no open conflict {conflict_id[:300]!r} on this desk")
+    if conflict.kind == c.RESOLUTIONS_DISAGREE and conflict.about:
+        # the admins' answers disagree: a new answer to the conflict they are about, given after both
+        about = state.conflicts.get(conflict.about)
+        if about is None:
+            raise ApiError(404, "no_such_conflict", "the conflict the answers are about is not on this desk")
+        conflict = about
+    note = body.note.strip() if body.note else None
+    kind, event_body = plan(conflict, body.action, body.event, note)
     try:
-        for kind, event_body in steps:
-            recorded.append(await node.log.append(kind, event_body, request[STAFF]))
-        still_open = any(c.id == conflict_id for c in node.log.state.open_conflicts())
-        if body["action"] in ("void", "keep") and still_open:
-            # A rule that still sees the conflict after the voids: settle it explicitly too.
-            recorded.append(await node.log.append(
-                "resolve", {"conflict": conflict_id, "action": body["action"]}, request[STAFF]))
+        recorded: Event = await node.log.append(kind, event_body, request[STAFF])
     except EventError as e:
         raise ApiError(400, "bad_request", str(e)) from None
     except StorageFailure as e:
         raise ApiError(503, "storage_failure", f"this desk cannot save: {e}") from None
-    return web.json_response({"conflict": conflict_id, "events": [node.event_json(e) for e in recorded]},
-                             status=201)
+    return web.json_response({"conflict": conflict_id, "events": [node.event_json(recorded)]}, status=201)

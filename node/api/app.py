@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from node.api import admin, auth, circulation, enrolment, files, queries, ui
+from node.api import admin, auth, circulation, enrolment, files, openapi, queries, ui
 from node.api.auth import setup_auth, staff_middleware
 from node.api.errors import MAX_BODY, error_middleware
 from node.api.keys import NODE
@@ -23,6 +23,7 @@ def build_app(node: object) -> web.Application:
     app.add_routes(admin.routes)
     app.add_routes(files.routes)
     app.add_routes(enrolment.routes)
+    app.add_routes(openapi.routes)
     app.router.add_get("/api/v1/live", node.live.handle)  # type: ignore[attr-defined]
     app.add_routes(ui.routes)
     return app

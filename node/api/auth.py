@@ -30,7 +30,7 @@ HASHING: web.AppKey[asyncio.Semaphore] = web.AppKey("hashing", asyncio.Semaphore
 
 CSRF_HEADER = "X-CSRF-Token"
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-PUBLIC_API = frozenset({("POST", "/api/v1/session"), ("GET", "/api/v1/ui-config")})
+PUBLIC_API = frozenset({("POST", "/api/v1/session"), ("GET", "/api/v1/ui-config"), ("GET", "/api/v1/openapi.json")})
 ADDRESS_FREE_FAILURES = 20  # one desk PC is one address: let a few people mistype before it slows down
 
 routes = web.RouteTableDef()

@@ -2,55 +2,76 @@
 
 Each answers `201 {event, warnings}` once the event is durable. Warnings that staff must see before
 lending (the item is on loan to someone else) refuse the scan with 409 `needs_override` unless the
-request says `override: true`: the deliberate override the desk screen asks for.
+request says `override: true`: the deliberate override the desk screen asks for. Requests are read
+through the declared schemas (schemas.py); the desk's own limits (DeskLimits) are checked after.
+Once an event is durable the answer is 201, whatever happens after: never an error about a recorded scan.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, date, datetime, time
 from typing import Any
 
 from aiohttp import web
 
 from node.api.auth import STAFF
-from node.api.errors import ApiError, barcode_or_400, json_body
+from node.api.errors import ApiError, barcode_or_400
 from node.api.keys import NODE
-from node.crdt.event import EventError, parse_amount
+from node.api.schemas import (
+    CheckinRequest,
+    CheckoutRequest,
+    InHouseUseRequest,
+    PaymentRequest,
+    RegistrationRequest,
+    RenewalRequest,
+    read_json,
+)
+from node.crdt.bounds import BoundsError, DeskLimits, check_money
+from node.crdt.event import EventError
 from node.eventlog import EventLog, StorageFailure
+
+log = logging.getLogger(__name__)
 
 routes = web.RouteTableDef()
 
 
-def _barcode(body: dict[str, Any], key: str, what: str) -> str:
-    return barcode_or_400(body.get(key), what)
+def _limits(request: web.Request) -> DeskLimits:
+    limits = getattr(request.app[NODE], "limits", None)
+    return limits if isinstance(limits, DeskLimits) else DeskLimits()
 
 
-def _due_ms(value: object, now_ms: int, loan_days: int) -> int:
-    """A due date given as ms, an ISO date (end of that day, desk time) or an ISO date-time."""
+def _barcode(request: web.Request, value: str, what: str) -> str:
+    return barcode_or_400(value, what, _limits(request))
+
+
+def _due_ms(request: web.Request, value: int | str | None) -> int:
+    """A due date given as ms, an ISO date (end of that day, desk time) or an ISO date-time, inside the
+    desk's window (so that it is inside the log's bounds too)."""
+    node = request.app[NODE]
+    now = node.now_ms()
     if value is None:
-        return now_ms + loan_days * 86_400_000
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    if isinstance(value, str) and len(value) <= 40:
+        return int(now + node.loan_days * 86_400_000)
+    due: int | None = value if isinstance(value, int) else None
+    if isinstance(value, str):
         try:
             if len(value) == 10:
-                day = date.fromisoformat(value)
-                local = datetime.combine(day, time(23, 59, 59)).astimezone()
-                return int(local.timestamp() * 1000)
-            moment = datetime.fromisoformat(value)
-            if moment.tzinfo is None:
-                moment = moment.astimezone()
-            return int(moment.astimezone(UTC).timestamp() * 1000)
-        except ValueError:
-            pass
-    raise ApiError(400, "bad_due", "due must be a date (YYYY-MM-DD), an ISO date-time, or milliseconds")
-
-
-def _override(body: dict[str, Any]) -> bool:
-    value = body.get("override", False)
-    if not isinstance(value, bool):
-        raise ApiError(400, "bad_override", "override must be true or false")
-    return value
+                local = datetime.combine(date.fromisoformat(value), time(23, 59, 59)).astimezone()
+                due = int(local.timestamp() * 1000)
+            else:
+                moment = datetime.fromisoformat(value)
+                if moment.tzinfo is None:
+                    moment = moment.astimezone()
+                due = int(moment.astimezone(UTC).timestamp() * 1000)
+        except (ValueError, OverflowError, OSError):
+            due = None
+    if due is None:
+        raise ApiError(400, "bad_due", "due must be a date (YYYY-MM-DD), an ISO date-time, or milliseconds")
+    try:
+        _limits(request).check_due(due, now)
+    except BoundsError as e:
+        raise ApiError(400, "bad_due", str(e)) from None
+    return due
 
 
 async def record(request: web.Request, kind: str, body: dict[str, Any], warnings: list[dict[str, str]]
@@ -63,7 +84,13 @@ async def record(request: web.Request, kind: str, body: dict[str, Any], warnings
         raise ApiError(400, "bad_request", str(e)) from None
     except StorageFailure as e:
         raise ApiError(503, "storage_failure", f"this desk cannot save scans: {e}") from None
-    return web.json_response({"event": node.event_json(event), "warnings": warnings}, status=201)
+    try:
+        shown = node.event_json(event)
+    except Exception:  # the scan is on disk: say so, with what is certain
+        log.exception("showing recorded event %s", event.id)
+        shown = {"id": event.id, "node": event.node, "seq": event.seq, "hlc": event.hlc.to_wire(),
+                 "at": event.at, "kind": event.kind, "body": {}, "staff": event.staff}
+    return web.json_response({"event": shown, "warnings": warnings}, status=201)
 
 
 def warning(code: str, message: str, **extra: str) -> dict[str, str]:
@@ -72,11 +99,11 @@ def warning(code: str, message: str, **extra: str) -> dict[str, str]:
 
 @routes.post("/api/v1/checkouts")
 async def checkout(request: web.Request) -> web.Response:
-    body = await json_body(request, {"patron", "item", "due", "override"}, {"patron", "item"})
+    body = await read_json(request, CheckoutRequest)
     node = request.app[NODE]
-    patron, item = _barcode(body, "patron", "patron barcode"), _barcode(body, "item", "item barcode")
-    due = _due_ms(body.get("due"), node.now_ms(), node.loan_days)
-    override = _override(body)
+    patron, item = _barcode(request, body.patron, "patron barcode"), _barcode(request, body.item, "item barcode")
+    due = _due_ms(request, body.due)
+    override = body.override
     warnings = node.checkout_warnings(patron, item)
     blocking = [w for w in warnings if w.get("blocking") == "yes"]
     if blocking and not override:
@@ -89,49 +116,47 @@ async def checkout(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/checkins")
 async def checkin(request: web.Request) -> web.Response:
-    body = await json_body(request, {"item"}, {"item"})
-    item = _barcode(body, "item", "item barcode")
+    body = await read_json(request, CheckinRequest)
+    item = _barcode(request, body.item, "item barcode")
     return await record(request, "checkin", {"item": item}, request.app[NODE].checkin_warnings(item))
 
 
 @routes.post("/api/v1/renewals")
 async def renewal(request: web.Request) -> web.Response:
-    body = await json_body(request, {"item", "patron", "due"}, {"item"})
+    body = await read_json(request, RenewalRequest)
     node = request.app[NODE]
-    item = _barcode(body, "item", "item barcode")
-    due = _due_ms(body.get("due"), node.now_ms(), node.loan_days)
+    item = _barcode(request, body.item, "item barcode")
+    due = _due_ms(request, body.due)
     event_body: dict[str, Any] = {"item": item, "due": due}
-    if body.get("patron") is not None:
-        event_body["patron"] = _barcode(body, "patron", "patron barcode")
+    if body.patron:
+        event_body["patron"] = _barcode(request, body.patron, "patron barcode")
     return await record(request, "renew", event_body, node.renewal_warnings(item))
 
 
 @routes.post("/api/v1/payments")
 async def payment(request: web.Request) -> web.Response:
-    body = await json_body(request, {"patron", "amount"}, {"patron", "amount"})
-    patron = _barcode(body, "patron", "patron barcode")
-    amount = body.get("amount")
-    if isinstance(amount, int | float) and not isinstance(amount, bool):
-        amount = f"{amount:.2f}" if isinstance(amount, float) else str(amount)
+    body = await read_json(request, PaymentRequest)
+    patron = _barcode(request, body.patron, "patron barcode")
+    amount = body.amount if isinstance(body.amount, str) else f"{body.amount:.2f}"
     try:
-        parse_amount(amount)
-    except EventError as e:
+        check_money(amount, _limits(request).max_payment)
+    except BoundsError as e:
         raise ApiError(400, "bad_amount", str(e)) from None
     return await record(request, "payment", {"patron": patron, "amount": amount}, [])
 
 
 @routes.post("/api/v1/in-house-uses")
 async def in_house_use(request: web.Request) -> web.Response:
-    body = await json_body(request, {"item"}, {"item"})
-    return await record(request, "in_house_use", {"item": _barcode(body, "item", "item barcode")}, [])
+    body = await read_json(request, InHouseUseRequest)
+    return await record(request, "in_house_use", {"item": _barcode(request, body.item, "item barcode")}, [])
 
 
 @routes.post("/api/v1/registrations")
 async def registration(request: web.Request) -> web.Response:
-    body = await json_body(request, {"patron", "name"}, {"patron", "name"})
-    patron = _barcode(body, "patron", "patron barcode")
-    name = body.get("name")
-    if not isinstance(name, str) or not name.strip() or len(name) > 200 or any(ord(c) < 32 for c in name):
+    body = await read_json(request, RegistrationRequest)
+    patron = _barcode(request, body.patron, "patron barcode")
+    name = body.name
+    if not name.strip():
         raise ApiError(400, "bad_name", "name must be 1-200 printable characters")
     warnings = []
     if patron in request.app[NODE].log.state.registrations:

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from node.crdt.barcode import BarcodeError, clean_barcode
+from node.crdt.bounds import BoundsError, DeskLimits
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
@@ -41,14 +41,15 @@ async def error_middleware(
         raise
     except Exception:
         log.exception("unexpected error in %s %s", request.method, request.path)
-        return error_response(500, "internal", "unexpected error on this desk; the scan was not recorded")
+        return error_response(500, "internal", "unexpected error on this desk; look at the live feed to see "
+                                               "whether the scan was recorded before scanning again")
 
 
-def barcode_or_400(value: object, what: str) -> str:
+def barcode_or_400(value: object, what: str, limits: DeskLimits | None = None) -> str:
     """A barcode from a request, trimmed, or a 400 saying what is wrong with it."""
     try:
-        return clean_barcode(value, what)
-    except BarcodeError as e:
+        return (limits or DeskLimits()).check_barcode(value, what)  # type: ignore[arg-type]
+    except BoundsError as e:
         raise ApiError(400, "bad_barcode", str(e)) from None
 
 

@@ -50,7 +50,7 @@ async def export(request: web.Request) -> web.Response:
     fmt = _format(request)
     state = node.log.state
     operations = [operation_of(e) for e in node.log.ordered()
-                  if e.kind in DESK_KINDS and e.id not in state.voided]
+                  if e.problem is None and e.kind in DESK_KINDS and e.id not in state.voided]
     data, skipped = formats.export_report(fmt, operations, tz=_zone(request), generator="circmesh",
                                           generator_version=__version__)
     headers = {"Content-Disposition": f'attachment; filename="{FILENAMES[fmt]}"',

@@ -16,6 +16,11 @@ LENT_WHILE_ON_LOAN = "lent_while_on_loan"  # a desk lent an item it could see wa
 CHECKIN_NOT_ON_LOAN = "checkin_not_on_loan"  # Koha: "Item not issued."
 RENEW_NOT_ON_LOAN = "renew_not_on_loan"
 DUPLICATE_REGISTRATION = "duplicate_registration"
+# two admins answered one conflict differently, neither seeing the other's answer: until one answer is
+# chosen, neither takes effect and the conflict stays open (`about` names it)
+RESOLUTIONS_DISAGREE = "resolutions_disagree"
+# an event that verifies (its desk signed it) but whose meaning this desk cannot read: kept, never applied
+UNREADABLE_EVENT = "unreadable_event"
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,8 @@ class Conflict:
     patrons: tuple[str, ...]
     events: tuple[str, ...]  # in causal order
     needs_admin: bool
+    about: str | None = None  # the conflict that a disagreement is about
+    reason: str | None = None  # why an event is unreadable
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -35,6 +42,8 @@ class Conflict:
             "patrons": list(self.patrons),
             "events": list(self.events),
             "needs_admin": self.needs_admin,
+            "about": self.about,
+            "reason": self.reason,
         }
 
 
@@ -42,7 +51,14 @@ def conflict_id(kind: str, events: tuple[str, ...]) -> str:
     return f"{kind}/{'+'.join(events)}"
 
 
+def events_of(conflict: str) -> tuple[str, ...]:
+    """The events a conflict id names (ids are built from them, so any desk can read them back)."""
+    _kind, _, events = conflict.partition("/")
+    return tuple(e for e in events.split("+") if e)
+
+
 def make_conflict(
-    kind: str, *, item: str | None, patrons: tuple[str, ...], events: tuple[str, ...], needs_admin: bool
+    kind: str, *, item: str | None, patrons: tuple[str, ...], events: tuple[str, ...], needs_admin: bool,
+    about: str | None = None, reason: str | None = None,
 ) -> Conflict:
-    return Conflict(conflict_id(kind, events), kind, item, patrons, events, needs_admin)
+    return Conflict(conflict_id(kind, events), kind, item, patrons, events, needs_admin, about, reason)

@@ -12,14 +12,17 @@ told apart from a desk overriding a warning.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import msgpack
 
-from node.crdt.barcode import BarcodeError, clean_barcode
+from node.crdt.bodies import body_problem
+from node.crdt.bounds import MONEY_MAX, BoundsError, check_money
 from node.crdt.hlc import Hlc
 from node.trust.identity import is_node_id
 
@@ -28,7 +31,8 @@ ADMIN_KINDS = ("void", "resolve", "revoke", "away")
 BRIDGE_KINDS = ("applied",)
 KINDS = DESK_KINDS + ADMIN_KINDS + BRIDGE_KINDS
 MAX_EVENT_BYTES = 8192
-MAX_TEXT = 500
+MAX_SEQ = 2**53
+MAX_JSON_INT = 2**53
 GENESIS = bytes(32)  # `prev` of a desk's first event
 
 
@@ -40,145 +44,39 @@ class EventError(ValueError):
     """An event that is malformed, wrongly signed, or does not match the id it is stored under."""
 
 
-def _text(body: Mapping[str, Any], key: str, *, required: bool = True, limit: int = MAX_TEXT) -> str | None:
-    value = body.get(key)
-    if value is None:
-        if required:
-            raise EventError(f"{key} is missing")
-        return None
-    if not isinstance(value, str) or len(value) > limit:
-        raise EventError(f"{key} must be text of at most {limit} characters")
-    if any(ord(c) < 32 for c in value):
-        raise EventError(f"{key} contains control characters")
-    return value
-
-
-def _barcode(body: Mapping[str, Any], key: str, *, required: bool = True) -> str | None:
-    value = body.get(key)
-    if value is None:
-        if required:
-            raise EventError(f"{key} is missing")
-        return None
-    try:
-        cleaned = clean_barcode(value, key)
-    except BarcodeError as e:
-        raise EventError(str(e)) from None
-    if cleaned != value:
-        raise EventError(f"{key} is not in canonical form")
-    return cleaned
-
-
-def _ms(body: Mapping[str, Any], key: str) -> None:
-    value = body.get(key)
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-        raise EventError(f"{key} must be a time in milliseconds")
-
-
-def parse_amount(value: object) -> Decimal:
+def parse_amount(value: object, maximum: Decimal = MONEY_MAX) -> Decimal:
     """Money travels as a decimal string ("12.50"): floats would not sum the same on every desk."""
-    if not isinstance(value, str) or len(value) > 20:
-        raise EventError("amount must be a decimal number written as text, like \"2.50\"")
     try:
-        amount = Decimal(value)
-    except InvalidOperation:
-        raise EventError(f"amount {value!r} is not a number") from None
-    if not amount.is_finite() or amount <= 0 or amount.as_tuple().exponent < -2:  # type: ignore[operator]
-        raise EventError(f"amount {value!r} must be positive with at most two decimals")
-    return amount
+        return check_money(value, maximum)  # type: ignore[arg-type]
+    except BoundsError as e:
+        raise EventError(str(e)) from None
 
 
-def _check_checkout(b: Mapping[str, Any]) -> None:
-    _barcode(b, "patron")
-    _barcode(b, "item")
-    _ms(b, "due")
+def check_body(kind: str, body: object, at: int | None = None) -> None:
+    """Refuses a body this desk must not write (EventError with a message for staff). Events received
+    from peers are not refused for their body: they are quarantined (see bodies.py)."""
+    problem = body_problem(kind, body, at if at is not None else time.time_ns() // 1_000_000, "")
+    if problem is not None:
+        raise EventError(problem)
 
 
-def _check_checkin(b: Mapping[str, Any]) -> None:
-    _barcode(b, "item")
-
-
-def _check_renew(b: Mapping[str, Any]) -> None:
-    _barcode(b, "item")
-    _barcode(b, "patron", required=False)
-    _ms(b, "due")
-
-
-def _check_payment(b: Mapping[str, Any]) -> None:
-    _barcode(b, "patron")
-    parse_amount(b.get("amount"))
-
-
-def _check_register(b: Mapping[str, Any]) -> None:
-    _barcode(b, "patron")
-    _text(b, "name")
-
-
-def _check_void(b: Mapping[str, Any]) -> None:
-    _text(b, "event", limit=80)
-    _text(b, "reason", required=False)
-
-
-def _check_resolve(b: Mapping[str, Any]) -> None:
-    _text(b, "conflict", limit=300)
-    _text(b, "action", limit=40)
-    _text(b, "note", required=False)
-
-
-def _check_revoke(b: Mapping[str, Any]) -> None:
-    if not is_node_id(b.get("node")):
-        raise EventError("node must be the revoked desk's node id")
-    upto = b.get("upto")
-    if not isinstance(upto, int) or isinstance(upto, bool) or upto < 0:
-        raise EventError("upto must be the revoked desk's last accepted sequence number")
-    _text(b, "reason", required=False)
-
-
-def _check_applied(b: Mapping[str, Any]) -> None:
-    _text(b, "event", limit=80)
-    if b.get("status") not in ("applied", "refused"):
-        raise EventError("status must be 'applied' or 'refused'")
-    _text(b, "message")
-    term = b.get("term")
-    if not isinstance(term, int) or isinstance(term, bool) or term < 0:
-        raise EventError("term must be a non-negative integer")
-
-
-_BODY_CHECKS: dict[str, Callable[[Mapping[str, Any]], None]] = {
-    "checkout": _check_checkout,
-    "checkin": _check_checkin,
-    "renew": _check_renew,
-    "payment": _check_payment,
-    "in_house_use": _check_checkin,
-    "patron_register": _check_register,
-    "void": _check_void,
-    "resolve": _check_resolve,
-    "revoke": _check_revoke,
-    "away": _check_revoke,  # {node, upto}: away until that desk writes past `upto`
-    "applied": _check_applied,
-}
-
-
-def check_body(kind: str, body: object) -> None:
-    if kind not in _BODY_CHECKS:
-        raise EventError(f"unknown event kind {kind!r}")
-    if not isinstance(body, dict) or not all(isinstance(k, str) for k in body):
-        raise EventError("body must be a map with text keys")
-    for value in body.values():
-        if not (value is None or isinstance(value, str | int | bool)):
-            raise EventError("body values must be text, integers, booleans or null")
-    _BODY_CHECKS[kind](body)
+def _key_order(key: Any) -> tuple[str, Any]:
+    """Text keys sort as text (what every signer does); other keys, which only a buggy or newer desk
+    writes, sort by type first so that re-packing them never raises."""
+    return (type(key).__name__, key)
 
 
 def _canonical(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _canonical(value[k]) for k in sorted(value)}
+        return {k: _canonical(value[k]) for k in sorted(value, key=_key_order)}
     if isinstance(value, list | tuple):
         return [_canonical(v) for v in value]
     return value
 
 
 def pack(value: Any) -> bytes:
-    return msgpack.packb(_canonical(value), use_bin_type=True)
+    """Canonical msgpack. Text that arrived as invalid UTF-8 is packed back byte for byte."""
+    return msgpack.packb(_canonical(value), use_bin_type=True, unicode_errors="surrogateescape")
 
 
 @dataclass(frozen=True)
@@ -193,6 +91,8 @@ class Event:
     seen: dict[str, int] = field(default_factory=dict)
     prev: bytes = GENESIS
     sig: bytes = b""
+    # Why the body cannot be read (None: it can). Not signed: every desk derives it from the event alone.
+    problem: str | None = field(default=None, compare=False)
 
     @property
     def id(self) -> str:
@@ -230,9 +130,16 @@ class Event:
         return other.seen.get(self.node, 0) >= self.seq
 
     def to_json(self) -> dict[str, Any]:
-        """What the API shows: the event without its proofs (version vector, chain hash, signature)."""
+        """What the API shows: the event without its proofs (version vector, chain hash, signature).
+        An unreadable event is shown too, with its values made safe to print."""
         out = self.unsigned()
         del out["seen"], out["prev"]
+        if self.problem is not None:
+            out["kind"] = json_safe(self.kind)
+            out["body"] = json_safe(self.body)
+            out["staff"] = json_safe(self.staff)
+            out["at"] = json_safe(self.at)
+            out["problem"] = self.problem
         return out
 
 
@@ -249,18 +156,23 @@ def make_event(
     sign: Callable[[bytes], bytes],
     prev: bytes = GENESIS,
 ) -> Event:
-    check_body(kind, body)
+    check_body(kind, body, at)
     unsigned = Event(node=node, seq=seq, hlc=hlc, at=at, kind=kind, body=dict(body), staff=staff, seen=seen,
-                     prev=prev)
+                     prev=prev, problem=body_problem(kind, body, at, staff))
     return Event(**{**unsigned.__dict__, "sig": sign(unsigned.signing_bytes())})
 
 
 def decode_event(raw: bytes) -> Event:
-    """Parses and checks the shape of an event; never raises anything but EventError."""
+    """Parses and checks the envelope of an event; never raises anything but EventError.
+
+    The envelope (who wrote it, where it sits in the desk's chain, its signature) must be right or the
+    event is refused. Its meaning (kind, time, staff, body) is only read: an unreadable one is returned
+    with `problem` set, to be quarantined, because refusing a signed event would break its desk's chain."""
     if not isinstance(raw, bytes) or len(raw) > MAX_EVENT_BYTES:
         raise EventError("event is not bytes or is too large")
     try:
-        obj = msgpack.unpackb(raw, raw=False, strict_map_key=True, max_bin_len=1024, max_str_len=4096)
+        obj = msgpack.unpackb(raw, raw=False, strict_map_key=False, unicode_errors="surrogateescape",
+                              max_bin_len=MAX_EVENT_BYTES, max_str_len=MAX_EVENT_BYTES)
     except Exception as e:  # msgpack raises several unrelated types on garbage
         raise EventError(f"event is not valid msgpack ({type(e).__name__})") from None
     if not isinstance(obj, dict):
@@ -273,7 +185,7 @@ def decode_event(raw: bytes) -> Event:
     )
     if not is_node_id(node):
         raise EventError("node is not a node id")
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= MAX_SEQ:
         raise EventError("seq must be a positive integer")
     if obj["id"] != f"{node}:{seq}":
         raise EventError("id does not match node and seq")
@@ -281,14 +193,9 @@ def decode_event(raw: bytes) -> Event:
         hlc = Hlc.from_wire(obj["hlc"])
     except ValueError as e:
         raise EventError(str(e)) from None
-    if not isinstance(at, int) or isinstance(at, bool) or at < 0:
-        raise EventError("at must be a time in milliseconds")
-    if not isinstance(kind, str):
-        raise EventError("kind must be text")
-    if not isinstance(staff, str) or len(staff) > 100:
-        raise EventError("staff must be short text")
     if not isinstance(seen, dict) or len(seen) > 10_000 or not all(
-        is_node_id(k) and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in seen.items()
+        is_node_id(k) and isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_SEQ
+        for k, v in seen.items()
     ):
         raise EventError("seen must map node ids to sequence numbers")
     if not isinstance(sig, bytes) or len(sig) != 64:
@@ -296,9 +203,35 @@ def decode_event(raw: bytes) -> Event:
     prev = obj["prev"]
     if not isinstance(prev, bytes) or len(prev) != 32 or (seq == 1) != (prev == GENESIS):
         raise EventError("prev must be the 32-byte hash of the desk's previous event")
-    check_body(kind, obj["body"])
-    return Event(node=node, seq=seq, hlc=hlc, at=at, kind=kind, body=obj["body"], staff=staff, seen=seen,
-                 prev=prev, sig=sig)
+    body = obj["body"]
+    event = Event(node=node, seq=seq, hlc=hlc, at=at, kind=kind, body=body, staff=staff, seen=seen,
+                  prev=prev, sig=sig, problem=body_problem(kind, body, at, staff))
+    try:
+        event.signing_bytes()
+    except Exception as e:  # a value msgpack cannot write back: its signature cannot be checked
+        raise EventError(f"event cannot be re-encoded to check its signature ({type(e).__name__})") from None
+    return event
+
+
+def json_safe(value: Any, depth: int = 0) -> Any:
+    """Any decoded msgpack value as something JSON can print, bounded in depth and length."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")[:500]
+    if isinstance(value, int):
+        return value if -MAX_JSON_INT <= value <= MAX_JSON_INT else str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, bytes):
+        return "0x" + value[:64].hex()
+    if depth >= 4:
+        return "…"
+    if isinstance(value, dict):
+        return {str(json_safe(k, depth + 1))[:100]: json_safe(v, depth + 1) for k, v in list(value.items())[:50]}
+    if isinstance(value, list | tuple):
+        return [json_safe(v, depth + 1) for v in value[:50]]
+    return repr(value)[:100]
 
 
 def verify_event(event: Event, public_key_raw: bytes) -> None:

@@ -47,7 +47,7 @@ class OrderedLog:
         else:
             bisect.insort(self._keys, key)
         if self._state is not None:
-            if at_end and event.kind != "void":
+            if at_end and event.kind not in ("void", "resolve"):  # answers change what is voided
                 apply_event(self._state, event)
             else:
                 self._state = None

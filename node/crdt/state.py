@@ -1,5 +1,9 @@
 """Circulation state as a pure fold of the causally ordered log.
 
+The fold never raises on what a peer sent: an event that verifies but cannot be read (its body out of
+bounds, a kind from a newer version) or that a rule cannot fold is *quarantined*: counted, shown to the
+admins as a conflict, never applied. Every desk decides that from the event alone, so all agree.
+
 Same events in, same state out, on every node and whatever order they arrived in: the fold only ever
 sees the events sorted by (hlc, node, seq). A `baseline` (loans the ILS reported before the outage, from
 a snapshot) is optional: without it, a checkin of an item the log never lent is not a conflict, because
@@ -52,6 +56,8 @@ class CirculationState:
     revoked: dict[str, tuple[int, str]] = field(default_factory=dict)  # node -> (last accepted seq, revoke id)
     away: dict[str, tuple[int, str]] = field(default_factory=dict)  # node -> (seq it had reached, away event)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
+    quarantined: dict[str, str] = field(default_factory=dict)  # event id -> why it cannot be read
+    disputed: dict[str, tuple[str, ...]] = field(default_factory=dict)  # conflict -> disagreeing resolves
     events_seen: int = 0
     _by_id: dict[str, Event] = field(default_factory=dict, repr=False)
     _baseline_known: bool = False
@@ -136,10 +142,6 @@ def _register(state: CirculationState, e: Event) -> None:
         state.registrations[patron] = e.id
 
 
-def _resolve(state: CirculationState, e: Event) -> None:
-    state.settled.setdefault(e.body["conflict"], e.id)
-
-
 def _revoke(state: CirculationState, e: Event) -> None:
     state.revoked.setdefault(e.body["node"], (e.body["upto"], e.id))
 
@@ -161,24 +163,97 @@ _RULES = {
     "payment": _payment,
     "in_house_use": _in_house_use,
     "patron_register": _register,
-    "resolve": _resolve,
     "revoke": _revoke,
     "away": _away,
     "applied": _applied,
 }
 
 
-def voids_in(events: Iterable[Event]) -> dict[str, str]:
-    return {e.body["event"]: e.id for e in events if e.kind == "void"}
+@dataclass(frozen=True)
+class Settlements:
+    """What the admins' answers add up to: the voids they imply, the conflicts they settle, and the
+    conflicts whose answers disagree (neither answer takes effect until an admin picks one)."""
+
+    voided: dict[str, str]
+    settled: dict[str, str]
+    disputed: dict[str, tuple[str, ...]]
+
+
+def _answer(e: Event) -> tuple[str, str | None]:
+    return (e.body["action"], e.body.get("event"))
+
+
+def settlements_in(events: list[Event]) -> Settlements:
+    """Voids apply wherever they sit in the order. An admin's answer to a conflict (`resolve`) stands
+    unless another admin, not having seen it, answered differently: a later answer that has seen both
+    settles it. `events` must be in causal order."""
+    voided: dict[str, str] = {}
+    answers: dict[str, list[Event]] = {}
+    for e in events:
+        if e.problem is not None:
+            continue
+        if e.kind == "void":
+            voided.setdefault(e.body["event"], e.id)
+        elif e.kind == "resolve":
+            answers.setdefault(e.body["conflict"], []).append(e)
+    settled: dict[str, str] = {}
+    disputed: dict[str, tuple[str, ...]] = {}
+    for conflict, given in answers.items():
+        latest = [r for r in given if not any(r is not o and r.happened_before(o) for o in given)]
+        if len({_answer(r) for r in latest}) > 1:
+            disputed[conflict] = tuple(r.id for r in latest)
+            continue
+        chosen = latest[0]
+        settled[conflict] = chosen.id
+        action, kept = _answer(chosen)
+        named = c.events_of(conflict)
+        if action == "void" and kept in named:
+            voided.setdefault(kept, chosen.id)
+        elif action == "keep" and kept in named:
+            for other in named:
+                if other != kept:
+                    voided.setdefault(other, chosen.id)
+    return Settlements(voided, settled, disputed)
+
+
+def voids_in(events: list[Event]) -> dict[str, str]:
+    return settlements_in(events).voided
+
+
+def _quarantine(state: CirculationState, event: Event, reason: str) -> None:
+    state.quarantined[event.id] = reason
+    _conflict(state, c.make_conflict(c.UNREADABLE_EVENT, item=None, patrons=(), events=(event.id,),
+                                     needs_admin=True, reason=reason))
 
 
 def apply_event(state: CirculationState, event: Event) -> None:
-    """Folds one more event, which must sort after every event folded so far."""
+    """Folds one more event, which must sort after every event folded so far. Never raises."""
     state._by_id[event.id] = event
     state.events_seen += 1
-    if event.id in state.voided or event.kind == "void":
+    if event.id in state.voided:
         return
-    _RULES[event.kind](state, event)
+    if event.problem is not None:
+        _quarantine(state, event, event.problem)
+        return
+    if event.kind in ("void", "resolve"):  # taken into account before the fold (settlements_in)
+        return
+    rule = _RULES.get(event.kind)
+    if rule is None:  # pragma: no cover - body_problem already refuses unknown kinds
+        _quarantine(state, event, f"no rule folds {event.kind!r} events")
+        return
+    try:
+        rule(state, event)
+    except Exception as e:  # a rule must never stop the desk; every desk fails the same way on it
+        _quarantine(state, event, f"could not be folded ({type(e).__name__})")
+
+
+def _disputes(state: CirculationState) -> None:
+    for conflict, answers in state.disputed.items():
+        about = state.conflicts.get(conflict)
+        _conflict(state, c.make_conflict(
+            c.RESOLUTIONS_DISAGREE, item=about.item if about else None, patrons=about.patrons if about else (),
+            events=answers, needs_admin=True, about=conflict,
+        ))
 
 
 def fold(
@@ -186,9 +261,12 @@ def fold(
 ) -> CirculationState:
     """The state of the log. `ordered` must be sorted by Event.order_key; voids apply wherever they sit."""
     events = list(ordered)
-    state = CirculationState(voided=voids_in(events), _baseline_known=baseline is not None)
+    answers = settlements_in(events)
+    state = CirculationState(voided=answers.voided, settled=answers.settled, disputed=answers.disputed,
+                             _baseline_known=baseline is not None)
     for item, (patron, due) in (baseline or {}).items():
         state.loans[item] = Loan(item, patron, due, None, None, None)
     for event in events:
         apply_event(state, event)
+    _disputes(state)
     return state

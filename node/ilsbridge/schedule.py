@@ -30,7 +30,8 @@ def keys_of(event: Event) -> tuple[str, ...]:
 def pending_events(ordered: Iterable[Event], state: CirculationState) -> list[Event]:
     """Desk events, in causal order, that are neither voided nor answered by the ILS yet."""
     return [e for e in ordered
-            if e.kind in DESK_KINDS and e.id not in state.voided and e.id not in state.outcomes]
+            if e.problem is None and e.kind in DESK_KINDS and e.id not in state.voided
+            and e.id not in state.outcomes]
 
 
 def held_events(state: CirculationState) -> set[str]:

@@ -7,6 +7,7 @@ export function describeEvent(event, { withDue = true, lookup = null } = {}) {
   const b = event.body || {};
   const values = { item: b.item, patron: b.patron, name: b.name, event: b.event, amount: fmt.money(b.amount) };
   let text;
+  if (event.problem) return t('event.unreadable', { reason: event.problem });
   switch (event.kind) {
     case 'checkout':
       text = t(b.override ? 'event.checkout_override' : 'event.checkout', values);
@@ -16,9 +17,13 @@ export function describeEvent(event, { withDue = true, lookup = null } = {}) {
       text = original ? t('event.void_of', { what: describeEvent(original, { withDue: false }) }) : t('event.void');
       break;
     }
-    case 'resolve':
-      text = t('event.resolve', { action: t(`conflicts.action_name.${b.action}`) });
+    case 'resolve': {
+      const named = b.event && lookup ? lookup(b.event) : null;
+      text = named
+        ? t('event.resolve_of', { action: t(`conflicts.action_name.${b.action}`), what: describeEvent(named, { withDue: false }) })
+        : t('event.resolve', { action: t(`conflicts.action_name.${b.action}`) });
       break;
+    }
     case 'applied':
       text = t('event.applied', { status: t(`outcome.${b.status}`), message: b.message || '' });
       break;
@@ -38,7 +43,9 @@ export function kindName(kind) {
 /** Title and explanation of a conflict. */
 export function describeConflict(conflict) {
   const key = has(`conflicts.kind.${conflict.kind}.title`) ? conflict.kind : 'other';
-  const values = { item: conflict.item || '', patron: (conflict.patrons || [])[0] || '', kind: conflict.kind };
+  const first = (conflict.detail || [])[0] || {};
+  const values = { item: conflict.item || '', patron: (conflict.patrons || [])[0] || '', kind: conflict.kind,
+    desk: first.desk || '', reason: conflict.reason || '' };
   return {
     title: t(`conflicts.kind.${key}.title`, values),
     explain: t(`conflicts.kind.${key}.explain`, values),
@@ -47,8 +54,17 @@ export function describeConflict(conflict) {
 
 /** The ways to settle a conflict, each {action, event?, label, hint?}. */
 export function settlements(conflict) {
+  // answers that disagree are settled by answering the conflict they are about, after both
+  if (conflict.kind === 'resolutions_disagree' && conflict.about_conflict) return settlements(conflict.about_conflict);
   const detail = conflict.detail || [];
   const options = [];
+  if (conflict.kind === 'unreadable_event') {
+    for (const e of detail) {
+      options.push({ action: 'void', event: e.id, label: t('conflicts.action.void', { what: kindName(String(e.kind)), desk: e.desk }) });
+    }
+    options.push({ action: 'accept_ils', label: t('conflicts.action.accept_ils'), hint: t('conflicts.action_hint.accept_ils') });
+    return options;
+  }
   if (detail.length > 1 && detail.every((e) => e.kind === 'checkout')) {
     for (const e of detail) {
       options.push({ action: 'keep', event: e.id, label: t('conflicts.action.keep', { patron: e.body.patron, desk: e.desk }),

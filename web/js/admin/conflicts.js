@@ -22,9 +22,15 @@ function errorText(e) {
 function card(conflict) {
   const words = describeConflict(conflict);
   const note = el('input', { class: 'note', id: `note-${conflict.id}`, maxlength: '500', autocomplete: 'off' });
-  const steps = (conflict.detail || []).map((event) => el('li', {},
+  const about = conflict.about_conflict;
+  const known = [...(conflict.detail || []), ...((about && about.detail) || [])];
+  const lookup = (id) => known.find((e) => e.id === id) || null;
+  const step = (event) => el('li', {},
     el('div', { class: 'step-head' }, t('conflicts.step', { time: fmt.dateTime(event.at), desk: event.desk, staff: event.staff })),
-    el('div', { class: 'step-text' }, describeEvent(event))));
+    el('div', { class: 'step-text' }, describeEvent(event, { lookup })));
+  // a disagreement shows what happened (the conflict it is about), then the admins' answers
+  const steps = ((about && about.detail) || conflict.detail || []).map(step);
+  const answers = about ? [el('h3', { text: t('conflicts.answers') }), el('ol', { class: 'steps answers' }, (conflict.detail || []).map(step))] : [];
   const buttons = settlements(conflict).map((option) => el('div', { class: 'settle-option' },
     el('button', {
       type: 'button',
@@ -41,6 +47,7 @@ function card(conflict) {
     el('p', { class: 'explain', text: words.explain }),
     el('h3', { text: t('conflicts.happened') }),
     el('ol', { class: 'steps' }, steps),
+    ...answers,
     el('div', { class: 'settle' },
       el('label', { for: note.id, text: t('conflicts.note') }), note,
       el('div', { class: 'settle-options' }, buttons)));

@@ -1,0 +1,164 @@
+"""The body of each kind of event, declared once as msgspec types: the protocol's schema.
+
+`read_body` decides whether a signed event's body is readable. A body that is not (a buggy desk, a newer
+version's kind, a value out of bounds) does not make the event forged: its signature and hash chain still
+hold, so the event is kept and replicated like any other and *quarantined* by the fold (state.py), shown
+to the admins, never applied. Unknown fields are ignored, so a newer desk may add some. Pure.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from node.crdt.bounds import (
+    EARLIEST_MS,
+    LATEST_MS,
+    Barcode,
+    BoundsError,
+    Count,
+    EventId,
+    Millis,
+    Money,
+    Name,
+    NodeId,
+    Staff,
+    Text,
+    check_due,
+    check_money,
+)
+
+ConflictId = Annotated[str, msgspec.Meta(max_length=300, pattern=r"^[a-z_]{1,40}/[^\x00-\x1f\ud800-\udfff]{1,258}$")]
+
+
+class Body(msgspec.Struct, kw_only=True):
+    imported: Text | None = None  # the offline file the operation came from
+
+    def check(self, at: int) -> None:
+        """Bounds that relate fields to each other or to the event's own time (never the local clock, nor
+        the Unicode tables of this desk's Python: the patterns decide what is printable)."""
+
+
+class _Due(Body, kw_only=True):
+    due: Millis | None = None
+
+    def check(self, at: int) -> None:
+        super().check(at)
+        if self.due is not None:
+            check_due(self.due, at)
+
+
+class CheckoutBody(_Due, kw_only=True):
+    patron: Barcode
+    item: Barcode
+    override: bool = False
+
+
+class ItemBody(Body, kw_only=True):
+    """A checkin or an in-house use."""
+
+    item: Barcode
+
+
+class RenewBody(_Due, kw_only=True):
+    item: Barcode
+    patron: Barcode | None = None
+
+
+class PaymentBody(Body, kw_only=True):
+    patron: Barcode
+    amount: Money
+
+    def check(self, at: int) -> None:
+        super().check(at)
+        check_money(self.amount)
+
+
+class RegisterBody(Body, kw_only=True):
+    patron: Barcode
+    name: Name
+
+
+class VoidBody(Body, kw_only=True):
+    event: EventId
+    reason: Text | None = None
+
+
+Action = Literal["void", "keep", "accept_ils", "apply"]
+
+
+class ResolveBody(Body, kw_only=True):
+    """An admin's answer to a conflict. `keep`/`void` name one of the conflict's events: the voids follow
+    from the answer in the fold, so two admins' answers can be compared (and found to disagree)."""
+
+    conflict: ConflictId
+    action: Action
+    event: EventId | None = None
+    note: Text | None = None
+
+    def check(self, at: int) -> None:
+        super().check(at)
+        if self.event is not None and self.action not in ("keep", "void"):
+            raise BoundsError("only keep and void name an event of the conflict")
+
+
+class MemberBody(Body, kw_only=True):
+    """`revoke` and `away`: {node, upto}."""
+
+    node: NodeId
+    upto: Count
+    reason: Text | None = None
+
+
+class AppliedBody(Body, kw_only=True):
+    event: EventId
+    status: Literal["applied", "refused"]
+    message: Text
+    term: Count
+
+
+BODY_TYPES: dict[str, type[Body]] = {
+    "checkout": CheckoutBody,
+    "checkin": ItemBody,
+    "renew": RenewBody,
+    "payment": PaymentBody,
+    "in_house_use": ItemBody,
+    "patron_register": RegisterBody,
+    "void": VoidBody,
+    "resolve": ResolveBody,
+    "revoke": MemberBody,
+    "away": MemberBody,
+    "applied": AppliedBody,
+}
+
+
+def body_problem(kind: object, body: object, at: object, staff: object) -> str | None:
+    """Why an event's meaning cannot be read (None: it can). Depends on the event alone."""
+    if not isinstance(kind, str) or kind not in BODY_TYPES:
+        shown = kind[:40] if isinstance(kind, str) else type(kind).__name__
+        return f"event kind {shown!r} is not known to this desk (written by a newer version?)"
+    if not isinstance(at, int) or isinstance(at, bool) or not EARLIEST_MS <= at <= LATEST_MS:
+        return "its time is not a date between 2000 and 2100"
+    try:
+        msgspec.convert(staff, Staff)
+    except msgspec.ValidationError:
+        return "its staff name is not short printable text"
+    if not isinstance(body, dict) or not all(isinstance(k, str) for k in body):
+        return "its body is not a map with text keys"
+    try:
+        typed = msgspec.convert(body, BODY_TYPES[kind], strict=True)
+        typed.check(at)
+    except msgspec.ValidationError as e:
+        return f"{kind}: {e}"[:300]
+    except BoundsError as e:
+        return f"{kind}: {e}"[:300]
+    return None
+
+
+def read_body(kind: str, body: Any, at: int) -> Body:
+    """The typed body of a readable event; raises BoundsError (with a message for staff) otherwise."""
+    problem = body_problem(kind, body, at, "")
+    if problem is not None:
+        raise BoundsError(problem)
+    return msgspec.convert(body, BODY_TYPES[kind], strict=True)
