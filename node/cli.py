@@ -6,11 +6,17 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
+import threading
 from pathlib import Path
+from types import FrameType
 
 from node import __version__
+
+log = logging.getLogger("node.cli")
+HARD_EXIT_GRACE = 3.0  # seconds beyond DeskNode's STOP_TIMEOUT before a stop that overran is cut short
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -48,7 +54,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run a whole demo cluster on 127.0.0.1", description=(
         "Starts N desks on 127.0.0.1, linked to each other: desk i (1..N) serves its UI/API on port P+10+i "
-        "and its peer link on P+50+i. Writes DIR/demo.json and prints each desk's URL. Ctrl-C stops all."))
+        "and its peer link on P+50+i. Writes DIR/demo.json and prints each desk's URL. Ctrl-C, SIGTERM or "
+        "SIGHUP stops them all."))
     p.add_argument("--desks", type=int, default=3, help="number of desks (1-9, default 3)")
     p.add_argument("--port", type=int, default=8900, help="base port P (default 8900)")
     p.add_argument("--data", type=Path, default=Path("demo-data"),
@@ -142,22 +149,75 @@ def _run(args: argparse.Namespace) -> int:
         print(f"circmesh run: {e}", file=sys.stderr)
         return 2
 
+    signals = StopSignals()
+    signals.install()
+
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await node.start()
-        ready = {"ready": True, "desk": config.desk, "node": node.node_id,
-                 "url": f"http://{config.host}:{node.port}", "peer_port": node.peer_port}
-        print(json.dumps(ready), flush=True)
-        try:
-            await stop.wait()
-        finally:
-            await node.stop()
+        from node.desk import run_until_stopped
+
+        def ready() -> None:
+            print(json.dumps({"ready": True, "desk": config.desk, "node": node.node_id,
+                              "url": f"http://{config.host}:{node.port}", "peer_port": node.peer_port}), flush=True)
+
+        await run_until_stopped(node, signals.attach(asyncio.get_running_loop()), ready)
 
     asyncio.run(main())
     return 0
+
+
+class StopSignals:
+    """SIGTERM or SIGINT stops the desk gracefully (DeskNode.stop is bounded). A second one, or a stop that
+    overruns STOP_TIMEOUT + HARD_EXIT_GRACE (a wedged disk, say), ends the process at once with os._exit.
+    That loses nothing acknowledged: a scan is fsynced before its ack, SQLite's WAL keeps each commit whole
+    or absent, and peers' events still queued for the group commit come back by sync from those peers.
+
+    Installed with signal.signal, not loop.add_signal_handler, so that a second signal is acted on even
+    while the loop is blocked (closing the journal joins its writer thread) or already closed."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+        """The event that the first signal sets (already set if one came before the loop ran)."""
+        self._loop, self._stop = loop, asyncio.Event()
+        if self.received is not None:
+            self._stopping(self.received)
+        return self._stop
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        # Runs in the main thread between two bytecodes, maybe inside the loop: only hand over to the loop.
+        if self.received is not None:
+            exit_now(signum, "a second stop signal")
+        self.received = signum
+        if self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._stopping, signum)
+            except RuntimeError:  # the loop is closed: the stop is over, only the interpreter's exit is left
+                exit_now(signum, "a stop signal after the stop")
+
+    def _stopping(self, signum: int) -> None:
+        from node.desk import STOP_TIMEOUT
+
+        log.info("%s: stopping", signal.Signals(signum).name)
+        watchdog = threading.Timer(STOP_TIMEOUT + HARD_EXIT_GRACE, exit_now,
+                                   (signum, f"still stopping after {STOP_TIMEOUT + HARD_EXIT_GRACE:.0f} s"))
+        watchdog.daemon = True
+        watchdog.start()
+        assert self._stop is not None
+        self._stop.set()
+
+
+def exit_now(signum: int, why: str) -> None:
+    """Ends the process at once (exit code 128 + signal). os.write, not logging: this may run inside a
+    signal handler that interrupted a logging call."""
+    os.write(2, f"circmesh: {why}; exiting now\n".encode())
+    os._exit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:

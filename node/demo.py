@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import secrets
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 DESK_NAMES = ["Front desk", "Children's desk", "Returns", "Study room", "Mobile library", "Annex",
               "Reading room", "Music", "Local history"]
 READY_TIMEOUT = 60.0
+CHILD_STOP_TIMEOUT = 10.0  # a desk stops within 5 s, or cuts its own stop short at 8 s; then it is killed
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 PATRON_PATTERN = "^23"  # the demo library's cards are 23…, its items 39…
 
 
@@ -74,13 +78,88 @@ def example_barcodes(ils: dict[str, str]) -> tuple[str | None, str | None]:
         "/api/v1/items?_per_page=1&_page=7", "external_id")
 
 
-def start_process(argv: list[str], name: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+class Stopped(BaseException):
+    """A stop signal reached the demo (a BaseException, like KeyboardInterrupt: no `except Exception` eats it)."""
+
+
+class Children:
+    """The processes the demo started, and its stop signals: SIGINT, SIGTERM or SIGHUP stop them all.
+
+    A stop signal raises Stopped only inside `interruptible()` waits; anywhere else it is noted and acted on
+    at the next one, so it never lands between starting a child and listing it, or inside stop(). The
+    children run in their own process groups: a Ctrl-C in the terminal reaches the demo only, and each child
+    gets exactly one SIGTERM from it (a second signal would make a desk cut its stop short). Another stop
+    signal once stopping kills the children at once."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+        self.signum: int | None = None
+        self._interruptible = False
+        self._stopping = False
+
+    def install(self) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        if self.signum is not None or self._stopping:
+            self.signum = self.signum or signum
+            self.kill()  # asked again: no more waiting
+            return
+        self.signum = signum
+        if self._interruptible:
+            self._interruptible = False
+            raise Stopped
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """A wait that a stop signal may cut short."""
+        self.check()
+        self._interruptible = True
+        try:
+            yield
+        finally:
+            self._interruptible = False
+        self.check()
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise Stopped
+
+    def spawn(self, argv: list[str]) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, process_group=0)
+        self.procs.append(proc)
+        return proc
+
+    def kill(self) -> None:
+        for p in self.procs:
+            if p.returncode is None:
+                with contextlib.suppress(OSError):
+                    p.kill()
+
+    def stop(self) -> None:
+        """SIGTERM to each child, CHILD_STOP_TIMEOUT seconds for all of them to exit, then SIGKILL."""
+        self._stopping = True
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        deadline = time.monotonic() + CHILD_STOP_TIMEOUT
+        for p in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        self.kill()
+        for p in self.procs:
+            p.wait()
+
+
+def start_process(children: Children, argv: list[str], name: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     """Starts a child that prints one JSON ready line on stdout; returns it and that line."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    proc = children.spawn(argv)
     deadline = time.monotonic() + READY_TIMEOUT
     assert proc.stdout is not None
     while time.monotonic() < deadline:
-        line = proc.stdout.readline()
+        with children.interruptible():
+            line = proc.stdout.readline()
         if not line:
             break
         try:
@@ -101,14 +180,15 @@ def run_demo(args: argparse.Namespace) -> int:
     base: int = args.port
     data: Path = args.data
     data.mkdir(parents=True, exist_ok=True)
-    procs: list[subprocess.Popen[str]] = []
+    children = Children()
+    children.install()
+    procs = children.procs
     desks = []
     users = demo_users()
     try:
         ils_argv = [sys.executable, "-m", "node.ilsbridge.sim", "--data", str(data / "ils"),
                     "--http-port", str(base), "--sip-port", str(base + 1)]
-        ils_proc, ils = start_process(ils_argv, "the ILS simulator")
-        procs.append(ils_proc)
+        _, ils = start_process(children, ils_argv, "the ILS simulator")
         credentials = data / "ils-credentials"
         credentials.touch(mode=0o600)
         credentials.write_text(f"user={ils['user']}\npassword={ils['password']}\n")
@@ -122,8 +202,7 @@ def run_demo(args: argparse.Namespace) -> int:
                     "--interface", "127.0.0.1", "--log-level", "WARNING", *peers]
             if i == 1:  # the first desk is the bridge to the ILS
                 argv += ["--ils", f"koha+http://{ils['http']}", "--ils-credentials", str(credentials)]
-            proc, ready = start_process(argv, DESK_NAMES[i - 1])
-            procs.append(proc)
+            _, ready = start_process(children, argv, DESK_NAMES[i - 1])
             desks.append({"name": DESK_NAMES[i - 1], "url": ready["url"], "node": ready["node"]})
         ils_info = {"http": f"http://{ils['http']}", "sip2": ils["sip2"], "user": ils["user"],
                     "password": ils["password"]}
@@ -140,7 +219,8 @@ def run_demo(args: argparse.Namespace) -> int:
               " | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"token\"])')")
         print("      curl -s -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' "
               f"-d '{{\"patron\":\"23000000001\",\"item\":\"39000000001\"}}' {url}/api/v1/checkouts")
-        patron, item = example_barcodes(ils_info)
+        with children.interruptible():
+            patron, item = example_barcodes(ils_info)
         if patron and item:
             print(f"      (a patron of the demo library: {patron}; an item on the shelf: {item})")
         print(f"The ILS simulator (Koha offline service, REST, SIP2 on {ils['sip2']}) runs at {ils_info['http']};"
@@ -149,21 +229,14 @@ def run_demo(args: argparse.Namespace) -> int:
         for online in ("false", "true"):
             print(f"      curl -s -X POST -H 'Content-Type: application/json' -d '{{\"online\": {online}}}' "
                   f"{ils_info['http']}/sim/state")
-        print("Press Ctrl-C to stop.", flush=True)
+        print("Press Ctrl-C to stop (or send SIGTERM or SIGHUP).", flush=True)
         while all(p.poll() is None for p in procs):
-            time.sleep(0.5)
+            with children.interruptible():
+                time.sleep(0.5)
         print("circmesh demo: a desk stopped; stopping the others", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("\ncircmesh demo: stopping")
+    except Stopped:
+        print(f"\ncircmesh demo: {signal.Signals(children.signum or signal.SIGTERM).name}; stopping", flush=True)
         return 0
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        children.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,19 @@ from node.discovery.tls import TlsTransport, serve_tls
 from node.eventlog import Arrival, EventLog, wall_ms
 from node.ilsbridge.adapters.base import load_credentials, make_adapter
 from node.ilsbridge.bridge import Bridge, BridgeConfig
+from node.tasks import reap
 from node.trust.admissions import AdmissionStore
 from node.trust.identity import load_or_create_identity
 
 log = logging.getLogger(__name__)
+
+# A desk stops within STOP_TIMEOUT seconds whatever its peers, browsers or the ILS do (issue 8). The steps
+# before the journal's flush share STOP_TIMEOUT - FLUSH_RESERVE, and each has its own cap too.
+STOP_TIMEOUT = 5.0
+FLUSH_RESERVE = 1.0
+PEERS_CLOSE = 3.0  # PeerTable.close is bounded by about CLOSE_TIMEOUT + 2 * CLOSE_GRACE = 3 s itself
+HTTP_SHUTDOWN = 0.5  # seconds in-flight requests get to finish (aiohttp then cancels them, as long again)
+RUNNER_CLEANUP = 2 * HTTP_SHUTDOWN + 0.5
 
 
 @dataclass
@@ -71,7 +81,8 @@ class DeskNode:
             adapter = make_adapter(config.ils, credentials)
             self.bridge = Bridge(self.log, adapter, config.ils, BridgeConfig(concurrency=config.upload_concurrency))
             self.peers.bridge_state = self._bridge_tip
-        self._runners: list[web.AppRunner] = []
+        self._web_runner: web.AppRunner | None = None
+        self._peer_runner: web.AppRunner | None = None
         self.port = config.port
         self.peer_port = config.peer_port
 
@@ -87,16 +98,16 @@ class DeskNode:
         await self.log.start()
         self.log.subscribe(self.live.publish)
         self.log.subscribe(self._on_arrival)
-        peer_runner = web.AppRunner(build_peer_app(self), access_log=None)
+        peer_runner = web.AppRunner(build_peer_app(self), access_log=None, shutdown_timeout=HTTP_SHUTDOWN)
         await peer_runner.setup()
         self._peer_server = await serve_tls(peer_runner, self.config.peer_host, self.config.peer_port,
                                             self.transport.server_ssl(), self.peers.counters)
         self.peer_port = int(self._peer_server.sockets[0].getsockname()[1])
-        runner = web.AppRunner(build_app(self), access_log=None)
+        runner = web.AppRunner(build_app(self), access_log=None, shutdown_timeout=HTTP_SHUTDOWN)
         await runner.setup()
         await web.TCPSite(runner, self.config.host, self.config.port).start()
         self.port = _bound_port(runner)
-        self._runners = [runner, peer_runner]
+        self._web_runner, self._peer_runner = runner, peer_runner
         for address in self.config.peers:
             self.peers.dial(address)
         if self.config.mdns:
@@ -112,16 +123,38 @@ class DeskNode:
                  self.config.host, self.port, self.peer_port)
 
     async def stop(self) -> None:
-        if self.discovery is not None:
-            await self.discovery.stop()
-        if self.bridge is not None:
-            await self.bridge.stop()
+        """Stops within STOP_TIMEOUT seconds whatever the peers do (the journal's last commit aside).
+
+        Both ports stop listening first. Every later step is bounded, and one that fails or overruns is
+        logged and left behind rather than keeping the next ones from running: the web and peer runners are
+        torn down regardless, and the journal is flushed and closed last. An acknowledged scan was fsynced
+        before its ack; the flush is for the peers' events and compactions still queued in the group commit.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_TIMEOUT - FLUSH_RESERVE
+
+        async def step(what: str, work: Awaitable[None], cap: float) -> None:
+            await _bounded(what, work, min(cap, max(0.1, deadline - loop.time())))
+
         if self._peer_server is not None:
             self._peer_server.close()
-        await self.peers.close()
-        for runner in self._runners:
-            await runner.cleanup()
-        await self.log.store.commit([])
+        runners = [r for r in (self._web_runner, self._peer_runner) if r is not None]
+        for runner in runners:
+            for site in list(runner.sites):
+                await site.stop()  # closes the listening socket at once; open connections are the cleanup's
+        self.live.close()  # browsers' live feeds would otherwise hold the web runner's cleanup
+        steps = [step("the peer links", self.peers.close(), PEERS_CLOSE)]
+        if self._web_runner is not None:
+            steps.append(step("the web server", self._web_runner.cleanup(), RUNNER_CLEANUP))
+        if self.discovery is not None:
+            steps.append(step("mDNS", self.discovery.stop(), 1.0))
+        if self.bridge is not None:
+            steps.append(step("the ILS bridge", self.bridge.stop(), 1.0))
+        await asyncio.gather(*steps)
+        if self._peer_runner is not None:  # after the links: their handlers run in it
+            await step("the peer server", self._peer_runner.cleanup(), RUNNER_CLEANUP)
+        await _bounded("the journal's last commit", self.log.store.commit([]),
+                       max(FLUSH_RESERVE, deadline + FLUSH_RESERVE - loop.time()))
         self.log.close()
 
     # ---- membership
@@ -300,9 +333,24 @@ def _bound_port(runner: web.AppRunner) -> int:
     raise RuntimeError("site is not listening")
 
 
-async def run_until_stopped(node: DeskNode, stop: asyncio.Event) -> None:
+async def _bounded(what: str, work: Awaitable[None], seconds: float) -> None:
+    """Runs one step of a stop for at most `seconds`. A step that overruns is cancelled and, if it does not
+    end within a moment, left behind; a step that fails is logged. Either way the next steps run."""
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        log.warning("stopping: %s took over %.1f s; going on without it", what, seconds)
+        await reap(task, within=0.2)
+    elif not task.cancelled() and (error := task.exception()) is not None:
+        log.warning("stopping: %s failed: %s", what, error)
+
+
+async def run_until_stopped(node: DeskNode, stop: asyncio.Event,
+                            on_ready: Callable[[], None] = lambda: None) -> None:
+    """Runs the node until `stop` is set (a signal), then stops it; `on_ready` runs once it serves."""
     await node.start()
     try:
+        on_ready()
         await stop.wait()
     finally:
         await node.stop()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 
 from aiohttp import WSMsgType, web
 
 from node.eventlog import Arrival
+from node.tasks import reap
 
 log = logging.getLogger(__name__)
 QUEUE_LIMIT = 10_000
@@ -31,6 +31,13 @@ class LiveFeed:
                 queue.put_nowait(None)
             else:
                 queue.put_nowait(text)
+
+    def close(self) -> None:
+        """Ends every feed (the node is stopping): an open browser tab must not hold up the web server's
+        shutdown. The browsers reconnect to whichever desk comes back."""
+        for queue in self.clients:
+            queue.put_nowait(None)
+        self.clients.clear()
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(heartbeat=20.0)
@@ -59,8 +66,6 @@ class LiveFeed:
             pass
         finally:
             self.clients.discard(queue)
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+            await reap(reader)
             await ws.close()
         return ws

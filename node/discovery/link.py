@@ -20,10 +20,12 @@ from aiohttp import WSMsgType
 
 from node.discovery import frames
 from node.eventlog import EventLog, RefusedSync, wall_ms
+from node.tasks import reap
 
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 2.0  # seconds a close waits for the peer's answer: a stopped or half-gone peer never answers
 TIP_EVERY = 2.0  # seconds: clock offset, lag and the bridge's state stay fresh on quiet links
 
 
@@ -105,9 +107,7 @@ class PeerLink:
                     break
         finally:
             self.log.drop_waker(waker)
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
+            await reap(writer, within=CLOSE_TIMEOUT)  # not suppress(CancelledError): a stop must get through
             await self.close()
 
     async def _write(self, sync_state: Any, waker: asyncio.Event) -> None:
@@ -146,11 +146,19 @@ class PeerLink:
             raise LinkClosed(str(e)) from None
 
     async def close(self) -> None:
-        if not self._closing:
-            self._closing = True
-            with contextlib.suppress(Exception):
+        """Says goodbye, but waits at most CLOSE_TIMEOUT for the peer's answer: a peer that is stopped or
+        half-gone (full socket buffers) never answers. On the timeout aiohttp drops the connection itself."""
+        if self._closing:
+            return
+        self._closing = True
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
                 await self.ws.close()
+        except TimeoutError:
+            log.info("link %s: no answer to our close within %.0f s; dropped", self.address, CLOSE_TIMEOUT)
+        except Exception as e:
+            log.debug("link %s: close failed: %s", self.address, e)
 
 
 def ws_client_timeout() -> aiohttp.ClientWSTimeout:
-    return aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0)
+    return aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT)

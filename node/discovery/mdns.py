@@ -29,6 +29,8 @@ import ifaddr
 from zeroconf import InterfaceChoice, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from node.tasks import reap
+
 log = logging.getLogger(__name__)
 
 SERVICE_TYPE = "_circmesh._tcp.local."
@@ -389,12 +391,7 @@ class Browser:
         if browser is None:
             return
         await browser.async_cancel()
-        tasks = [t for t in (self._sweeper, *(r.task for r in self._records.values())) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await reap(self._sweeper, *(r.task for r in self._records.values()))
         self._sweeper = None
         self._records.clear()
 

@@ -8,7 +8,6 @@ link that worked goes away.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections import Counter
@@ -18,9 +17,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from node.discovery.link import LinkClosed, LinkInfo, PeerLink, ws_client_timeout
+from node.discovery.link import CLOSE_TIMEOUT, LinkClosed, LinkInfo, PeerLink, ws_client_timeout
 from node.discovery.transport import Transport
 from node.eventlog import EventLog
+from node.tasks import reap
 from node.trust.certs import TrustError
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 BACKOFF_START = 0.2
 BACKOFF_MAX = 5.0
 PEER_PATH = "/peer"
+CLOSE_GRACE = 0.5  # seconds beyond CLOSE_TIMEOUT for dial loops, and for the client session, to wind down
 
 
 class PeerTable:
@@ -41,6 +42,7 @@ class PeerTable:
         self._session: aiohttp.ClientSession | None = None
         self._changed = asyncio.Event()
         self._address_node: dict[str, str] = {}
+        self._closed = False
         self.bridge_state: Callable[[], dict[str, Any] | None] = lambda: None
 
     # ---- links
@@ -107,7 +109,7 @@ class PeerTable:
 
     # ---- outbound
     def dial(self, address: str) -> None:
-        if address not in self._dialers:
+        if address not in self._dialers and not self._closed:
             self._dialers[address] = asyncio.get_running_loop().create_task(self._dial_loop(address))
 
     def forget(self, address: str) -> None:
@@ -164,15 +166,21 @@ class PeerTable:
         await self._changed.wait()
 
     async def close(self) -> None:
-        for task in self._dialers.values():
-            task.cancel()
-        for task in self._dialers.values():
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        for link in list(self.links.values()):
-            await link.close()
+        """Ends every dial loop and link at once, within CLOSE_TIMEOUT + 2 * CLOSE_GRACE whatever the peers do:
+        each link waits at most CLOSE_TIMEOUT for its peer's answer, and closing the client session (which
+        waits for TLS close_notify from peers that may never send it) gets CLOSE_GRACE."""
+        self._closed = True
+        dialers, self._dialers = list(self._dialers.values()), {}
+        ended = await asyncio.gather(reap(*dialers, within=CLOSE_TIMEOUT + CLOSE_GRACE),
+                                     *(link.close() for link in list(self.links.values())))
+        if not ended[0]:
+            log.warning("peer dial loops still running after %.1f s; left behind", CLOSE_TIMEOUT + CLOSE_GRACE)
         if self._session is not None:
-            await self._session.close()
+            try:
+                async with asyncio.timeout(CLOSE_GRACE):
+                    await self._session.close()
+            except TimeoutError:
+                log.info("peer connections still closing after %.1f s; left to the OS", CLOSE_GRACE)
 
     def bridges_seen(self) -> list[dict[str, Any]]:
         """The bridge states that connected peers reported in their last tip."""

@@ -24,6 +24,7 @@ from node.ilsbridge.mapping import operation_of
 from node.ilsbridge.operation import Outcome
 from node.ilsbridge.schedule import UploadSchedule, held_events, pending_events
 from node.storage import db
+from node.tasks import reap
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +67,7 @@ class Bridge:
         self._task = asyncio.create_task(self._run(), name="bridge")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await reap(self._task)  # lets a cancel of this stop through, unlike suppress(CancelledError)
         await self.adapter.close()
 
     def status(self) -> dict[str, Any]:
