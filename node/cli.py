@@ -38,6 +38,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    "ILS (default: environment CIRCMESH_ILS_USER and CIRCMESH_ILS_PASSWORD)")
     p.add_argument("--upload-concurrency", type=int, default=16,
                    help="ILS requests in flight at once while uploading (default 16)")
+    p.add_argument("--max-import-mib", type=float, default=32.0,
+                   help="largest offline file `circmesh import` may send to this desk, in MiB (default 32)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
 
 
@@ -117,7 +119,7 @@ def _run(args: argparse.Namespace) -> int:
         data_dir=args.data, desk=args.desk or args.data.resolve().name, host=args.host, port=args.port,
         peer_host=args.peer_host, peer_port=args.peer_port, peers=list(args.peer), loan_days=args.loan_days,
         ils=args.ils, ils_credentials=args.ils_credentials, upload_concurrency=args.upload_concurrency,
-        mdns=not args.no_mdns, interfaces=args.interfaces,
+        mdns=not args.no_mdns, interfaces=args.interfaces, max_import=int(args.max_import_mib * 1024 * 1024),
     )
 
     from node.cluster import NotEnrolled

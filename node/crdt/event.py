@@ -169,6 +169,13 @@ def check_body(kind: str, body: object) -> None:
     _BODY_CHECKS[kind](body)
 
 
+def check_at(at: object) -> None:
+    """`at` as every receiver checks it: a writer must refuse what its peers would refuse (a date before
+    1970 in an imported file would otherwise make every peer drop the link carrying it)."""
+    if not isinstance(at, int) or isinstance(at, bool) or at < 0:
+        raise EventError("at must be a time in milliseconds since 1970")
+
+
 def _canonical(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _canonical(value[k]) for k in sorted(value)}
@@ -250,6 +257,7 @@ def make_event(
     prev: bytes = GENESIS,
 ) -> Event:
     check_body(kind, body)
+    check_at(at)
     unsigned = Event(node=node, seq=seq, hlc=hlc, at=at, kind=kind, body=dict(body), staff=staff, seen=seen,
                      prev=prev)
     return Event(**{**unsigned.__dict__, "sig": sign(unsigned.signing_bytes())})
@@ -281,8 +289,7 @@ def decode_event(raw: bytes) -> Event:
         hlc = Hlc.from_wire(obj["hlc"])
     except ValueError as e:
         raise EventError(str(e)) from None
-    if not isinstance(at, int) or isinstance(at, bool) or at < 0:
-        raise EventError("at must be a time in milliseconds")
+    check_at(at)
     if not isinstance(kind, str):
         raise EventError("kind must be text")
     if not isinstance(staff, str) or len(staff) > 100:
