@@ -46,6 +46,10 @@ class StorageFailure(RuntimeError):
     """The journal could not be written: nothing more may be acknowledged or sent."""
 
 
+class BatchTooLarge(ValueError):
+    """A batch whose events, encoded, exceed the bytes the caller allowed; nothing was written."""
+
+
 class RefusedSync(Exception):
     """A peer's sync message was refused; the link carrying it should be dropped."""
 
@@ -180,13 +184,15 @@ class EventLog:
         self._wake()
         return event
 
-    async def append_many(self, entries: list[tuple[str, dict[str, Any], int | None]], staff: str) -> list[Event]:
+    async def append_many(self, entries: list[tuple[str, dict[str, Any], int | None]], staff: str, *,
+                          max_bytes: int | None = None) -> list[Event]:
         """Writes (kind, body, at) entries as one: all durable when it returns, or none ever written.
 
         An imported offline file must be all or nothing; appending its lines one by one would leave a
         prefix behind when one is refused or the disk fails. Every body is checked before anything is
         touched (EventError names the entry), then the events go to disk in one SQLite transaction.
-        Shielded: a caller that goes away (a client hanging up) cannot stop it half way."""
+        Shielded: a caller that goes away (a client hanging up) cannot stop it half way. With `max_bytes`,
+        a batch whose encoded events come to more raises BatchTooLarge as soon as it is known, unwritten."""
         for i, (kind, body, at) in enumerate(entries):
             try:
                 check_body(kind, body)
@@ -194,10 +200,12 @@ class EventLog:
                     check_at(at)
             except EventError as e:
                 raise EventError(f"entry {i + 1}: {e}") from None
-        return await asyncio.shield(asyncio.ensure_future(self._append_many(entries, staff)))
+        return await asyncio.shield(asyncio.ensure_future(self._append_many(entries, staff, max_bytes)))
 
-    async def _append_many(self, entries: list[tuple[str, dict[str, Any], int | None]], staff: str) -> list[Event]:
+    async def _append_many(self, entries: list[tuple[str, dict[str, Any], int | None]], staff: str,
+                           max_bytes: int | None) -> list[Event]:
         built: list[tuple[Event, bytes]] = []
+        size = 0
         async with self._writing:  # no other local event may take a sequence number in between
             self._check_healthy()
             seq, prev = self.seq, self._chain_tip()
@@ -208,6 +216,9 @@ class EventLog:
                                    at=self._physical_ms() if at is None else at, kind=kind, body=body,
                                    staff=staff, seen=seen, sign=self.identity.sign, prev=prev)
                 raw = event.encode()
+                size += len(raw)
+                if max_bytes is not None and size > max_bytes:
+                    raise BatchTooLarge(f"more than {max_bytes} bytes of events after {len(built)} of {len(entries)}")
                 prev = chain_hash(raw)
                 built.append((event, raw))
                 if len(built) % BATCH_YIELD == 0:

@@ -15,7 +15,7 @@ import pytest
 
 from node.api.files import MAX_IMPORT
 from node.ilsbridge import formats
-from tests.procs import TEST_PASSWORD, TEST_USER, DeskProcess, get_json, post_json
+from tests.procs import TEST_PASSWORD, TEST_USER, DeskProcess, get_json, post_json, wait_for
 
 pytestmark = pytest.mark.multiprocess
 
@@ -209,3 +209,30 @@ async def test_a_desk_limit_holds_to_the_byte_and_the_command_says_so(tmp_path: 
             assert await recorded_events(session, d) == (lines, lines)
     finally:
         await d.stop()
+
+
+async def test_an_import_reaches_the_peers_or_is_refused_whole(tmp_path: Path) -> None:
+    """A file's events reach a peer in one sync message, and a link drops a message over its frame limit
+    (and every later one with it). So the largest file a desk takes is one its peers can receive, and a
+    larger one is refused with nothing recorded rather than cutting the desk off from its cluster."""
+    a = DeskProcess(tmp_path / "a", "A", [])
+    b = DeskProcess(tmp_path / "b", "B", [a.peer_address])
+    await a.start()
+    await b.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            status, answer = await import_chunked(session, a, (HEADER + "".join(koc_lines(160_000))).encode())
+            assert status == 413 and answer["error"]["code"] == "too_many_operations", answer
+            assert "split the file" in answer["error"]["message"]
+            assert await recorded_events(session, a) == (0, 0)
+            n = 130_000  # just under the bound
+            status, answer = await import_chunked(session, a, (HEADER + "".join(koc_lines(n))).encode())
+            assert (status, answer["recorded"]) == (201, n), answer
+
+            async def at_b() -> bool:
+                return await recorded_events(session, b) == (n, n)
+
+            await wait_for(at_b, within=120, what=f"the {n} imported events at the peer")
+    finally:
+        await a.stop()
+        await b.stop()

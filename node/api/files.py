@@ -20,13 +20,18 @@ from node.api.auth import STAFF
 from node.api.errors import ApiError
 from node.api.keys import NODE
 from node.crdt.event import DESK_KINDS, EventError, check_at, check_body
-from node.eventlog import StorageFailure
+from node.discovery.frames import MAX_FRAME
+from node.eventlog import BatchTooLarge, StorageFailure
 from node.ilsbridge import formats
 from node.ilsbridge.mapping import body_of, operation_of, utc_to_ms
 
 routes = web.RouteTableDef()
 MIB = 1024 * 1024
 MAX_IMPORT = 32 * MIB  # by default; a desk may take more or less (DeskConfig.max_import, --max-import-mib)
+# A file's events reach a peer that lacks them in one sync message, and a peer link drops a message over
+# MAX_FRAME (and with it every later one: the desk would never reach its peers again). Headroom is left
+# for other events the peer may lack. About 140,000 operations (a .koc of 6 MB).
+MAX_IMPORT_EVENT_BYTES = MAX_FRAME * 3 // 4
 FILENAMES = {"koc": "circmesh.koc", "offcirc": "OffCirc.dat", "evergreen": "pending.xacts"}
 
 
@@ -120,7 +125,12 @@ async def import_file(request: web.Request) -> web.Response:
                                              "skip_errors=true to record the good ones)"}, status=422)
     try:
         events = await node.log.append_many([(kind, body, at) for _, kind, body, at in prepared.entries],
-                                            request[STAFF])
+                                            request[STAFF], max_bytes=MAX_IMPORT_EVENT_BYTES)
+    except BatchTooLarge:
+        raise ApiError(413, "too_many_operations",
+                       f"nothing recorded: the {len(prepared.entries)} operations of this file are more than a "
+                       f"desk can pass to its peers at once ({MAX_IMPORT_EVENT_BYTES // MIB} MiB of events); "
+                       "split the file and import the parts one after the other") from None
     except StorageFailure as e:
         raise ApiError(503, "storage_failure", f"this desk cannot save: {e}; nothing recorded") from None
     recorded = [e.id for e in events]
