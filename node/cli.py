@@ -48,6 +48,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="the largest payment staff may record in one scan (default 10000.00)")
     p.add_argument("--unicode-barcodes", action="store_true",
                    help="accept barcodes in any printable Unicode (default: printable ASCII, what scanners send)")
+    p.add_argument("--max-import-mib", type=float, default=32.0,
+                   help="largest offline file `circmesh import` may send to this desk, in MiB (default 32)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
 
 
@@ -137,6 +139,7 @@ def _run(args: argparse.Namespace) -> int:
         peer_host=args.peer_host, peer_port=args.peer_port, peers=list(args.peer), loan_days=args.loan_days,
         ils=args.ils, ils_credentials=args.ils_credentials, upload_concurrency=args.upload_concurrency,
         mdns=not args.no_mdns, interfaces=args.interfaces, limits=limits,
+        max_import=int(args.max_import_mib * 1024 * 1024),
     )
 
     from node.cluster import NotEnrolled

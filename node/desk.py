@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from node.api.app import build_app, build_peer_app
+from node.api.files import MAX_IMPORT
 from node.api.live import LiveFeed
 from node.cluster import ClusterPolicy, load_membership
 from node.crdt.bounds import DeskLimits
@@ -56,6 +57,7 @@ class DeskConfig:
     mdns: bool = True  # find peers of this cluster by mDNS (static --peer addresses work either way)
     interfaces: list[str] | None = None  # mDNS interfaces (IP addresses); None: zeroconf's default, the LAN
     limits: DeskLimits = field(default_factory=DeskLimits)  # what staff and files may enter at this desk
+    max_import: int = MAX_IMPORT  # largest offline file POST /api/v1/imports takes, in bytes
 
 
 class DeskNode:

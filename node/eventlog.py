@@ -22,7 +22,7 @@ from typing import Any
 
 from node.cluster import TrustPolicy
 from node.crdt.document import DocumentError, LogDocument
-from node.crdt.event import GENESIS, Event, chain_hash, decode_event, make_event
+from node.crdt.event import GENESIS, Event, EventError, chain_hash, check_body, decode_event, make_event
 from node.crdt.hlc import HybridClock
 from node.crdt.order import OrderedLog
 from node.crdt.records import NodeRecord, decode_record, make_record, record_key
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 COMPACT_EVERY = 2000  # change chunks between full saves…
 COMPACT_INTERVAL = 60.0  # …and seconds: a healed partition brings thousands at once, a save costs O(log)
+BATCH_YIELD = 2000  # events built or put between two turns of the event loop in append_many
 
 
 def wall_ms() -> int:
@@ -43,6 +44,10 @@ def wall_ms() -> int:
 
 class StorageFailure(RuntimeError):
     """The journal could not be written: nothing more may be acknowledged or sent."""
+
+
+class BatchTooLarge(ValueError):
+    """A batch whose events, encoded, exceed the bytes the caller allowed; nothing was written."""
 
 
 class RefusedSync(Exception):
@@ -87,6 +92,7 @@ class EventLog:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._writing = asyncio.Lock()
         self._since_save = 0
         self._last_compaction = float("-inf")
 
@@ -148,29 +154,30 @@ class EventLog:
     async def append(self, kind: str, body: dict[str, Any], staff: str, *, at: int | None = None) -> Event:
         """Writes one event; returns once it is durable. Raises EventError for a malformed body.
         `at` overrides the desk's clock for operations done earlier elsewhere (an imported offline file)."""
-        seq = self.seq + 1
-        event = make_event(
-            node=self.identity.node_id, seq=seq, hlc=self.clock.tick(),
-            at=self._physical_ms() if at is None else at, kind=kind,
-            body=body, staff=staff, seen={n: s for n, s in self.vector.items() if n != self.identity.node_id},
-            sign=self.identity.sign, prev=self._chain_tip(),
-        )
-        raw = event.encode()
-        self.seq = seq
-        self._tip = raw  # the next event chains to this one even if it is written before this one is durable
-        self._check_healthy()
-        self._in_flight += 1
-        self._idle.clear()
+        async with self._writing:  # never waits unless a batch is being built (see append_many)
+            seq = self.seq + 1
+            event = make_event(
+                node=self.identity.node_id, seq=seq, hlc=self.clock.tick(),
+                at=self._physical_ms() if at is None else at, kind=kind,
+                body=body, staff=staff, seen={n: s for n, s in self.vector.items() if n != self.identity.node_id},
+                sign=self.identity.sign, prev=self._chain_tip(),
+            )
+            raw = event.encode()
+            self.seq = seq
+            self._tip = raw  # the next event chains to this one even if it is written before this one is durable
+            self._check_healthy()
+            self._in_flight += 1
+            self._idle.clear()
+            try:
+                chunks = self.doc.put({event.id: raw})
+                statements = [db.journal_insert(event.id, raw)] + [db.change_insert(c) for c in chunks]
+                written = self.store.submit(statements)
+            except BaseException as e:
+                raise self._storage_failed(e) from e
         try:
-            chunks = self.doc.put({event.id: raw})
-            statements = [db.journal_insert(event.id, raw)] + [db.change_insert(c) for c in chunks]
-            await self.store.submit(statements)
+            await written
         except BaseException as e:
-            # The document holds a change that is not on disk. Sending it on could let peers keep an event
-            # this node would forget, so the node stops: no more scans, no more sync (see durable()).
-            self.failed = f"storage failure: {e}"
-            log.error("%s; this desk stops taking scans", self.failed)
-            raise StorageFailure(self.failed) from e
+            raise self._storage_failed(e) from e
         try:
             self._integrate(event, raw, local=True)
         finally:
@@ -180,6 +187,81 @@ class EventLog:
             self._count_change(len(chunks))
             self._wake()
         return event
+
+    async def append_many(self, entries: list[tuple[str, dict[str, Any], int | None]], staff: str, *,
+                          max_bytes: int | None = None) -> list[Event]:
+        """Writes (kind, body, at) entries as one: all durable when it returns, or none ever written.
+
+        An imported offline file must be all or nothing; appending its lines one by one would leave a
+        prefix behind when one is refused or the disk fails. Every body is checked before anything is
+        touched (EventError names the entry), then the events go to disk in one SQLite transaction.
+        Shielded: a caller that goes away (a client hanging up) cannot stop it half way. With `max_bytes`,
+        a batch whose encoded events come to more raises BatchTooLarge as soon as it is known, unwritten."""
+        for i, (kind, body, at) in enumerate(entries):
+            try:
+                check_body(kind, body, at)
+            except EventError as e:
+                raise EventError(f"entry {i + 1}: {e}") from None
+        return await asyncio.shield(asyncio.ensure_future(self._append_many(entries, staff, max_bytes)))
+
+    async def _append_many(self, entries: list[tuple[str, dict[str, Any], int | None]], staff: str,
+                           max_bytes: int | None) -> list[Event]:
+        built: list[tuple[Event, bytes]] = []
+        size = 0
+        async with self._writing:  # no other local event may take a sequence number in between
+            self._check_healthy()
+            seq, prev = self.seq, self._chain_tip()
+            seen = {n: s for n, s in self.vector.items() if n != self.identity.node_id}
+            for kind, body, at in entries:
+                seq += 1
+                event = make_event(node=self.identity.node_id, seq=seq, hlc=self.clock.tick(),
+                                   at=self._physical_ms() if at is None else at, kind=kind, body=body,
+                                   staff=staff, seen=seen, sign=self.identity.sign, prev=prev)
+                raw = event.encode()
+                size += len(raw)
+                if max_bytes is not None and size > max_bytes:
+                    raise BatchTooLarge(f"more than {max_bytes} bytes of events after {len(built)} of {len(entries)}")
+                prev = chain_hash(raw)
+                built.append((event, raw))
+                if len(built) % BATCH_YIELD == 0:
+                    await asyncio.sleep(0)  # signing is the slow part: let the desk answer meanwhile
+            if not built:
+                return []
+            self._check_healthy()
+            # From the first change put in the document until the commit, no sync message may leave.
+            self._in_flight += 1
+            self._idle.clear()
+            chunks: list[bytes] = []
+            try:
+                for start in range(0, len(built), BATCH_YIELD):
+                    chunks += self.doc.put({e.id: raw for e, raw in built[start:start + BATCH_YIELD]})
+                    await asyncio.sleep(0)
+                statements = ([db.journal_insert(e.id, raw) for e, raw in built]
+                              + [db.change_insert(c) for c in chunks])
+                written = self.store.submit(statements)
+            except BaseException as e:
+                raise self._storage_failed(e) from e
+            self.seq = seq
+            self._tip = built[-1][1]
+        try:
+            await written
+        except BaseException as e:
+            raise self._storage_failed(e) from e
+        try:
+            for event, raw in built:
+                self._integrate(event, raw, local=True)
+        finally:  # durable: sync goes on whatever happens while folding
+            self._done_in_flight()
+            self._count_change(len(chunks))
+            self._wake()
+        return [e for e, _ in built]
+
+    def _storage_failed(self, e: BaseException) -> StorageFailure:
+        """The document holds a change that is not on disk. Sending it on could let peers keep an event
+        this node would forget, so the node stops: no more scans, no more sync (see durable())."""
+        self.failed = f"storage failure: {e}"
+        log.error("%s; this desk stops taking scans", self.failed)
+        return StorageFailure(self.failed)
 
     def _chain_tip(self) -> bytes:
         if self.seq == 0:

@@ -87,7 +87,9 @@ def run_import(args: argparse.Namespace) -> int:
     credentials = _credentials()
 
     async def main() -> int:
-        async with aiohttp.ClientSession() as session:
+        # No overall deadline: the desk answers a file of many megabytes only once every line is recorded.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
             headers = await _signed_in(session, args.desk, credentials)
             params = {"skip_errors": "true" if args.skip_errors else "false", "name": args.file.name}
             if args.format:

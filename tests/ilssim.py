@@ -262,10 +262,17 @@ def start_simulator(
 
 @contextlib.asynccontextmanager
 async def running_simulator(
-    tmp_path: Path, *, patrons: int = 200, items: int = 500, seed: int = 1, password: str | None = None
+    tmp_path: Path,
+    *,
+    patrons: int = 200,
+    items: int = 500,
+    seed: int = 1,
+    password: str | None = None,
+    extra_args: tuple[str, ...] = (),
 ) -> AsyncIterator[Sim]:
     sim = await asyncio.to_thread(
-        start_simulator, tmp_path, patrons=patrons, items=items, seed=seed, password=password
+        start_simulator, tmp_path, patrons=patrons, items=items, seed=seed, password=password,
+        extra_args=extra_args,
     )
     try:
         yield sim

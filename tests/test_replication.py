@@ -8,10 +8,12 @@ import asyncio
 import random
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node.eventlog import EventLog
+from node.crdt.event import EventError
+from node.eventlog import EventLog, StorageFailure
 from node.trust.identity import load_or_create_identity
 from tests.test_state import summary
 
@@ -135,3 +137,52 @@ async def test_concurrent_appends_chain_and_verify(tmp_path: Path) -> None:
     assert len(b.events) == 20 and not b.refusals
     a.close()
     b.close()
+
+
+async def test_a_batch_written_while_desks_scan_chains_verifies_and_survives_a_restart(tmp_path: Path) -> None:
+    """An imported file is written as one batch while the desk keeps scanning: no sequence number is
+    taken twice, the hash chain holds for a peer, and the batch is on disk whole."""
+    [a, b] = make_logs(tmp_path, 2)
+    await a.start()
+    await b.start()
+    batch = [("checkout", {"patron": f"P{i}", "item": f"B{i}"}, 1_790_000_000_000 + i) for i in range(5_000)]
+    results = await asyncio.gather(a.append_many(batch, "t"),
+                                   *(a.append("in_house_use", {"item": f"I{i}"}, "t") for i in range(20)))
+    written, scans = results[0], results[1:]
+    assert [e.seq for e in written] == list(range(written[0].seq, written[0].seq + 5_000))
+    assert sorted([e.seq for e in written] + [e.seq for e in scans]) == list(range(1, 5_021))
+    assert [e.at for e in written[:2]] == [1_790_000_000_000, 1_790_000_000_001]
+    await full_sync([a, b])
+    assert len(b.events) == 5_020 and not b.refusals
+    await a.store.commit([])
+    a.close()
+    [a2] = make_logs(tmp_path, 1)
+    assert a2.seq == 5_020 and len(a2.events) == 5_020
+    a2.close()
+    b.close()
+
+
+async def test_a_batch_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
+    """A malformed entry anywhere, or a disk that fills up half way, leaves no event of the batch."""
+    [a] = make_logs(tmp_path, 1)
+    await a.start()
+    for i in range(3):
+        await a.append("in_house_use", {"item": f"I{i}"}, "t")
+    good = [("checkin", {"item": f"B{i}"}, None) for i in range(4_000)]
+    with pytest.raises(EventError, match="entry 2001"):
+        await a.append_many([*good[:2_000], ("payment", {"patron": "P", "amount": "0.001"}, None), *good], "t")
+    with pytest.raises(EventError, match="entry 1: its time is not a date"):
+        await a.append_many([("checkin", {"item": "B"}, -1)], "t")
+    assert a.seq == 3 and len(a.events) == 3
+    # a real full disk: SQLite may not grow the file past its present size
+    pages = await a.store.run(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
+    await a.store.run(lambda c: c.execute(f"PRAGMA max_page_count = {pages + 2}").fetchone())
+    with pytest.raises(StorageFailure, match="full"):
+        await a.append_many(good, "t")
+    assert len(a.events) == 3 and a.failed  # and the desk takes no more scans
+    with pytest.raises(StorageFailure):
+        await a.append("checkin", {"item": "X"}, "t")
+    a.close()
+    [a2] = make_logs(tmp_path, 1)
+    assert a2.seq == 3 and len(a2.events) == 3
+    a2.close()

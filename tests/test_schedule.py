@@ -7,7 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.ilsbridge.schedule import UploadSchedule, keys_of
+from node.ilsbridge.schedule import UploadSchedule, keys_of, renewal_patrons
 from tests.factories import DUE, SimDesk
 
 ops = st.lists(st.tuples(st.sampled_from(["checkout", "checkin", "payment"]), st.integers(0, 5),
@@ -69,3 +69,29 @@ def test_a_held_event_blocks_only_its_item_and_patron() -> None:
     assert schedule.take().id == unrelated.id
     assert schedule.take() is None
     assert schedule.held == 1
+
+
+def test_a_renewal_without_patron_renews_the_loan_its_desk_had_seen() -> None:
+    a, b = SimDesk(), SimDesk()
+    lent = a.write("checkout", patron="P1", item="I1", due=DUE)
+    b.receive(lent)
+    seen = b.write("renew", item="I1")  # b had the loan: P1's
+    concurrent = a.write("checkout", patron="P2", item="I2", due=DUE)
+    unseen = b.write("renew", item="I2")  # b never had a's loan of I2: the log cannot tell
+    returned = a.write("checkin", item="I1")
+    b.receive(concurrent)
+    b.receive(returned)
+    after_return = b.write("renew", item="I1")  # returned since: no loan in the log
+    relent = a.write("checkout", patron="P3", item="I1", due=DUE)
+    renewed_with_patron = a.write("renew", item="I3", patron="P4")  # a loan from before the outage
+    b.receive(relent)
+    b.receive(renewed_with_patron)
+    latest = b.write("renew", item="I1")
+    from_renewal = b.write("renew", item="I3")
+    named = b.write("renew", item="I1", patron="P9")  # names its patron: nothing to find
+    events = sorted([lent, seen, concurrent, unseen, returned, after_return, relent, renewed_with_patron, latest,
+                     from_renewal, named], key=lambda e: e.order_key)
+    assert renewal_patrons(events, {}) == {seen.id: "P1", unseen.id: None, after_return.id: None,
+                                           latest.id: "P3", from_renewal.id: "P4"}
+    # a voided checkout lends nothing
+    assert renewal_patrons(events, {relent.id: "void"})[latest.id] is None

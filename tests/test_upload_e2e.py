@@ -6,6 +6,7 @@ to every desk in the ILS's own words; losing the ILS mid-upload pauses and resum
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import Counter
 from itertools import combinations
@@ -15,7 +16,7 @@ import aiohttp
 import pytest
 
 from tests.ilssim import running_simulator
-from tests.procs import DeskProcess, get_json, post_json, wait_for
+from tests.procs import DeskProcess, free_port, get_json, post_json, wait_for
 
 pytestmark = pytest.mark.multiprocess
 
@@ -223,3 +224,89 @@ async def test_wrong_ils_password_pauses_the_upload_and_records_nothing(tmp_path
         finally:
             for d in desks:
                 await d.stop()
+
+
+async def test_a_renewal_without_patron_over_plain_sip2_goes_for_the_loan_in_the_log(tmp_path: Path) -> None:
+    """An ACS whose item information names no borrower (the SIP2 standard) cannot say whose loan to renew:
+    the bridge takes the patron from the checkout the renewing desk had seen. Where the log knows no loan
+    either, the renewal gets a refusal staff can act on, once, instead of being asked again forever."""
+    async with running_simulator(tmp_path / "ils", patrons=50, items=100,
+                                 extra_args=("--sip2-standard-item-info",)) as sim, \
+            aiohttp.ClientSession() as session:
+        patron = (await sim.take_patron())["cardnumber"]
+        item = (await sim.take_available_item())["external_id"]
+        lent_before, holder = await sim.take_item_on_loan()  # lent before the outage: not in the log
+        other = lent_before["external_id"]
+        await sim.set_state(online=False)
+        desks = await start_cluster(tmp_path, sim, ["Bridge", "Other"], sim.sip2_url)
+        bridge, desk = desks
+        try:
+            status, checkout = await post_json(session, f"{desk.url}/api/v1/checkouts",
+                                               {"patron": patron, "item": item})
+            assert status == 201, checkout
+
+            async def seen_at_bridge() -> bool:
+                return await total(session, bridge) >= 1
+
+            await wait_for(seen_at_bridge, within=30, what="the checkout at the bridge desk")
+            renewals = {}
+            for barcode in (item, other):
+                status, answer = await post_json(session, f"{bridge.url}/api/v1/renewals", {"item": barcode})
+                assert status == 201 and "patron" not in answer["event"]["body"], answer
+                renewals[barcode] = answer["event"]["id"]
+            await sim.set_state(online=True)
+
+            async def answered() -> dict | None:
+                rows = (await get_json(session, f"{bridge.url}/api/v1/outcomes"))["outcomes"]
+                by_event = {r["event"]: r for r in rows}
+                return by_event if all(by_event[e]["status"] != "pending" for e in by_event) else None
+
+            rows = await wait_for(answered, within=60, what="an outcome for every event")
+            assert rows[checkout["event"]["id"]]["status"] == "applied"
+            assert rows[renewals[item]]["status"] == "applied", rows[renewals[item]]
+            orphan = rows[renewals[other]]
+            assert (orphan["status"], orphan["message"]) == (
+                "refused", f"renewal of item {other} names no patron and the ILS cannot tell who has it: "
+                           "renew it at the ILS")
+            ledger = await sim.ledger()
+            assert [(r["action"], r["cardnumber"], r["barcode"], r["outcome"]) for r in ledger] == [
+                ("checkout", patron, item, "Success."), ("renew", patron, item, "Success.")]
+            assert (await sim.loan_of(item))["cardnumber"] == patron
+            assert (await sim.loan_of(other))["cardnumber"] == holder  # untouched: staff renew it at the ILS
+            status = await get_json(session, f"{bridge.url}/api/v1/status")
+            assert status["upload"]["pending"] == 0 and status["ils"]["problem"] is None
+            # nothing is asked again: the bridge is idle and the ILS sees no more operations
+            await asyncio.sleep(2)
+            assert len(await sim.ledger()) == 2
+            assert (await get_json(session, f"{desk.url}/api/v1/outcomes?status=refused"))["total"] == 1
+        finally:
+            for d in desks:
+                await d.stop()
+
+
+async def test_an_event_that_keeps_failing_while_the_ils_answers_is_named_in_status(tmp_path: Path) -> None:
+    """Plain SIP2 with a REST base that does not answer (a wrong port): who has the item cannot be asked,
+    but the ILS answers, so the renewal is retried. It is retried in plain sight: `ils.problem` names it."""
+    async with running_simulator(tmp_path / "ils", patrons=50, items=100,
+                                 extra_args=("--sip2-standard-item-info",)) as sim, \
+            aiohttp.ClientSession() as session:
+        lent_before, _holder = await sim.take_item_on_loan()
+        item = lent_before["external_id"]
+        url = f"{sim.sip2_url}?rest=http://127.0.0.1:{free_port()}"  # nothing listens there
+        [bridge] = await start_cluster(tmp_path, sim, ["Bridge"], url)
+        try:
+            status, _ = await post_json(session, f"{bridge.url}/api/v1/renewals", {"item": item})
+            assert status == 201
+
+            async def named() -> dict | None:
+                s = await get_json(session, f"{bridge.url}/api/v1/status")
+                return s if s["ils"]["problem"] else None
+
+            status = await wait_for(named, within=30, what="the failing renewal in /status")
+            problem = status["ils"]["problem"]
+            assert problem.startswith(f"the ILS answers, but the renew of {item} keeps failing (retrying): "
+                                      "cannot find who has the item to renew"), problem
+            assert status["ils"]["reachable"] and status["upload"]["pending"] == 1
+            assert await sim.ledger() == []
+        finally:
+            await bridge.stop()

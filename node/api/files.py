@@ -7,7 +7,10 @@ recorded and the bad ones reported. Either way the answer lists every bad line w
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
@@ -16,13 +19,19 @@ from node import __version__
 from node.api.auth import STAFF
 from node.api.errors import ApiError
 from node.api.keys import NODE
-from node.crdt.event import DESK_KINDS, EventError
-from node.eventlog import StorageFailure
+from node.crdt.event import DESK_KINDS, EventError, check_body
+from node.discovery.frames import MAX_FRAME
+from node.eventlog import BatchTooLarge, StorageFailure
 from node.ilsbridge import formats
 from node.ilsbridge.mapping import body_of, operation_of, utc_to_ms
 
 routes = web.RouteTableDef()
-MAX_IMPORT = 32 * 1024 * 1024
+MIB = 1024 * 1024
+MAX_IMPORT = 32 * MIB  # by default; a desk may take more or less (DeskConfig.max_import, --max-import-mib)
+# A file's events reach a peer that lacks them in one sync message, and a peer link drops a message over
+# MAX_FRAME (and with it every later one: the desk would never reach its peers again). Headroom is left
+# for other events the peer may lack. About 140,000 operations (a .koc of 6 MB).
+MAX_IMPORT_EVENT_BYTES = MAX_FRAME * 3 // 4
 FILENAMES = {"koc": "circmesh.koc", "offcirc": "OffCirc.dat", "evergreen": "pending.xacts"}
 
 
@@ -58,33 +67,71 @@ async def export(request: web.Request) -> web.Response:
     return web.Response(body=data, content_type="application/octet-stream", headers=headers)
 
 
+async def _read_upload(request: web.Request, limit: int) -> bytes:
+    """The whole body, however it arrives. `content.read(n)` returns what is buffered so far, not n bytes:
+    a large upload was cut wherever the network paused. The app's client_max_size does not apply to
+    reading the stream, so the limit is enforced here; past it nothing is kept (413)."""
+    too_large = ApiError(413, "body_too_large", f"offline files are limited to {limit / MIB:g} MiB")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    data = bytearray()
+    async for chunk in request.content.iter_any():
+        data += chunk
+        if len(data) > limit:
+            raise too_large
+    return bytes(data)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    entries: list[tuple[int, str, dict[str, Any], int]]  # line, kind, body, at
+    errors: list[dict[str, Any]]
+
+
+def _prepare(fmt: str, data: bytes, tz: datetime.tzinfo, source: str) -> _Prepared:
+    """Parse the file and build every event body, checked as the log will check it. A line the format
+    accepts but the log would refuse (an amount it would have to round, a date before 1970) is a bad line
+    like any other, so the all-or-nothing rule holds before a single event is written. Pure (run in a
+    thread: a large file takes seconds)."""
+    parsed = formats.parse(fmt, data, tz=tz)
+    errors = [{"line": e.line, "reason": e.reason, "text": e.text} for e in parsed.errors]
+    entries = []
+    for line, op in parsed.operations:
+        body = body_of(op) | {"imported": source}
+        at = utc_to_ms(op.at)
+        try:
+            check_body(op.kind, body, at)
+        except EventError as e:
+            errors.append({"line": line, "reason": str(e), "text": ""})
+            continue
+        entries.append((line, op.kind, body, at))
+    errors.sort(key=lambda e: e["line"])
+    return _Prepared(entries, errors)
+
+
 @routes.post("/api/v1/imports")
 async def import_file(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    if request.content_length is not None and request.content_length > MAX_IMPORT:
-        raise ApiError(413, "body_too_large", "offline files are limited to 32 MiB")
-    data = await request.content.read(MAX_IMPORT + 1)
-    if len(data) > MAX_IMPORT:
-        raise ApiError(413, "body_too_large", "offline files are limited to 32 MiB")
+    data = await _read_upload(request, node.config.max_import)
     fmt = _format(request, data)
     skip = request.query.get("skip_errors", "false").lower() == "true"
-    parsed = formats.parse(fmt, data, tz=_zone(request))
-    errors = [{"line": e.line, "reason": e.reason, "text": e.text} for e in parsed.errors]
+    source = (request.query.get("name") or f"offline file ({fmt})")[:80]
+    prepared = await asyncio.to_thread(_prepare, fmt, data, _zone(request), source)
+    errors = prepared.errors
     if errors and not skip:
         return web.json_response({"format": fmt, "recorded": 0, "errors": errors, "skipped": len(errors),
                                   "message": "nothing recorded: the file has bad lines (import again with "
                                              "skip_errors=true to record the good ones)"}, status=422)
-    source = (request.query.get("name") or f"offline file ({fmt})")[:80]
-    recorded = []
-    for line, op in parsed.operations:
-        body = body_of(op) | {"imported": source}
-        try:
-            event = await node.log.append(op.kind, body, request[STAFF], at=utc_to_ms(op.at))
-        except EventError as e:
-            errors.append({"line": line, "reason": str(e), "text": ""})
-            continue
-        except StorageFailure as e:
-            raise ApiError(503, "storage_failure", f"this desk cannot save: {e}; {len(recorded)} recorded") from None
-        recorded.append(event.id)
+    try:
+        events = await node.log.append_many([(kind, body, at) for _, kind, body, at in prepared.entries],
+                                            request[STAFF], max_bytes=MAX_IMPORT_EVENT_BYTES)
+    except BatchTooLarge:
+        raise ApiError(413, "too_many_operations",
+                       f"nothing recorded: the {len(prepared.entries)} operations of this file are more than a "
+                       f"desk can pass to its peers at once ({MAX_IMPORT_EVENT_BYTES // MIB} MiB of events); "
+                       "split the file and import the parts one after the other") from None
+    except StorageFailure as e:
+        raise ApiError(503, "storage_failure", f"this desk cannot save: {e}; nothing recorded") from None
+    recorded = [e.id for e in events]
     return web.json_response({"format": fmt, "recorded": len(recorded), "events": recorded, "errors": errors,
                               "skipped": len(errors)}, status=201 if recorded or not errors else 422)

@@ -147,7 +147,8 @@ def body_problem(kind: object, body: object, at: object, staff: object) -> str |
     if not isinstance(body, dict) or not all(isinstance(k, str) for k in body):
         return "its body is not a map with text keys"
     try:
-        typed = msgspec.convert(body, BODY_TYPES[kind], strict=True)
+        # in the signed (sorted) order, so that the writer and every reader name the same first problem
+        typed = msgspec.convert({k: body[k] for k in sorted(body)}, BODY_TYPES[kind], strict=True)
         typed.check(at)
     except msgspec.ValidationError as e:
         return f"{kind}: {e}"[:300]

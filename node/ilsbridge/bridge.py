@@ -7,6 +7,9 @@ outcome as an `applied` event that replicates to every desk.
 - Before a request leaves, an attempt marker is committed. After a crash, an event with a marker and no
   outcome is reconciled against the ILS's current state instead of being sent blindly again.
 - A refusal ("Item not issued.") is an outcome, recorded like a success; only transient failures retry.
+  An event that keeps failing while the ILS answers is named in `problem`, so it never waits silently.
+- A renewal scanned without a patron goes for the patron of the loan it renews as the log knows it
+  (`renewal_patrons`): an ILS that cannot say who has an item (plain SIP2) can still be asked.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from typing import Any
 
 from node.crdt.event import Event
@@ -22,7 +26,7 @@ from node.eventlog import EventLog, wall_ms
 from node.ilsbridge.adapters.base import IlsAdapter, IlsUnavailable
 from node.ilsbridge.mapping import operation_of
 from node.ilsbridge.operation import Outcome
-from node.ilsbridge.schedule import UploadSchedule, held_events, pending_events
+from node.ilsbridge.schedule import UploadSchedule, held_events, pending_events, renewal_patrons
 from node.storage import db
 from node.tasks import reap
 
@@ -32,6 +36,7 @@ PROBE_INTERVAL = 1.0
 RETRY_START = 0.5
 RETRY_MAX = 10.0
 AUTH_RETRY = 30.0  # a refused login will not fix itself quickly: try again now and then, not in a loop
+STUCK_AFTER = 3  # transient failures in a row of one event, the ILS answering, before `problem` names it
 
 
 @dataclass
@@ -57,6 +62,7 @@ class Bridge:
         self._task: asyncio.Task[None] | None = None
         self._attempted: set[str] = set()
         self._before_restart: set[str] = set()
+        self._renewal_patrons: dict[str, str | None] = {}
 
     # ---- lifecycle
     async def start(self) -> None:
@@ -115,7 +121,10 @@ class Bridge:
         if not pending:
             return True
         schedule = UploadSchedule(pending, held=held_events(state))
+        if any(e.kind == "renew" and not e.body.get("patron") for e in pending):
+            self._renewal_patrons = renewal_patrons(self.log.ordered(), state.voided)
         in_flight: dict[asyncio.Task[tuple[Event, Outcome]], Event] = {}
+        failures: Counter[str] = Counter()
         self.uploading = True
         lost = False
         delay = RETRY_START
@@ -136,6 +145,9 @@ class Bridge:
                         if not lost:
                             lost = not await self._still_reachable(outcome)
                             if not lost:
+                                failures[event.id] += 1
+                                if failures[event.id] >= STUCK_AFTER:
+                                    self.problem = _stuck(event, outcome)
                                 await asyncio.sleep(delay)  # a passing failure: back off before retrying
                                 delay = min(delay * 2, RETRY_MAX)
                         continue
@@ -156,6 +168,7 @@ class Bridge:
         await self._probe()
         if not self.reachable:
             log.warning("the ILS went away during upload: paused until it answers again")
+            self.problem = None  # the reason now is plain: the ILS does not answer
         return self.reachable
 
     async def _send(self, event: Event) -> tuple[Event, Outcome]:
@@ -166,8 +179,11 @@ class Bridge:
         else:
             await self.log.store.commit([db.attempt_insert(event.id, wall_ms())])
             self._attempted.add(event.id)
+        op = operation_of(event)
+        if op.kind == "renew" and not op.patron:
+            op = replace(op, patron=self._renewal_patrons.get(event.id))
         try:
-            return event, await self.adapter.apply(operation_of(event))
+            return event, await self.adapter.apply(op)
         except Exception as e:
             return event, Outcome("transient", f"adapter error: {e}")
 
@@ -201,6 +217,11 @@ class Bridge:
         body = {"event": event.id, "status": status, "message": outcome.message[:500] or status,
                 "term": self.config.term}
         await self.log.append("applied", body, "bridge")
+
+
+def _stuck(event: Event, outcome: Outcome) -> str:
+    what = event.body.get("item") or event.body.get("patron") or event.id
+    return f"the ILS answers, but the {event.kind} of {what} keeps failing (retrying): {outcome.message}"
 
 
 def _redact(url: str) -> str:

@@ -47,7 +47,10 @@ def body_of(op: Operation) -> dict[str, Any]:
     if op.kind in ("checkout", "renew") and op.due is not None:
         body["due"] = utc_to_ms(op.due)
     if op.kind == "payment" and op.amount is not None:
-        body["amount"] = f"{op.amount:.2f}"
+        # Money is never rounded on the way in: an amount with more decimals stays as written, and the
+        # log's checks refuse it (a bad line of the file) rather than record a different sum.
+        cents = op.amount.quantize(Decimal("0.01")) if op.amount.adjusted() < 20 else None
+        body["amount"] = f"{op.amount:.2f}" if cents == op.amount else str(op.amount)
     if op.kind == "patron_register":
         details = dict(op.details)
         name = details.get("name") or " ".join(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from node.crdt.event import DESK_KINDS, Event
 from node.crdt.state import CirculationState
@@ -32,6 +32,27 @@ def pending_events(ordered: Iterable[Event], state: CirculationState) -> list[Ev
     return [e for e in ordered
             if e.problem is None and e.kind in DESK_KINDS and e.id not in state.voided
             and e.id not in state.outcomes]
+
+
+def renewal_patrons(ordered: Iterable[Event], voided: Mapping[str, str]) -> dict[str, str | None]:
+    """For each renewal that names no patron, whose loan it renews as the log tells, or None.
+
+    A desk renews the loan it can see: the latest checkout of the item (or renewal naming a patron) among
+    the events its writer had when it scanned (happened-before, not merely earlier in the order: a
+    concurrent checkout at a desk it could not reach is not the loan it meant). A checkin among those,
+    later than the checkout, means the log knows no loan. Voided events do not count. Pure, one pass."""
+    history: dict[str, list[Event]] = {}  # item -> its checkouts, checkins and patron-naming renewals, in order
+    patrons: dict[str, str | None] = {}
+    for event in ordered:
+        item = event.body.get("item")
+        if event.kind not in ("checkout", "checkin", "renew") or not item or event.id in voided:
+            continue
+        if event.kind == "renew" and not event.body.get("patron"):
+            known = (e for e in reversed(history.get(item, ())) if e.happened_before(event))
+            patrons[event.id] = next((e.body.get("patron") for e in known), None)  # a checkin names none
+            continue
+        history.setdefault(item, []).append(event)
+    return patrons
 
 
 def held_events(state: CirculationState) -> set[str]:

@@ -105,7 +105,8 @@ class Store:
                     c.execute(sql, params)
                 c.execute("COMMIT")
             except BaseException:
-                c.execute("ROLLBACK")
+                if c.in_transaction:  # SQLite rolls back by itself on some errors (a full disk): keep its reason
+                    c.execute("ROLLBACK")
                 raise
             self.commits += 1
 

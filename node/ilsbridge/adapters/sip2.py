@@ -11,7 +11,9 @@ Operations go out as offline transactions: no-block `Y` and the desk's own time 
 when it has one. ok=1 → applied; ok=0 → refused with the ACS's screen message (AF); a broken or silent
 connection → transient (the bridge reconciles before resending). Who has an item now comes from the item
 information response (17/18): the simulator puts the borrower in `AA`; an ACS that does not say needs a
-REST base (`?rest=`) for that, and for snapshots.
+REST base (`?rest=`) for that, and for snapshots. A renewal without a patron (the bridge fills in the one
+the log knows) asks the ACS; where it cannot say, the renewal is refused with a message telling staff to
+renew it at the ILS, rather than asked again forever.
 """
 
 from __future__ import annotations
@@ -170,12 +172,17 @@ class Sip2Adapter:
                 return Outcome("refused", "a renewal needs an item", "invalid")
             patron = op.patron
             if not patron:
+                # A renewal (29) must name the patron (AA). The bridge gives the one the log knows;
+                # without it only the ACS can say, and a standard item information (18) does not.
                 try:
                     patron = await self.current_loan(op.item)
-                except (IlsUnavailable, AdapterUnsupported) as exc:
+                except IlsUnavailable as exc:
                     return Outcome(
                         "transient", f"cannot find who has the item to renew: {exc}", "unreachable"
                     )
+                except AdapterUnsupported:
+                    # Asking again would get the same answer forever: a final outcome staff can act on.
+                    return Outcome("refused", no_patron_message(op.item), "no_patron")
                 if patron is None:
                     return Outcome("refused", "Item not checked out.", "not_issued")
             return codec.renew(inst, patron, op.item, op.at, no_block=True, nb_due=op.due)
@@ -239,6 +246,10 @@ class Sip2Adapter:
                 "SIP2 cannot list patrons, items or checkouts; give a REST base with ?rest="
             )
         return await self.rest.fetch_page(kind, page, per_page)
+
+
+def no_patron_message(item: str) -> str:
+    return f"renewal of item {item} names no patron and the ILS cannot tell who has it: renew it at the ILS"
 
 
 def _outcome(request: Message, reply: Message) -> Outcome:

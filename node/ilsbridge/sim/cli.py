@@ -61,6 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="behave like Koha before 24.05: no CSRF tokens on the offline service",
     )
+    parser.add_argument(
+        "--sip2-standard-item-info",
+        dest="sip2_standard",
+        action="store_true",
+        help="answer SIP2 item information (17) as the standard has it, like most ACSs: without AA "
+        "(who has the item) and CY (who waits for it)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         user=args.user,
         password=os.environ.get(PASSWORD_ENV) or DEFAULT_PASSWORD,
         csrf=not args.koha_legacy,
+        sip2_standard=args.sip2_standard,
     )
     return asyncio.run(_serve(config))
 

@@ -46,6 +46,7 @@ class SimConfig:
     user: str = DEFAULT_USER
     password: str = field(default=DEFAULT_PASSWORD, repr=False)
     csrf: bool = True  # False: an older Koha (before 24.05) without CSRF tokens
+    sip2_standard: bool = False  # True: SIP2 item information names no borrower, as the standard has it
 
 
 @dataclass
@@ -158,6 +159,6 @@ async def start(config: SimConfig) -> RunningSim:
     http_sock = _bind(config.host, config.http_port)
     sip_sock = _bind(config.host, config.sip_port)
     await web.SockSite(runner, http_sock).start()
-    sip = Sip2Server(library, staff, state, institution=library.library_id)
+    sip = Sip2Server(library, staff, state, institution=library.library_id, standard=config.sip2_standard)
     await sip.start(sip_sock)
     return RunningSim(config, library, state, _address(http_sock), _address(sip_sock), runner, sip)

@@ -9,8 +9,9 @@ now. Fee paid (37), patron information (63), item information (17) and SC status
 
 Extensions, documented because real ACSs differ: the item information response (18) carries `AA`, the
 cardnumber of the patron who has the item now (the standard has no field for it; the bridge uses it to
-reconcile), and `CY`, the cardnumber of the first patron waiting for it (as Koha does). The checkin
-response carries `AA` (who had it) and, when someone waits for the item, alert `Y` with `CV01` and `CY`.
+reconcile), and `CY`, the cardnumber of the first patron waiting for it (as Koha does); with `standard`
+(`--sip2-standard-item-info`) the 18 carries neither, like most ACSs. The checkin response carries `AA`
+(who had it) and, when someone waits for the item, alert `Y` with `CV01` and `CY`.
 
 A bad checksum gets 96 (please resend), as does any other malformed message; after five malformed
 messages in a row the connection is closed. 97 repeats the last response. A crash in one connection never
@@ -51,9 +52,11 @@ class _Connection:
 
 class Sip2Server:
     def __init__(
-        self, library: Library, staff: StaffAccount, state: SimState, institution: str = "MAIN"
+        self, library: Library, staff: StaffAccount, state: SimState, institution: str = "MAIN",
+        *, standard: bool = False,
     ) -> None:
         self.library = library
+        self.standard = standard  # item information as the standard has it: no borrower (AA), no hold (CY)
         self.staff = staff
         self.state = state
         self.institution = institution
@@ -455,8 +458,8 @@ class Sip2Server:
             ("AQ", item["location"]),
             ("AP", item["location"]),
         ]
-        if loan is not None:
+        if loan is not None and not self.standard:
             fields.append(("AA", loan["cardnumber"]))
-        if holds:
+        if holds and not self.standard:
             fields.append(("CY", holds[0]["cardnumber"]))
         return Message("18", fixed, fields)
