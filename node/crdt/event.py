@@ -204,13 +204,8 @@ def decode_event(raw: bytes) -> Event:
     if not isinstance(prev, bytes) or len(prev) != 32 or (seq == 1) != (prev == GENESIS):
         raise EventError("prev must be the 32-byte hash of the desk's previous event")
     body = obj["body"]
-    event = Event(node=node, seq=seq, hlc=hlc, at=at, kind=kind, body=body, staff=staff, seen=seen,
-                  prev=prev, sig=sig, problem=body_problem(kind, body, at, staff))
-    try:
-        event.signing_bytes()
-    except Exception as e:  # a value msgpack cannot write back: its signature cannot be checked
-        raise EventError(f"event cannot be re-encoded to check its signature ({type(e).__name__})") from None
-    return event
+    return Event(node=node, seq=seq, hlc=hlc, at=at, kind=kind, body=body, staff=staff, seen=seen,
+                 prev=prev, sig=sig, problem=body_problem(kind, body, at, staff))
 
 
 def json_safe(value: Any, depth: int = 0) -> Any:
@@ -239,6 +234,10 @@ def verify_event(event: Event, public_key_raw: bytes) -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     try:
-        Ed25519PublicKey.from_public_bytes(public_key_raw).verify(event.sig, event.signing_bytes())
+        signed = event.signing_bytes()
+    except Exception as e:  # a value msgpack cannot write back (only a buggy or hostile writer makes one)
+        raise EventError(f"{event.id} cannot be re-encoded to check its signature ({type(e).__name__})") from None
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key_raw).verify(event.sig, signed)
     except (InvalidSignature, ValueError):
         raise EventError(f"signature of {event.id} does not verify") from None
