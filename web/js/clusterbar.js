@@ -67,6 +67,17 @@ export function render(status = last) {
   const storage = $('cb-storage');
   storage.hidden = !(status.node && status.node.storage === 'failed');
   if (!storage.hidden) pill('cb-storage', 'bad', t('cluster.storage'), status.node.failure || '');
+
+  // events that verify but this desk cannot read: admins put them aside on the Conflicts screen
+  const quarantined = status.quarantined || { count: 0, recent: [] };
+  const unreadable = $('cb-unreadable');
+  unreadable.hidden = !quarantined.count;
+  if (!unreadable.hidden) {
+    pill('cb-unreadable', 'bad', t('cluster.unreadable', { count: quarantined.count }),
+      (quarantined.recent || []).map((q) => `${q.desk || '?'}: ${q.reason}`).join('\n'));
+    if ($('admin-tabs').hidden) unreadable.removeAttribute('href');
+    else unreadable.setAttribute('href', '#/admin/conflicts');
+  }
 }
 
 function renderUpload(upload) {

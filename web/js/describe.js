@@ -4,10 +4,11 @@ import { fmt, has, t } from './i18n.js';
 
 /** `lookup(id)` finds another event (the one a void refers to), if the caller has it. */
 export function describeEvent(event, { withDue = true, lookup = null } = {}) {
+  // an unreadable event's kind and body may be anything: only its reason is shown
+  if (event.problem) return t('event.unreadable', { reason: event.problem });
   const b = event.body || {};
   const values = { item: b.item, patron: b.patron, name: b.name, event: b.event, amount: fmt.money(b.amount) };
   let text;
-  if (event.problem) return t('event.unreadable', { reason: event.problem });
   switch (event.kind) {
     case 'checkout':
       text = t(b.override ? 'event.checkout_override' : 'event.checkout', values);

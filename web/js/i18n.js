@@ -97,16 +97,22 @@ function format(name, make) {
 let currency = null;
 export function setCurrency(code) { currency = code || null; delete formats.money; }
 
+const MAX_DATE_MS = 8.64e15; // the farthest a JavaScript Date reaches either side of 1970
+
+/** A time in milliseconds as `name` formats it. Anything else is shown as it is, never thrown on: an
+ * unreadable event (a buggy or newer desk's) may carry any value as its time. */
+function when(name, options, ms) {
+  if (!ms) return '';
+  if (typeof ms !== 'number' || !Number.isFinite(ms) || Math.abs(ms) > MAX_DATE_MS) return String(ms);
+  return format(name, () => new Intl.DateTimeFormat(current, options)).format(ms);
+}
+
 export const fmt = {
-  date: (ms) => (ms ? format('date', () => new Intl.DateTimeFormat(current, { dateStyle: 'medium' })).format(ms) : ''),
-  time: (ms) => (ms ? format('time', () => new Intl.DateTimeFormat(current, { timeStyle: 'medium' })).format(ms) : ''),
-  dateTime: (ms) => (ms
-    ? format('dateTime', () => new Intl.DateTimeFormat(current, { dateStyle: 'short', timeStyle: 'medium' })).format(ms)
-    : ''),
-  shortDate: (ms) => (ms ? format('shortDate', () => new Intl.DateTimeFormat(current, { dateStyle: 'short' })).format(ms) : ''),
-  shortDateTime: (ms) => (ms
-    ? format('shortDateTime', () => new Intl.DateTimeFormat(current, { dateStyle: 'short', timeStyle: 'short' })).format(ms)
-    : ''),
+  date: (ms) => when('date', { dateStyle: 'medium' }, ms),
+  time: (ms) => when('time', { timeStyle: 'medium' }, ms),
+  dateTime: (ms) => when('dateTime', { dateStyle: 'short', timeStyle: 'medium' }, ms),
+  shortDate: (ms) => when('shortDate', { dateStyle: 'short' }, ms),
+  shortDateTime: (ms) => when('shortDateTime', { dateStyle: 'short', timeStyle: 'short' }, ms),
   number: (n) => format('number', () => new Intl.NumberFormat(current)).format(n),
   percent: (ratio) => format('percent', () => new Intl.NumberFormat(current, { style: 'percent' })).format(ratio),
   money: (text) => {

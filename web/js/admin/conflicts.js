@@ -99,7 +99,8 @@ export function showConflicts(on) {
 
 export function initConflicts() {
   onEvent((event) => {
-    if (['checkout', 'checkin', 'renew', 'patron_register', 'void', 'resolve'].includes(event.kind)) reloadSoon();
+    // an unreadable event is a conflict of its own, whatever kind it claims to be
+    if (event.problem || ['checkout', 'checkin', 'renew', 'patron_register', 'void', 'resolve'].includes(event.kind)) reloadSoon();
   });
   document.addEventListener('languagechange', () => { if (active) render(); });
 }
