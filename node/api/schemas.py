@@ -274,6 +274,19 @@ class CodeAnswer(msgspec.Struct, kw_only=True):
 _FIELD_CODES = {"patron": "bad_barcode", "item": "bad_barcode", "amount": "bad_amount", "name": "bad_name",
                 "due": "bad_due", "override": "bad_override", "note": "bad_note", "action": "bad_action",
                 "event": "bad_event", "role": "bad_role", "code": "bad_request", "reason": "bad_note"}
+_FIELD_WORDS = {
+    "patron": "the patron barcode must be 1-64 printable characters",
+    "item": "the item barcode must be 1-64 printable characters",
+    "amount": 'amount must be a positive number with at most two decimals, written as text ("2.50")',
+    "name": "name must be 1-200 printable characters",
+    "due": "due must be a date (YYYY-MM-DD), an ISO date-time, or milliseconds, between 2000 and 2100",
+    "override": "override must be true or false",
+    "note": "the note must be at most 500 printable characters",
+    "reason": "the reason must be at most 500 printable characters",
+    "action": "action must be one of void, keep, accept_ils, apply",
+    "event": "event must be the id of one of the conflict's events",
+    "role": "role must be desk or admin",
+}
 _AT_FIELD = re.compile(r"at `\$\.(\w+)")
 T = TypeVar("T", bound=Request)
 
@@ -302,5 +315,6 @@ async def read_json(request: web.Request, kind: type[T]) -> T:
     except msgspec.ValidationError as e:
         found = _AT_FIELD.search(str(e))
         field = found.group(1) if found else ""
-        raise ApiError(400, _FIELD_CODES.get(field, "bad_request"), f"{field or 'request'}: {e}") from None
+        words = _FIELD_WORDS.get(field, f"{field or 'request'}: {e}")
+        raise ApiError(400, _FIELD_CODES.get(field, "bad_request"), words) from None
 
