@@ -75,6 +75,7 @@ class DeskNode:
         self.peers = PeerTable(self.log, self.transport)
         self.admissions = AdmissionStore() if self.membership.ca is not None else None
         self.discovery: Discovery | None = None
+        self._mdns_dialled: dict[str, str] = {}  # node id -> the address dialled because mDNS announced it
         self._peer_server: asyncio.Server | None = None
         self.live = LiveFeed(self)
         self.bridge: Bridge | None = None
@@ -161,13 +162,27 @@ class DeskNode:
 
     # ---- membership
     def _peer_found(self, peer: Peer) -> None:
-        """mDNS only proposes: the TLS handshake decides whether this is a member of the cluster."""
-        self.peers.dial(_address(peer.host, peer.port))
+        """mDNS only proposes: the TLS handshake decides whether this is a member of the cluster.
+
+        A desk reported again at another address has moved: its old address is no longer dialled.
+        """
+        address = _address(peer.host, peer.port)
+        previous = self._mdns_dialled.get(peer.node_id)
+        self._mdns_dialled[peer.node_id] = address
+        if previous is not None and previous != address:
+            self._undial(previous)
+        self.peers.dial(address)
 
     def _peer_lost(self, node_id: str) -> None:
-        peer = self.discovery.peers.get(node_id) if self.discovery else None
-        if peer is not None:
-            self.peers.forget(_address(peer.host, peer.port))
+        """Our own record of the address, not Discovery's: the browser has dropped the peer before telling us."""
+        address = self._mdns_dialled.pop(node_id, None)
+        if address is not None:
+            self._undial(address)
+
+    def _undial(self, address: str) -> None:
+        """Stops dialling an address mDNS gave us, unless --peer or another announced desk still names it."""
+        if address not in self.config.peers and address not in self._mdns_dialled.values():
+            self.peers.forget(address)
 
     def _on_arrival(self, arrival: Arrival) -> None:
         if arrival.event.kind == "revoke" and arrival.event.problem is None:

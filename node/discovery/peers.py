@@ -42,6 +42,7 @@ class PeerTable:
         self._session: aiohttp.ClientSession | None = None
         self._changed = asyncio.Event()
         self._address_node: dict[str, str] = {}
+        self._unwanted: set[str] = set()  # forgotten while a link dialled there was up: not redialled after it
         self._closed = False
         self.bridge_state: Callable[[], dict[str, Any] | None] = lambda: None
 
@@ -108,17 +109,33 @@ class PeerTable:
         return ws
 
     # ---- outbound
+    @property
+    def dialling(self) -> frozenset[str]:
+        """The addresses a dial loop still runs for, so that one left behind for a vanished peer shows."""
+        return frozenset(a for a, task in self._dialers.items() if not task.done())
+
     def dial(self, address: str) -> None:
-        if address not in self._dialers and not self._closed:
+        if self._closed:
+            return
+        self._unwanted.discard(address)  # forgotten, then announced again before its link ended: keep it
+        if address not in self._dialers:
             self._dialers[address] = asyncio.get_running_loop().create_task(self._dial_loop(address))
 
     def forget(self, address: str) -> None:
-        """Stops dialling an address (a peer that mDNS says went away); a live link to it stays up."""
-        task = self._dialers.pop(address, None)
-        if task is not None and self._address_node.get(address) not in self.links:
+        """Stops dialling an address (a peer that mDNS says went away).
+
+        A link this loop dialled there and still serves stays up (mDNS may be all the peer lost), but the loop
+        ends with that link instead of dialling again; otherwise the loop is cancelled now.
+        """
+        task = self._dialers.get(address)
+        if task is None:
+            return
+        if any(link.outbound and link.address == address for link in self.links.values()):
+            self._unwanted.add(address)
+        else:
+            del self._dialers[address]
+            self._address_node.pop(address, None)
             task.cancel()
-        elif task is not None:
-            self._dialers[address] = task
 
     async def drop(self, node: str, reason: str) -> None:
         link = self.links.get(node)
@@ -128,6 +145,15 @@ class PeerTable:
             await link.close()
 
     async def _dial_loop(self, address: str) -> None:
+        try:
+            await self._dial_until_forgotten(address)
+        finally:
+            if self._dialers.get(address) is asyncio.current_task():
+                del self._dialers[address]
+                self._unwanted.discard(address)
+                self._address_node.pop(address, None)
+
+    async def _dial_until_forgotten(self, address: str) -> None:
         delay = BACKOFF_START
         url = f"{self.transport.scheme}://{address}{PEER_PATH}"
         while True:
@@ -158,6 +184,8 @@ class PeerTable:
                 # A link to this peer may exist the other way round: wait for it to end before dialling.
                 while self._address_node.get(address) in self.links:
                     await self._wait_changed()
+            if address in self._unwanted:
+                return  # forgotten while its link was up; that link has ended
             await asyncio.sleep(delay * (0.5 + random.random()))  # backoff between dials, not a test wait
             delay = min(delay * 2, BACKOFF_MAX)
 
