@@ -1,6 +1,6 @@
-"""A hostile peer on the peer port: garbage, an altered copy of another desk's event, an unsigned event,
-an event from an unknown key. Each is refused, counted in /status, changes nothing, and the node keeps
-serving desks and honest peers."""
+"""A hostile peer on the peer port: garbage, frames out of order, an altered copy of another desk's event,
+an unsigned event, an event from an unknown key. Each is refused, counted in /status, changes nothing, and
+the node keeps serving desks and honest peers."""
 
 from __future__ import annotations
 
@@ -123,6 +123,21 @@ async def test_random_bytes_and_non_protocol_frames_are_refused(desk, session) -
     assert body["refusals"]["link_tls_wrong_protocol"] >= 1
     assert body["node"]["events"] == 0
     await _still_serving(session, desk, "I-after-garbage")
+
+
+async def test_frames_out_of_order_are_refused_by_kind(desk, session) -> None:
+    """The link machine's rules over a real link: a sync before the hello, then a second hello."""
+    peer = HostilePeer(session, desk)
+    peer.ws = await session.ws_connect(f"wss://127.0.0.1:{desk.peer_port}/peer", ssl=peer.ssl)
+    await peer.ws.send_bytes(frames.encode(frames.Sync(b"too early")))
+    await peer.expect_drop()
+    peer = HostilePeer(session, desk)
+    await peer.connect()
+    await peer.ws.send_bytes(frames.encode(frames.Hello(peer.ident.node_id, "intruder", 0)))
+    await peer.expect_drop()
+    _, body = await api(session, desk, "GET", "/status")
+    assert body["refusals"]["no_hello"] == 1 and body["refusals"]["unexpected_hello"] == 1, body["refusals"]
+    await _still_serving(session, desk, "I-after-order")
 
 
 async def test_altered_copy_of_an_existing_event_is_refused(desk, session) -> None:
