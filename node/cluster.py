@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 
 from node.crdt.event import Event
 from node.crdt.records import NodeRecord
+from node.crdt.refusals import Refusal, Refused
 from node.trust.ca import CertificateAuthority, create_ca, issue_node_certificate, load_ca, save_ca
 from node.trust.certs import (
     NodeCertInfo,
@@ -119,11 +120,11 @@ class TrustPolicy:
     def admit(self, record: NodeRecord) -> str | None:
         return None
 
-    def refuse_event(self, event: Event, record: NodeRecord, revoked_upto: int | None) -> str | None:
+    def refuse_event(self, event: Event, record: NodeRecord, revoked_upto: int | None) -> Refused | None:
         if revoked_upto is not None and event.seq > revoked_upto:
-            return f"event {event.id} was written by a revoked desk after its revocation"
+            return Refused(Refusal.REVOKED_NODE, f"event {event.id} was written by a revoked desk after its revocation")
         if event.kind in ("revoke", "away") and self.role_of(record) != "admin":
-            return f"event {event.id}: only an admin desk may revoke a desk or mark it away"
+            return Refused(Refusal.NOT_ADMIN, f"event {event.id}: only an admin desk may revoke a desk or mark it away")
         return None
 
     def role_of(self, record: NodeRecord) -> str:

@@ -309,7 +309,8 @@ class DeskNode:
                 "recent": [{"event": event_id, "desk": self.log.desk_of(event_id.partition(":")[0]), "reason": why}
                            for event_id, why in list(state.quarantined.items())[-10:]],
             },
-            "refusals": dict(self.log.refusals) | {f"link_{k}": v for k, v in self.peers.counters.items()},
+            "refusals": ({kind.value: n for kind, n in self.log.refusals.items()}
+                         | {f"link_{k}": v for k, v in self.peers.counters.items()}),
             "discovery": dict(self.discovery.counters) if self.discovery else None,
             "recent_refusals": self.log.refusal_log[-10:],
         }

@@ -26,6 +26,7 @@ from node.crdt.event import GENESIS, Event, EventError, chain_hash, check_body, 
 from node.crdt.hlc import HybridClock
 from node.crdt.order import OrderedLog
 from node.crdt.records import NodeRecord, decode_record, make_record, record_key
+from node.crdt.refusals import Refusal, Refused
 from node.crdt.state import CirculationState
 from node.crdt.verify import verify_touched
 from node.storage import db
@@ -51,7 +52,12 @@ class BatchTooLarge(ValueError):
 
 
 class RefusedSync(Exception):
-    """A peer's sync message was refused; the link carrying it should be dropped."""
+    """A peer's sync message was refused (and counted); the link carrying it should be dropped.
+    `refused` is the first of the message's refusals: the one the link is closed for."""
+
+    def __init__(self, refused: Refused) -> None:
+        super().__init__(refused.message)
+        self.refused = refused
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,7 @@ class EventLog:
         self.seq = 0
         self._tip: bytes | None = None  # this desk's latest event as stored
         self.failed: str | None = None
-        self.refusals: Counter[str] = Counter()
+        self.refusals: Counter[Refusal] = Counter()
         self.refusal_log: list[str] = []
         self._listeners: list[Callable[[Arrival], None]] = []
         self._wakers: set[asyncio.Event] = set()
@@ -297,8 +303,8 @@ class EventLog:
         try:
             before, touched = self.doc.receive_sync(sync_state, message)
         except DocumentError as e:
-            self.refuse("garbage", f"{peer}: {e}")
-            raise RefusedSync(str(e)) from None
+            self.refuse(Refusal.GARBAGE, f"{peer}: {e}")
+            raise RefusedSync(Refused(Refusal.GARBAGE, str(e))) from None
         if not touched.keys and not touched.problems:
             if sorted(self.doc.heads()) != sorted(before):
                 # Changes that touched nothing visible (e.g. an empty change): persist them all the same.
@@ -306,11 +312,11 @@ class EventLog:
             return 0
         verdict = verify_touched(touched.keys, self.doc.value, self.raw.get, self.records.get,
                                  admitted=self.policy.admit, refuse_event=self._refuse_event)
-        problems = list(touched.problems) + verdict.refusals
+        problems = [Refused(Refusal.MALFORMED, p) for p in touched.problems] + verdict.refusals
         if problems:
             self.doc.rollback(before)
             for problem in problems:
-                self.refuse(_refusal_kind(problem), f"{peer}: {problem}")
+                self.refuse(problem.kind, f"{peer}: {problem.message}")
             raise RefusedSync(problems[0])
         for record, _raw in verdict.records:
             self.records[record.node] = record
@@ -335,10 +341,11 @@ class EventLog:
             self.failed = f"storage failure: {future.exception()}"
             log.error("%s; this desk stops taking scans", self.failed)
 
-    def _refuse_event(self, event: Event, record: NodeRecord) -> str | None:
+    def _refuse_event(self, event: Event, record: NodeRecord) -> Refused | None:
         return self.policy.refuse_event(event, record, self.revoked.get(event.node))
 
-    def refuse(self, kind: str, message: str) -> None:
+    def refuse(self, kind: Refusal, message: str) -> None:
+        """Counts a refusal by its kind (/status `refusals`) and keeps its message (`recent_refusals`)."""
         self.refusals[kind] += 1
         self.refusal_log.append(message)
         del self.refusal_log[:-100]
@@ -388,18 +395,3 @@ class EventLog:
             self._last_compaction = now
             self.store.submit(db.compaction(self.doc.save()))
 
-
-def _refusal_kind(problem: str) -> str:
-    if "signature" in problem:
-        return "bad_signature"
-    if "existing event" in problem:
-        return "altered_event"
-    if "unknown node" in problem:
-        return "unknown_node"
-    if "revoked" in problem or "only an admin" in problem:
-        return "revoked_node"
-    if "not a member" in problem:
-        return "not_a_member"
-    if "node record" in problem:
-        return "bad_node_record"
-    return "malformed"

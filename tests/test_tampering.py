@@ -1,6 +1,6 @@
-"""A hostile peer on the peer port: garbage, an altered copy of another desk's event, an unsigned event,
-an event from an unknown key. Each is refused, counted in /status, changes nothing, and the node keeps
-serving desks and honest peers."""
+"""A hostile peer on the peer port: garbage, frames out of order, an altered copy of another desk's event,
+an unsigned event, an event from an unknown key. Each is refused, counted in /status, changes nothing, and
+the node keeps serving desks and honest peers."""
 
 from __future__ import annotations
 
@@ -73,10 +73,21 @@ class HostilePeer:
             tx.put(ROOT, key, ScalarType.Bytes, value)
 
     async def push_and_expect_drop(self) -> None:
+        """Goes on with the conversation until the node hangs up: on a loaded machine `pull` can return
+        before the node's last answer, and Automerge then holds the new changes back until it has it."""
         message = self.doc.generate_sync(self.state)
         assert message is not None
         await self.ws.send_bytes(frames.encode(frames.Sync(message)))
-        await self.expect_drop()
+        async with asyncio.timeout(10):
+            while True:
+                msg = await self.ws.receive()
+                if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+                    return
+                frame = frames.decode(msg.data)
+                if isinstance(frame, frames.Sync):
+                    self.doc.receive_sync(self.state, frame.message)
+                    while (ours := self.doc.generate_sync(self.state)) is not None:
+                        await self.ws.send_bytes(frames.encode(frames.Sync(ours)))
 
     async def expect_drop(self) -> None:
         async with asyncio.timeout(10):
@@ -123,6 +134,21 @@ async def test_random_bytes_and_non_protocol_frames_are_refused(desk, session) -
     assert body["refusals"]["link_tls_wrong_protocol"] >= 1
     assert body["node"]["events"] == 0
     await _still_serving(session, desk, "I-after-garbage")
+
+
+async def test_frames_out_of_order_are_refused_by_kind(desk, session) -> None:
+    """The link machine's rules over a real link: a sync before the hello, then a second hello."""
+    peer = HostilePeer(session, desk)
+    peer.ws = await session.ws_connect(f"wss://127.0.0.1:{desk.peer_port}/peer", ssl=peer.ssl)
+    await peer.ws.send_bytes(frames.encode(frames.Sync(b"too early")))
+    await peer.expect_drop()
+    peer = HostilePeer(session, desk)
+    await peer.connect()
+    await peer.ws.send_bytes(frames.encode(frames.Hello(peer.ident.node_id, "intruder", 0)))
+    await peer.expect_drop()
+    _, body = await api(session, desk, "GET", "/status")
+    assert body["refusals"]["no_hello"] == 1 and body["refusals"]["unexpected_hello"] == 1, body["refusals"]
+    await _still_serving(session, desk, "I-after-order")
 
 
 async def test_altered_copy_of_an_existing_event_is_refused(desk, session) -> None:

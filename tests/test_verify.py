@@ -6,6 +6,7 @@ import msgpack
 
 from node.crdt.event import Event
 from node.crdt.records import record_key
+from node.crdt.refusals import Refusal, Refused
 from node.crdt.verify import verify_touched
 from tests.factories import DUE, SimDesk
 
@@ -37,7 +38,8 @@ def test_an_altered_event_inside_a_chain_is_refused_even_though_the_last_signatu
     values[events[2].id] = msgpack.packb(obj, use_bin_type=True)
     verdict = check(values)
     assert not verdict.ok
-    assert any("does not chain" in r or "does not verify" in r for r in verdict.refusals)
+    assert {r.kind for r in verdict.refusals} <= {Refusal.BROKEN_CHAIN, Refusal.BAD_SIGNATURE}
+    assert any(r.kind is Refusal.BROKEN_CHAIN for r in verdict.refusals)
     accepted = {e.id for e, _ in verdict.events}
     assert events[2].id not in accepted and events[3].id not in accepted
     # (the receiver rolls the whole sync message back when the verdict is not ok: nothing is kept)
@@ -72,7 +74,7 @@ def test_events_of_a_node_without_a_record_are_refused() -> None:
     event = desk.write("in_house_use", item="I1")
     values = {event.id: event.encode()}
     verdict = check(values)
-    assert verdict.refusals == [f"event {event.id} is signed by an unknown node"]
+    assert verdict.refusals == [Refused(Refusal.UNKNOWN_NODE, f"event {event.id} is signed by an unknown node")]
 
 
 def _member(ca, desk: SimDesk, role: str = "desk") -> str:
@@ -99,9 +101,10 @@ def test_cluster_policy_admits_members_and_applies_revocations() -> None:
     late = desk.write("in_house_use", item="after")
     # a revocation accepted up to seq 3: what the desk wrote while trusted stays, what follows is refused
     assert all(policy.refuse_event(e, records[desk.node], 3) is None for e in early)
-    assert "revoked" in policy.refuse_event(late, records[desk.node], 3)
+    assert policy.refuse_event(late, records[desk.node], 3).kind is Refusal.REVOKED_NODE
     # only an admin desk may revoke
     by_desk = desk.write("revoke", node=admin.node, upto=0)
     by_admin = admin.write("revoke", node=desk.node, upto=3)
-    assert "only an admin" in policy.refuse_event(by_desk, records[desk.node], None)
+    refused = policy.refuse_event(by_desk, records[desk.node], None)
+    assert refused.kind is Refusal.NOT_ADMIN and "only an admin" in refused.message
     assert policy.refuse_event(by_admin, records[admin.node], None) is None

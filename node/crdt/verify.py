@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from node.crdt.event import GENESIS, Event, EventError, chain_hash, decode_event, verify_event
 from node.crdt.records import RECORD_PREFIX, NodeRecord, RecordError, decode_record
+from node.crdt.refusals import Refusal, Refused
 
 EVENT_KEY = re.compile(r"^[0-9a-f]{32}:[1-9][0-9]{0,17}$")
 
@@ -26,11 +27,14 @@ EVENT_KEY = re.compile(r"^[0-9a-f]{32}:[1-9][0-9]{0,17}$")
 class Verdict:
     events: list[tuple[Event, bytes]] = field(default_factory=list)
     records: list[tuple[NodeRecord, bytes]] = field(default_factory=list)
-    refusals: list[str] = field(default_factory=list)
+    refusals: list[Refused] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.refusals
+
+    def refuse(self, kind: Refusal, message: str) -> None:
+        self.refusals.append(Refused(kind, message))
 
 
 def verify_touched(
@@ -39,10 +43,11 @@ def verify_touched(
     known_event: Callable[[str], bytes | None],
     known_record: Callable[[str], NodeRecord | None],
     admitted: Callable[[NodeRecord], str | None] = lambda record: None,
-    refuse_event: Callable[[Event, NodeRecord], str | None] = lambda event, record: None,
+    refuse_event: Callable[[Event, NodeRecord], Refused | None] = lambda event, record: None,
 ) -> Verdict:
-    """`admitted` may refuse a record and `refuse_event` an event (each returns the reason): the hooks
-    where cluster membership and revocation slot in."""
+    """`admitted` may refuse a record (it returns the reason: the node is then not a member) and
+    `refuse_event` an event (it returns the refusal): the hooks where membership and revocation slot in.
+    Every refusal is typed where it is found, so nobody downstream has to guess its kind from its words."""
     verdict = Verdict()
     keys = list(keys)
     fresh_records: dict[str, NodeRecord] = {}
@@ -50,20 +55,20 @@ def verify_touched(
         node = key[len(RECORD_PREFIX):]
         raw = value_of(key)
         if raw is None:
-            verdict.refusals.append(f"node record {node[:12]} deleted")
+            verdict.refuse(Refusal.BAD_NODE_RECORD, f"node record {node[:12]} deleted")
             continue
         try:
             record = decode_record(raw, node)
         except RecordError as e:
-            verdict.refusals.append(f"node record {node[:12]}: {e}")
+            verdict.refuse(Refusal.BAD_NODE_RECORD, f"node record {node[:12]}: {e}")
             continue
         previous = known_record(node)
         if previous is not None and record.at < previous.at:
-            verdict.refusals.append(f"node record {node[:12]} replaced by an older one")
+            verdict.refuse(Refusal.BAD_NODE_RECORD, f"node record {node[:12]} replaced by an older one")
             continue
         reason = admitted(record)
         if reason:
-            verdict.refusals.append(f"node record {node[:12]}: {reason}")
+            verdict.refuse(Refusal.NOT_A_MEMBER, f"node record {node[:12]}: {reason}")
             continue
         fresh_records[node] = record
         verdict.records.append((record, raw))
@@ -72,40 +77,42 @@ def verify_touched(
         if key.startswith(RECORD_PREFIX):
             continue
         if not EVENT_KEY.match(key):
-            verdict.refusals.append(f"unexpected entry {key[:60]!r}")
+            verdict.refuse(Refusal.MALFORMED, f"unexpected entry {key[:60]!r}")
             continue
         raw = value_of(key)
         existing = known_event(key)
         if existing is not None:
             what = "deletes" if raw is None else "alters" if raw != existing else "rewrites"
-            verdict.refusals.append(f"change {what} existing event {key}")
+            verdict.refuse(Refusal.ALTERED_EVENT, f"change {what} existing event {key}")
             continue
         if raw is None:
-            verdict.refusals.append(f"entry {key} is not an event")
+            verdict.refuse(Refusal.MALFORMED, f"entry {key} is not an event")
             continue
         try:
             event = decode_event(raw)
         except EventError as e:
-            verdict.refusals.append(f"event {key}: {e}")
+            verdict.refuse(Refusal.MALFORMED, f"event {key}: {e}")
             continue
         if event.id != key:
-            verdict.refusals.append(f"event stored under {key} claims to be {event.id}")
+            verdict.refuse(Refusal.MALFORMED, f"event stored under {key} claims to be {event.id}")
             continue
         fresh.setdefault(event.node, []).append((event, raw))
     for node, events in fresh.items():
         record = fresh_records.get(node) or known_record(node)
         if record is None:
-            verdict.refusals.extend(f"event {e.id} is signed by an unknown node" for e, _ in events)
+            for e, _ in events:
+                verdict.refuse(Refusal.UNKNOWN_NODE, f"event {e.id} is signed by an unknown node")
             continue
         reason = admitted(record) if node not in fresh_records else None
         if reason:
-            verdict.refusals.extend(f"event {e.id}: {reason}" for e, _ in events)
+            for e, _ in events:
+                verdict.refuse(Refusal.NOT_A_MEMBER, f"event {e.id}: {reason}")
             continue
         allowed = []
         for event, raw in events:
-            reason = refuse_event(event, record)
-            if reason:
-                verdict.refusals.append(reason)
+            refused = refuse_event(event, record)
+            if refused is not None:
+                verdict.refusals.append(refused)
             else:
                 allowed.append((event, raw))
         events = allowed
@@ -132,7 +139,8 @@ def _verify_runs(events: list[tuple[Event, bytes]], key: bytes, known_event: Cal
             linked = event.prev == (GENESIS if event.seq == 1 else chain_hash(before))
             run = []
         if not linked:
-            verdict.refusals.append(f"event {event.id} does not chain to {event.node[:12]}'s previous event")
+            verdict.refuse(Refusal.BROKEN_CHAIN,
+                           f"event {event.id} does not chain to {event.node[:12]}'s previous event")
             if run:
                 _close_run(run, key, verdict)
             run = []
@@ -146,6 +154,6 @@ def _close_run(run: list[tuple[Event, bytes]], key: bytes, verdict: Verdict) -> 
     try:
         verify_event(run[-1][0], key)
     except EventError as e:
-        verdict.refusals.append(f"{e} (refusing the {len(run)} event(s) it vouches for)")
+        verdict.refuse(Refusal.BAD_SIGNATURE, f"{e} (refusing the {len(run)} event(s) it vouches for)")
         return
     verdict.events.extend(run)

@@ -1,6 +1,8 @@
 """The peer-link wire format: one msgpack map per binary WebSocket message.
 
-hello {t, v, node, desk, wall}  — first frame each way
+hello {t, v, node, desk, wall}  — first frame each way; these fields stay in every protocol version, so a
+                                  peer of another version is told apart from garbage (the link machine
+                                  refuses it as `wrong_version`)
 sync  {t, m}                    — an Automerge sync message
 tip   {t, vector, wall, bridge?} — what the sender holds ({node: highest seq}), for lag and clock offset;
                                   a bridge adds its state (term, ILS reachable, uploading) for the cluster bar
@@ -28,6 +30,7 @@ class Hello:
     node: str
     desk: str
     wall: int
+    version: int = PROTOCOL_VERSION
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ Frame = Hello | Sync | Tip
 
 def encode(frame: Frame) -> bytes:
     if isinstance(frame, Hello):
-        obj: dict[str, Any] = {"t": "hello", "v": PROTOCOL_VERSION, "node": frame.node, "desk": frame.desk,
+        obj: dict[str, Any] = {"t": "hello", "v": frame.version, "node": frame.node, "desk": frame.desk,
                                "wall": frame.wall}
     elif isinstance(frame, Sync):
         obj = {"t": "sync", "m": frame.message}
@@ -81,12 +84,11 @@ def decode(data: object) -> Frame:
         raise FrameError("frame is not a map")
     kind = obj.get("t")
     if kind == "hello":
-        if obj.get("v") != PROTOCOL_VERSION:
-            raise FrameError(f"unsupported protocol version {obj.get('v')!r}")
+        version = _int(obj.get("v"))  # which versions this node speaks is the link machine's decision
         node, desk = obj.get("node"), obj.get("desk")
         if not is_node_id(node) or not isinstance(desk, str) or len(desk) > 64:
             raise FrameError("hello has no valid node id or desk name")
-        return Hello(node, desk, _int(obj.get("wall")))
+        return Hello(node, desk, _int(obj.get("wall")), version)
     if kind == "sync":
         message = obj.get("m")
         if not isinstance(message, bytes):

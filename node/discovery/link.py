@@ -1,8 +1,10 @@
-"""One peer link: Automerge's sync protocol over a WebSocket, one SyncState per peer.
+"""One peer link: the thin loop around `LinkMachine` (link_machine.py), which makes every decision.
 
-The writer sends sync messages until Automerge has nothing more to say, then sleeps until the document
-changes (a local scan or another peer's events). The reader feeds the peer's messages to the log, which
-verifies them. Anything a peer sends that does not parse or verify closes the link; the node goes on.
+The loop only moves bytes and outcomes. The reader hands each WebSocket message to `machine.receive` and
+does what the actions say: send, apply a sync message through the log (which verifies it) and report the
+outcome, close. The writer task runs the write rounds the machine asks for (sync messages, once the log is
+durable, then a tip), and sleeps until the document changes or the machine's next deadline. Anything a peer
+sends that does not parse or verify closes the link; the node goes on.
 """
 
 from __future__ import annotations
@@ -12,40 +14,36 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from aiohttp import WSMsgType
 
-from node.discovery import frames
+from node.discovery.link_machine import (
+    Action,
+    ApplySync,
+    Close,
+    GenerateSync,
+    Linked,
+    LinkInfo,
+    LinkMachine,
+    Now,
+    Send,
+)
 from node.eventlog import EventLog, RefusedSync, wall_ms
 from node.tasks import reap
 
 log = logging.getLogger(__name__)
 
-HELLO_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0  # seconds a close waits for the peer's answer: a stopped or half-gone peer never answers
-TIP_EVERY = 2.0  # seconds: clock offset, lag and the bridge's state stay fresh on quiet links
 
 
 class LinkClosed(Exception):
     pass
 
 
-@dataclass
-class LinkInfo:
-    node: str
-    desk: str
-    address: str
-    outbound: bool
-    connected_at: float = field(default_factory=time.time)
-    peer_vector: dict[str, int] = field(default_factory=dict)
-    clock_offset_ms: int = 0
-    received_events: int = 0
-    sync_bytes_in: int = 0
-    sync_bytes_out: int = 0
-    bridge: dict[str, Any] | None = None
+def now() -> Now:
+    return Now(time.monotonic(), wall_ms())
 
 
 class PeerLink:
@@ -57,52 +55,39 @@ class PeerLink:
         self.outbound = outbound
         self.address = address
         self.info: LinkInfo | None = None
+        self.machine = LinkMachine(eventlog.identity.node_id, eventlog.desk, address=address, outbound=outbound)
+        self._sync_state: Any = None
+        self._round_due = False
         self._closing = False
 
     async def handshake(self, proven: str | None = None) -> LinkInfo:
         """Exchanges hellos. `proven` is the node id the peer's certificate proves: the hello must agree."""
-        hello = frames.Hello(self.log.identity.node_id, self.log.desk, wall_ms())
-        await self.ws.send_bytes(frames.encode(hello))
-        try:
-            async with asyncio.timeout(HELLO_TIMEOUT):
-                frame = await self._next_frame()
-        except TimeoutError:
-            raise LinkClosed("no hello from peer") from None
-        if not isinstance(frame, frames.Hello):
-            raise LinkClosed("first frame was not a hello")
-        if frame.node == self.log.identity.node_id:
-            raise LinkClosed("connected to itself")
-        if proven is not None and frame.node != proven:
-            self.log.refuse("impostor", f"{self.address}: hello names {frame.node[:12]}, certificate {proven[:12]}")
-            raise LinkClosed("hello names another node than the certificate")
-        self.info = LinkInfo(frame.node, frame.desk, self.address, self.outbound,
-                             clock_offset_ms=frame.wall - wall_ms())
+        self.machine.proven = proven
+        self._sync_state = self.log.new_sync_state()
+        self._round_due = await self._perform(self.machine.start(now()))
+        while self.info is None:  # bounded: the machine closes the link at its hello deadline
+            deadline = self.machine.deadline()
+            try:
+                async with asyncio.timeout(None if deadline is None else max(0.0, deadline - time.monotonic())):
+                    data = await self._receive()
+            except TimeoutError:
+                await self._perform(self.machine.timer(now()))
+                continue
+            self._round_due |= await self._perform(self.machine.receive(data, now()))
         return self.info
 
     async def run(self) -> None:
         """Runs until the peer goes away or misbehaves."""
         assert self.info is not None
-        sync_state = self.log.new_sync_state()
         waker = self.log.waker()
-        waker.set()
-        writer = asyncio.create_task(self._write(sync_state, waker))
+        if self._round_due:
+            waker.set()
+        writer = asyncio.create_task(self._write(waker))
         try:
             while True:
-                frame = await self._next_frame()
-                if isinstance(frame, frames.Sync):
-                    self.info.sync_bytes_in += len(frame.message)
-                    try:
-                        n = self.log.receive_sync(sync_state, frame.message, self.info.desk)
-                    except RefusedSync as e:
-                        raise LinkClosed(f"refused: {e}") from None
-                    self.info.received_events += n
-                    waker.set()  # answer: Automerge's protocol is a conversation
-                elif isinstance(frame, frames.Tip):
-                    self.info.peer_vector = frame.vector
-                    self.info.clock_offset_ms = frame.wall - wall_ms()
-                    self.info.bridge = frame.bridge
-                else:
-                    raise LinkClosed("unexpected hello")
+                data = await self._receive()
+                if await self._perform(self.machine.receive(data, now())):
+                    waker.set()  # the writer answers
                 if writer.done():
                     break
         finally:
@@ -110,40 +95,62 @@ class PeerLink:
             await reap(writer, within=CLOSE_TIMEOUT)  # not suppress(CancelledError): a stop must get through
             await self.close()
 
-    async def _write(self, sync_state: Any, waker: asyncio.Event) -> None:
-        last_tip: dict[str, int] = {}
-        last_bridge: dict[str, Any] | None = None
-        last_sent = 0.0
-        while True:
+    async def _write(self, waker: asyncio.Event) -> None:
+        while (deadline := self.machine.deadline()) is not None:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(TIP_EVERY):
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                     await waker.wait()
-            waker.clear()
-            await self.log.durable()
-            while (message := self.log.generate_sync(sync_state)) is not None:
-                if self.info is not None:
-                    self.info.sync_bytes_out += len(message)
-                await self.ws.send_bytes(frames.encode(frames.Sync(message)))
-            bridge = self.bridge_state()
-            now = time.monotonic()
-            if self.log.vector != last_tip or bridge != last_bridge or now - last_sent >= TIP_EVERY:
-                last_tip, last_bridge, last_sent = dict(self.log.vector), bridge, now
-                await self.ws.send_bytes(frames.encode(frames.Tip(last_tip, wall_ms(), bridge)))
+            if waker.is_set():
+                waker.clear()
+                due = await self._perform(self.machine.local_change())
+            else:
+                due = await self._perform(self.machine.timer(now()))
+            if due:
+                await self._write_round()
 
-    async def _next_frame(self) -> frames.Frame:
+    async def _write_round(self) -> None:
+        """Sync messages leave only once every local change is on disk (EventLog.durable); then the tip."""
+        await self.log.durable()
+        while (message := self.log.generate_sync(self._sync_state)) is not None:
+            await self._perform(self.machine.sync_message(message))
+        await self._perform(self.machine.tip(dict(self.log.vector), self.bridge_state(), now()))
+
+    async def _perform(self, actions: list[Action]) -> bool:
+        """Does what the machine asks, but only reports a write round (True): the writer runs those."""
+        round_due = False
+        for action in actions:
+            match action:
+                case Send(data):
+                    await self.ws.send_bytes(data)
+                case ApplySync(message):
+                    round_due |= await self._perform(self._apply(message))
+                case GenerateSync():
+                    round_due = True
+                case Linked(info):
+                    self.info = info
+                case Close(reason, detail, report):
+                    if report:
+                        self.log.refuse(reason, f"{self.address}: {detail}")
+                    raise LinkClosed(f"{reason.value}: {detail}")
+        return round_due
+
+    def _apply(self, message: bytes) -> list[Action]:
+        assert self.info is not None
+        try:
+            n = self.log.receive_sync(self._sync_state, message, self.info.desk)
+        except RefusedSync as e:
+            return self.machine.sync_refused(e.refused)
+        return self.machine.sync_applied(n)
+
+    async def _receive(self) -> bytes | str:
         msg = await self.ws.receive()
         if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+            self.machine.closed()
             raise LinkClosed("peer closed the link")
         if msg.type == WSMsgType.ERROR:
+            self.machine.closed()
             raise LinkClosed(f"link error: {self.ws.exception()}")
-        if msg.type != WSMsgType.BINARY:
-            self.log.refuse("garbage", f"{self.address}: text frame on the peer link")
-            raise LinkClosed("text frame on the peer link")
-        try:
-            return frames.decode(msg.data)
-        except frames.FrameError as e:
-            self.log.refuse("garbage", f"{self.address}: {e}")
-            raise LinkClosed(str(e)) from None
+        return msg.data if msg.type in (WSMsgType.BINARY, WSMsgType.TEXT) else str(msg.type)
 
     async def close(self) -> None:
         """Says goodbye, but waits at most CLOSE_TIMEOUT for the peer's answer: a peer that is stopped or

@@ -17,7 +17,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from node.discovery.link import CLOSE_TIMEOUT, LinkClosed, LinkInfo, PeerLink, ws_client_timeout
+from node.discovery.link import CLOSE_TIMEOUT, LinkClosed, PeerLink, ws_client_timeout
+from node.discovery.link_machine import LinkInfo
 from node.discovery.transport import Transport
 from node.eventlog import EventLog
 from node.tasks import reap
