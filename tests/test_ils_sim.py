@@ -613,6 +613,17 @@ async def test_sip2_bad_checksum_asks_for_a_resend(sim: Sim, sip: SipClient) -> 
     assert sip2.decode(await sip.raw(b"97\r")).code == "98"  # 97: the last answer again
 
 
+async def test_sip2_request_with_a_bad_date_is_refused_and_the_connection_carries_on(
+    sim: Sim, sip: SipClient
+) -> None:
+    patron, item = await sim.take_patron(), await sim.take_available_item()
+    msg = sip2.checkout("MAIN", patron["cardnumber"], item["external_id"], datetime.now(UTC))
+    msg.fixed["transaction_date"] = "20241399    999999"  # the right length, but no date: the handler refuses it
+    assert sip2.decode(await sip.raw(sip2.encode(msg))).code == "96"  # rolled back (this once crashed)
+    assert await sim.loan_of(item["external_id"]) is None
+    assert (await sip.send(sip2.sc_status())).code == "98"
+
+
 async def test_sip2_garbage_never_stops_the_server(sim: Sim) -> None:
     client = await SipClient.connect(sim)
     for junk in (b"\x00\xff\xfe garbage |||\r", b"12 not a request\r", b"11YY\r"):

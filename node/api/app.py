@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -12,11 +13,14 @@ from node.api.errors import MAX_BODY, error_middleware
 from node.api.keys import NODE
 from node.trust.enrolment_http import enrolment_routes
 
+if TYPE_CHECKING:
+    from node.desk import DeskNode  # node.desk builds these apps: only the type checker imports it here
 
-def build_app(node: object) -> web.Application:
+
+def build_app(node: DeskNode) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[error_middleware, staff_middleware])
     app[NODE] = node
-    setup_auth(app, Path(node.config.data_dir), node.node_id)  # type: ignore[attr-defined]
+    setup_auth(app, Path(node.config.data_dir), node.node_id)
     app.add_routes(auth.routes)
     app.add_routes(circulation.routes)
     app.add_routes(queries.routes)
@@ -24,16 +28,16 @@ def build_app(node: object) -> web.Application:
     app.add_routes(files.routes)
     app.add_routes(enrolment.routes)
     app.add_routes(openapi.routes)
-    app.router.add_get("/api/v1/live", node.live.handle)  # type: ignore[attr-defined]
+    app.router.add_get("/api/v1/live", node.live.handle)
     app.add_routes(ui.routes)
     return app
 
 
-def build_peer_app(node: object) -> web.Application:
+def build_peer_app(node: DeskNode) -> web.Application:
     """The peer port serves nothing but peer links."""
     app = web.Application(client_max_size=MAX_BODY)
-    app.router.add_get("/peer", node.peers.handle)  # type: ignore[attr-defined]
-    admissions = node.admissions  # type: ignore[attr-defined]
-    if admissions is not None:  # this desk holds the cluster CA: it admits joining desks
-        app.add_routes(enrolment_routes(admissions, node.membership.ca))  # type: ignore[attr-defined]
+    app.router.add_get("/peer", node.peers.handle)
+    admissions, ca = node.admissions, node.membership.ca
+    if admissions is not None and ca is not None:  # this desk holds the cluster CA: it admits joining desks
+        app.add_routes(enrolment_routes(admissions, ca))
     return app

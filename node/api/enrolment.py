@@ -12,7 +12,8 @@ from aiohttp import web
 from node.api.auth import ROLE, STAFF
 from node.api.errors import ApiError, json_body
 from node.api.keys import NODE
-from node.trust.admissions import approve_pending
+from node.trust.admissions import AdmissionStore, approve_pending
+from node.trust.ca import CertificateAuthority
 from node.trust.certs import TrustError, load_cert_pem, verify_node_certificate
 from node.trust.enrolment import EnrolmentError, derive_code_key
 from node.trust.identity import is_node_id
@@ -25,12 +26,17 @@ def _admin(request: web.Request) -> None:
         raise ApiError(403, "admin_only", "only an admin may manage the cluster's desks")
 
 
-def _store(request: web.Request) -> Any:
-    store = request.app[NODE].admissions
-    if store is None:
+def _ca_desk(request: web.Request) -> tuple[AdmissionStore, CertificateAuthority]:
+    node = request.app[NODE]
+    store, ca = node.admissions, node.membership.ca
+    if store is None or ca is None:
         raise ApiError(409, "not_the_ca_desk", "this desk does not hold the cluster's CA: admit desks on the "
                        "desk where the cluster was created")
-    return store
+    return store, ca
+
+
+def _store(request: web.Request) -> AdmissionStore:
+    return _ca_desk(request)[0]
 
 
 def _iso(ts: float) -> str:
@@ -87,14 +93,14 @@ async def desks(request: web.Request) -> web.Response:
 @routes.post("/api/v1/enrolment/pending/{id}/approve")
 async def approve(request: web.Request) -> web.Response:
     _admin(request)
-    store = _store(request)
+    store, ca = _ca_desk(request)
     body = await json_body(request, {"code", "role"}, {"code"})
     role = body.get("role", "desk")
     if role not in ("desk", "admin") or not isinstance(body["code"], str):
         raise ApiError(400, "bad_request", "code must be text and role desk or admin")
     try:
         key = derive_code_key(body["code"])
-        view = approve_pending(store, request.app[NODE].membership.ca, request.match_info["id"], key, role)
+        view = approve_pending(store, ca, request.match_info["id"], key, role)
     except EnrolmentError as e:
         raise ApiError(400, f"enrolment_{e.reason}", str(e)) from None
     return web.json_response({"approved": view.node_id, "desk": view.desk_name})

@@ -8,7 +8,7 @@ to the admins, never applied. Unknown fields are ignored, so a newer desk may ad
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -157,7 +157,7 @@ def body_problem(kind: object, body: object, at: object, staff: object) -> str |
     return None
 
 
-def read_body(kind: str, body: Any, at: int) -> Body:
+def read_body(kind: str, body: object, at: int) -> Body:
     """The typed body of a readable event; raises BoundsError (with a message for staff) otherwise."""
     problem = body_problem(kind, body, at, "")
     if problem is not None:

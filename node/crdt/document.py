@@ -22,6 +22,10 @@ _PATCH = re.compile(
 )
 
 
+# One peer's sync progress, opaque outside this module (links hold one each).
+SyncState = am.SyncState
+
+
 class DocumentError(ValueError):
     pass
 
@@ -58,20 +62,25 @@ class LogDocument:
         value, _ = got
         if not isinstance(value, tuple) or value[0] != ScalarType.Bytes:
             return None
-        raw = value[1]
-        return bytes(raw) if not isinstance(raw, bytes) else raw
+        # The stubs say a Bytes scalar comes back as bytes; this binding gives a list of ints.
+        raw: object = value[1]
+        if isinstance(raw, bytes):
+            return raw
+        if isinstance(raw, list):
+            return bytes(raw)
+        return None
 
     def keys(self) -> list[str]:
         return self._doc.keys(ROOT)
 
-    def new_sync_state(self) -> am.SyncState:
+    def new_sync_state(self) -> SyncState:
         return am.SyncState()
 
-    def generate_sync(self, state: am.SyncState) -> bytes | None:
+    def generate_sync(self, state: SyncState) -> bytes | None:
         message = self._doc.generate_sync_message(state)
         return None if message is None else message.encode()
 
-    def receive_sync(self, state: am.SyncState, data: bytes) -> tuple[list[bytes], Touched]:
+    def receive_sync(self, state: SyncState, data: bytes) -> tuple[list[bytes], Touched]:
         """Applies a peer's sync message. Returns the heads before it (for rollback) and what it touched."""
         try:
             message = am.Message.decode(data)

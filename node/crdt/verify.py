@@ -98,25 +98,24 @@ def verify_touched(
             continue
         fresh.setdefault(event.node, []).append((event, raw))
     for node, events in fresh.items():
-        record = fresh_records.get(node) or known_record(node)
-        if record is None:
-            for e, _ in events:
-                verdict.refuse(Refusal.UNKNOWN_NODE, f"event {e.id} is signed by an unknown node")
+        signer = fresh_records.get(node) or known_record(node)
+        if signer is None:
+            for event, _ in events:
+                verdict.refuse(Refusal.UNKNOWN_NODE, f"event {event.id} is signed by an unknown node")
             continue
-        reason = admitted(record) if node not in fresh_records else None
+        reason = admitted(signer) if node not in fresh_records else None
         if reason:
-            for e, _ in events:
-                verdict.refuse(Refusal.NOT_A_MEMBER, f"event {e.id}: {reason}")
+            for event, _ in events:
+                verdict.refuse(Refusal.NOT_A_MEMBER, f"event {event.id}: {reason}")
             continue
         allowed = []
         for event, raw in events:
-            refused = refuse_event(event, record)
+            refused = refuse_event(event, signer)
             if refused is not None:
                 verdict.refusals.append(refused)
             else:
                 allowed.append((event, raw))
-        events = allowed
-        _verify_runs(sorted(events, key=lambda er: er[0].seq), record.key, known_event, verdict)
+        _verify_runs(sorted(allowed, key=lambda er: er[0].seq), signer.key, known_event, verdict)
     return verdict
 
 

@@ -63,7 +63,8 @@ def encode(frame: Frame) -> bytes:
         obj = {"t": "tip", "vector": frame.vector, "wall": frame.wall}
         if frame.bridge is not None:
             obj["bridge"] = frame.bridge
-    return msgpack.packb(obj, use_bin_type=True)
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)  # msgpack has no types: say what it returns
+    return packed
 
 
 def _int(value: object) -> int:
@@ -114,7 +115,7 @@ def _bridge(value: object) -> dict[str, Any] | None:
         v = value[key]
         if key in OPTIONAL_BRIDGE_FIELDS and v is None:
             continue
-        if not isinstance(v, kind) or (kind is int and isinstance(v, bool)) or (kind is str and len(v) > 200):
+        if not isinstance(v, kind) or (kind is int and isinstance(v, bool)) or (isinstance(v, str) and len(v) > 200):
             raise FrameError(f"tip's bridge state has a bad {key}")
     if not is_node_id(value["node"]):
         raise FrameError("tip's bridge state names no node")

@@ -14,11 +14,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import WSMsgType
 
+from node.crdt.document import SyncState
 from node.discovery.link_machine import (
     Action,
     ApplySync,
@@ -42,12 +43,24 @@ class LinkClosed(Exception):
     pass
 
 
+class WebSocket(Protocol):
+    """What a link needs of its socket: aiohttp's server (`/peer`) and client (dialled) WebSockets."""
+
+    async def send_bytes(self, data: bytes) -> None: ...
+
+    async def receive(self) -> aiohttp.WSMessage: ...
+
+    def exception(self) -> BaseException | None: ...
+
+    async def close(self) -> bool: ...
+
+
 def now() -> Now:
     return Now(time.monotonic(), wall_ms())
 
 
 class PeerLink:
-    def __init__(self, eventlog: EventLog, ws: Any, *, outbound: bool, address: str,
+    def __init__(self, eventlog: EventLog, ws: WebSocket, *, outbound: bool, address: str,
                  bridge_state: Callable[[], dict[str, Any] | None] = lambda: None) -> None:
         self.log = eventlog
         self.bridge_state = bridge_state
@@ -56,14 +69,13 @@ class PeerLink:
         self.address = address
         self.info: LinkInfo | None = None
         self.machine = LinkMachine(eventlog.identity.node_id, eventlog.desk, address=address, outbound=outbound)
-        self._sync_state: Any = None
+        self._sync_state: SyncState = eventlog.new_sync_state()
         self._round_due = False
         self._closing = False
 
     async def handshake(self, proven: str | None = None) -> LinkInfo:
         """Exchanges hellos. `proven` is the node id the peer's certificate proves: the hello must agree."""
         self.machine.proven = proven
-        self._sync_state = self.log.new_sync_state()
         self._round_due = await self._perform(self.machine.start(now()))
         while self.info is None:  # bounded: the machine closes the link at its hello deadline
             deadline = self.machine.deadline()

@@ -24,12 +24,15 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import ifaddr
 from zeroconf import InterfaceChoice, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from node.tasks import reap
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -494,7 +497,7 @@ class Browser:
         self.counters["lost"] += 1
         await self._call(self._on_lost, peer.node_id)
 
-    async def _call(self, callback: Callable[[object], Awaitable[None] | None], arg: object) -> None:
+    async def _call(self, callback: Callable[[_T], Awaitable[None] | None], arg: _T) -> None:
         try:
             result = callback(arg)
             if inspect.isawaitable(result):

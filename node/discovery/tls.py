@@ -15,7 +15,6 @@ import ssl
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
@@ -77,7 +76,7 @@ class _Acceptor(asyncio.Protocol):
     def __init__(self, runner: web.AppRunner, ctx: ssl.SSLContext, counters: Counter[str]) -> None:
         self.runner, self.ctx, self.counters = runner, ctx, counters
         self.buffer: list[bytes] = []
-        self.target: asyncio.BaseProtocol | None = None
+        self.target: asyncio.Protocol | None = None
         self.transport: asyncio.Transport | None = None
         self.task: asyncio.Task[None] | None = None
         self.lost = False
@@ -99,9 +98,12 @@ class _Acceptor(asyncio.Protocol):
             log.info("peer port: TLS handshake refused: %s", e)
             self.transport.abort()
             return
-        if tls is None or self.lost:
+        server = self.runner.server  # None once the runner is cleaned up: the desk is stopping
+        if tls is None or self.lost or server is None:
+            if tls is not None and server is None:
+                tls.abort()
             return
-        handler: Any = self.runner.server()  # type: ignore[misc]
+        handler = server()
         tls.set_protocol(handler)
         handler.connection_made(tls)
         self.target = handler
@@ -112,7 +114,7 @@ class _Acceptor(asyncio.Protocol):
     # Application data that arrives with the handshake's last flight, before aiohttp takes over.
     def data_received(self, data: bytes) -> None:
         if self.target is not None:
-            self.target.data_received(data)  # type: ignore[attr-defined]
+            self.target.data_received(data)
         else:
             self.buffer.append(data)
 

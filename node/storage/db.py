@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal (pos INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, raw BLOB NOT NULL);
@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS attempts (event TEXT PRIMARY KEY, at INTEGER NOT NULL
 """
 
 Statement = tuple[str, tuple[Any, ...]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -110,9 +111,9 @@ class Store:
                 raise
             self.commits += 1
 
-    async def run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Runs a read or a maintenance job on the writer thread."""
-        def job() -> Any:
+        def job() -> T:
             with self._lock:
                 return fn(self._conn)
         return await asyncio.get_running_loop().run_in_executor(self._executor, job)

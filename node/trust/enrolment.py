@@ -82,7 +82,7 @@ def normalise_code(text: str) -> str:
     if not isinstance(text, str):
         raise EnrolmentError("malformed", "the code must be text")
     cleaned = text.upper().replace("-", "").replace(" ", "")
-    cleaned = cleaned.translate(str.maketrans({"O": "0", "I": "1", "L": "1"}))
+    cleaned = cleaned.translate(str.maketrans("OIL", "011"))
     if len(cleaned) != CODE_LENGTH or any(c not in ALPHABET for c in cleaned):
         raise EnrolmentError("malformed", f"a code is {CODE_LENGTH} letters and digits, like ABCD-EFGH")
     return cleaned

@@ -10,6 +10,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -26,7 +27,7 @@ def node_id_for(public_key: Ed25519PublicKey | bytes) -> str:
     return hashlib.sha256(raw).hexdigest()[:NODE_ID_HEX]
 
 
-def is_node_id(value: object) -> bool:
+def is_node_id(value: object) -> TypeGuard[str]:
     return (
         isinstance(value, str)
         and len(value) == NODE_ID_HEX

@@ -75,7 +75,7 @@ def client_context(node_key: Ed25519PrivateKey, node_cert: x509.Certificate, ca_
     return _mutual(ssl.PROTOCOL_TLS_CLIENT, node_key, node_cert, ca_cert, key_dir)
 
 
-def peer_node_id(ssl_object: ssl.SSLObject | ssl.SSLSocket, ca_cert: x509.Certificate,
+def peer_node_id(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, ca_cert: x509.Certificate,
                  revoked: set[str] | frozenset[str]) -> NodeCertInfo:
     """The authoritative check of a connected peer; close the connection if this raises TrustError.
 

@@ -9,6 +9,7 @@ Reconciliation follows Koha's own resources: the item by `external_id` (its barc
 from __future__ import annotations
 
 import base64
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -17,7 +18,8 @@ from node.ilsbridge.adapters.base import SNAPSHOT_KINDS, Credentials, IlsUnavail
 
 
 class KohaRest:
-    def __init__(self, base_url: str, credentials: Credentials, session_factory: Any) -> None:
+    def __init__(self, base_url: str, credentials: Credentials,
+                 session_factory: Callable[[], Awaitable[aiohttp.ClientSession]]) -> None:
         self.base = base_url.rstrip("/")
         token = base64.b64encode(f"{credentials.user}:{credentials.password}".encode()).decode("ascii")
         self._auth = f"Basic {token}"

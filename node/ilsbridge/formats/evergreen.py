@@ -50,13 +50,13 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 from node.ilsbridge.formats.common import LineProblem, ParseResult, clean_id, quoted, run_lines, utc
-from node.ilsbridge.operation import Operation
+from node.ilsbridge.operation import Operation, OperationKind
 
 ITEM = "item barcode"
 PATRON = "patron barcode"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_COUNT = 10_000
-TYPES = {
+TYPES: dict[str, OperationKind] = {
     "checkout": "checkout",
     "renew": "renew",
     "checkin": "checkin",
@@ -149,7 +149,7 @@ def _number(value, name: str) -> float:
     try:
         number = float(value) if isinstance(value, str) else value
     except ValueError:
-        raise LineProblem(f"{name} {quoted(value)} is not a number") from None
+        raise LineProblem(f"{name} {quoted(str(value))} is not a number") from None
     if isinstance(number, float) and not math.isfinite(number):
         raise LineProblem(f"{name} {quoted(str(value))} is not a number")
     return number

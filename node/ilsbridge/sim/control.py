@@ -31,7 +31,7 @@ class SimState:
     def as_json(self) -> dict[str, Any]:
         return {"online": self.online, "latency_ms": self.latency_ms, "failure_rate": self.failure_rate}
 
-    def update(self, payload: Any) -> None:
+    def update(self, payload: object) -> None:
         """Apply a `POST /sim/state` body; ValueError (nothing changed) if any part of it is invalid."""
         if not isinstance(payload, dict):
             raise ValueError("state must be a JSON object")

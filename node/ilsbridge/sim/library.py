@@ -302,6 +302,10 @@ class Library:
         self.db.commit()
         return int(cur.lastrowid or 0)
 
+    def rollback(self) -> None:
+        """Discard what a failed operation changed so far (it was never recorded, so it never happened)."""
+        self.db.rollback()
+
     # --- views for /sim/* ----------------------------------------------------------------------------------
 
     def ledger(self, after: int = 0) -> list[dict[str, Any]]:
@@ -326,7 +330,8 @@ class Library:
     ) -> tuple[int, list[dict[str, Any]]]:
         """(total matching rows, the rows of `page`) of patrons, items or checkouts, in Koha's names."""
         id_col, allowed = _KINDS[kind][1:]
-        where, args = [], []
+        where: list[str] = []
+        args: list[str | int] = []
         for name, value in filters.items():
             column = allowed.get(name)
             if column is not None:
@@ -336,11 +341,10 @@ class Library:
         base = _FROM[kind]
         total = self.db.execute(f"SELECT COUNT(*) {base}{clause}", args).fetchone()[0]
         limit = "" if per_page < 0 else " LIMIT ? OFFSET ?"
-        limit_args = [] if per_page < 0 else [per_page, (page - 1) * per_page]
+        limit_args: list[str | int] = [] if per_page < 0 else [per_page, (page - 1) * per_page]
         rows = self.db.execute(
             f"SELECT {_SELECT[kind]} {base}{clause} ORDER BY {id_col}{limit}", args + limit_args
-        )
-        rows = rows.fetchall()
+        ).fetchall()
         render = getattr(self, f"_render_{kind}")
         return int(total), render(rows)
 

@@ -232,13 +232,19 @@ class Sip2Server:
 
         patron = self.library.patron(card)
         item = self.library.item(barcode)
-        refusal = "Patron not found." if patron is None else "Item not found." if item is None else ""
-        if not refusal and not no_block:
-            blocks = self.library.patron_blocks(patron, at) + self.library.item_blocks(item, patron)
-            refusal = blocks[0] if blocks else ""
-        if refusal:
+
+        def refused(refusal: str) -> Message:
             self._record("checkout", at, card, barcode, refusal)
             return answer(False, refusal, title=item["title"] if item is not None else "")
+
+        if patron is None:
+            return refused("Patron not found.")
+        if item is None:
+            return refused("Item not found.")
+        if not no_block:
+            blocks = self.library.patron_blocks(patron, at) + self.library.item_blocks(item, patron)
+            if blocks:
+                return refused(blocks[0])
         result = self.library.issue(patron, item, at, nb_due if no_block else None)
         self._record("checkout", at, card, barcode, "Success.")
         return answer(True, "Renewed." if result.renewed else "", result.renewed, result.due, item["title"])
@@ -309,26 +315,28 @@ class Sip2Server:
 
         patron, item = self.library.patron(card), self.library.item(barcode)
         loan = self.library.open_loan(item["item_id"]) if item is not None else None
-        refusal = ""
+
+        def refused(refusal: str) -> Message:
+            self._record("renew", at, card, barcode, refusal)
+            return answer(False, refusal, title=item["title"] if item is not None else "")
+
         if patron is None:
-            refusal = "Patron not found."
-        elif item is None:
-            refusal = "Item not found."
-        elif loan is None or loan["patron_id"] != patron["patron_id"]:
-            refusal = "Item not checked out to this patron."
-        elif not no_block:
+            return refused("Patron not found.")
+        if item is None:
+            return refused("Item not found.")
+        if loan is None or loan["patron_id"] != patron["patron_id"]:
+            return refused("Item not checked out to this patron.")
+        if not no_block:
             rule = self.library.rule(patron, item)
             holds = self.library.holds_on(item["item_id"])
             if loan["renewals_count"] >= rule.renewals_allowed:
-                refusal = "Renewal limit reached."
-            elif holds and holds[0]["patron_id"] != patron["patron_id"]:
-                refusal = "Item is on hold for another patron."
-            else:
-                blocks = self.library.patron_blocks(patron, at)
-                refusal = next((b for b in blocks if "loan limit" not in b), "")
-        if refusal:
-            self._record("renew", at, card, barcode, refusal)
-            return answer(False, refusal, title=item["title"] if item is not None else "")
+                return refused("Renewal limit reached.")
+            if holds and holds[0]["patron_id"] != patron["patron_id"]:
+                return refused("Item is on hold for another patron.")
+            blocks = self.library.patron_blocks(patron, at)
+            refusal = next((b for b in blocks if "loan limit" not in b), "")
+            if refusal:
+                return refused(refusal)
         due = self.library.renew(loan, patron, item, at, nb_due if no_block else None)
         self._record("renew", at, card, barcode, "Success.")
         return answer(True, "", due, item["title"])
