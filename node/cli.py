@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -38,7 +39,19 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    "ILS (default: environment CIRCMESH_ILS_USER and CIRCMESH_ILS_PASSWORD)")
     p.add_argument("--upload-concurrency", type=int, default=16,
                    help="ILS requests in flight at once while uploading (default 16)")
+    p.add_argument("--max-clock-drift", type=_drift_seconds, default=120, metavar="SECONDS",
+                   help="how far ahead of this desk's own clock another desk's events may push its clock, and "
+                        "how far a peer's clock may be from the cluster's before this desk calls it off and its "
+                        "ILS times are corrected (default 120). The conflict the log raises for a desk whose "
+                        "clock is ahead uses 120 s on every desk, so that all desks show the same")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+
+
+def _drift_seconds(text: str) -> float:
+    value = float(text)
+    if not 1 <= value <= 86_400:
+        raise argparse.ArgumentTypeError("must be between 1 and 86400 seconds")
+    return value
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -117,7 +130,7 @@ def _run(args: argparse.Namespace) -> int:
         data_dir=args.data, desk=args.desk or args.data.resolve().name, host=args.host, port=args.port,
         peer_host=args.peer_host, peer_port=args.peer_port, peers=list(args.peer), loan_days=args.loan_days,
         ils=args.ils, ils_credentials=args.ils_credentials, upload_concurrency=args.upload_concurrency,
-        mdns=not args.no_mdns, interfaces=args.interfaces,
+        mdns=not args.no_mdns, interfaces=args.interfaces, max_clock_drift_ms=round(args.max_clock_drift * 1000),
     )
 
     from node.cluster import NotEnrolled
@@ -137,7 +150,8 @@ def _run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await node.start()
         ready = {"ready": True, "desk": config.desk, "node": node.node_id,
-                 "url": f"http://{config.host}:{node.port}", "peer_port": node.peer_port}
+                 "url": f"http://{config.host}:{node.port}", "peer_port": node.peer_port,
+                 "pid": os.getpid()}  # the desk itself, even when started through a wrapper (faketime)
         print(json.dumps(ready), flush=True)
         try:
             await stop.wait()

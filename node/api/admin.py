@@ -5,6 +5,7 @@ Settling is itself an event in the log, so it replicates and the conflict disapp
 - `keep`: the named event is kept and every other event of the conflict is voided.
 - `accept_ils`: nothing of the conflict is uploaded as it stands; the ILS's own state wins (`resolve`).
 - `apply`: the events are uploaded anyway, in causal order (`resolve`).
+- `acknowledge`: a warning that holds nothing back (a desk's clock ahead) is noted (`resolve`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from node.crdt.event import Event, EventError
 from node.eventlog import StorageFailure
 
 routes = web.RouteTableDef()
-ACTIONS = ("void", "keep", "accept_ils", "apply")
+ACTIONS = ("void", "keep", "accept_ils", "apply", "acknowledge")
 MAX_NOTE = 500
 
 
@@ -42,6 +43,8 @@ def plan(conflict: Conflict, action: str, event: str | None, note: str | None
         return [("void", {"event": e, "reason": reason[:MAX_NOTE]}) for e in doomed]
     if event is not None:
         raise ApiError(400, "bad_event", f"{action} takes no event")
+    if action == "acknowledge" and conflict.needs_admin:
+        raise ApiError(400, "bad_action", "only a warning can be acknowledged: this conflict needs settling")
     body: dict[str, Any] = {"conflict": conflict.id, "action": action}
     if note:
         body["note"] = note

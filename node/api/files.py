@@ -19,7 +19,8 @@ from node.api.keys import NODE
 from node.crdt.event import DESK_KINDS, EventError
 from node.eventlog import StorageFailure
 from node.ilsbridge import formats
-from node.ilsbridge.mapping import body_of, operation_of, utc_to_ms
+from node.ilsbridge.bridge import sent_times
+from node.ilsbridge.mapping import body_of, ils_times, operation_of, utc_to_ms
 
 routes = web.RouteTableDef()
 MAX_IMPORT = 32 * 1024 * 1024
@@ -49,8 +50,9 @@ async def export(request: web.Request) -> web.Response:
     node = request.app[NODE]
     fmt = _format(request)
     state = node.log.state
-    operations = [operation_of(e) for e in node.log.ordered()
-                  if e.kind in DESK_KINDS and e.id not in state.voided]
+    ordered = [e for e in node.log.ordered() if e.kind in DESK_KINDS and e.id not in state.voided]
+    times = ils_times(ordered, node.clock_offset, sent_times(node.log, state))  # as the bridge would send them
+    operations = [operation_of(e, times[e.id].at) for e in ordered]
     data, skipped = formats.export_report(fmt, operations, tz=_zone(request), generator="circmesh",
                                           generator_version=__version__)
     headers = {"Content-Disposition": f'attachment; filename="{FILENAMES[fmt]}"',

@@ -16,6 +16,7 @@ LENT_WHILE_ON_LOAN = "lent_while_on_loan"  # a desk lent an item it could see wa
 CHECKIN_NOT_ON_LOAN = "checkin_not_on_loan"  # Koha: "Item not issued."
 RENEW_NOT_ON_LOAN = "renew_not_on_loan"
 DUPLICATE_REGISTRATION = "duplicate_registration"
+CLOCK_AHEAD = "clock_ahead"  # a desk's clock reads later than its peers' by more than the drift bound (clocks.py)
 
 
 @dataclass(frozen=True)
@@ -26,9 +27,11 @@ class Conflict:
     patrons: tuple[str, ...]
     events: tuple[str, ...]  # in causal order
     needs_admin: bool
+    node: str | None = None  # clock_ahead: the desk whose clock is ahead…
+    offset_ms: int | None = None  # …and by how much at least, as the log shows it
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
             "kind": self.kind,
             "item": self.item,
@@ -36,6 +39,10 @@ class Conflict:
             "events": list(self.events),
             "needs_admin": self.needs_admin,
         }
+        if self.node is not None:
+            out["node"] = self.node
+            out["offset_ms"] = self.offset_ms
+        return out
 
 
 def conflict_id(kind: str, events: tuple[str, ...]) -> str:

@@ -141,6 +141,9 @@ def _check_applied(b: Mapping[str, Any]) -> None:
     term = b.get("term")
     if not isinstance(term, int) or isinstance(term, bool) or term < 0:
         raise EventError("term must be a non-negative integer")
+    _ms(b, "ils_at")  # the time the ILS was given, when it is not the event's own `at` (a desk clock off)
+    if b.get("ils_at_by") not in (None, "link", "log", "order"):
+        raise EventError("ils_at_by must be 'link', 'log' or 'order'")
 
 
 _BODY_CHECKS: dict[str, Callable[[Mapping[str, Any]], None]] = {
@@ -200,7 +203,8 @@ class Event:
 
     @property
     def order_key(self) -> tuple[int, int, str, int]:
-        """The causal order used everywhere: (hlc, node, seq)."""
+        """The writer's own (hlc, node, seq). The log sorts by order stamps (order.py), which equal the hlc while
+        clocks stay within the drift bound and put every event after its predecessors when they do not."""
         return (self.hlc.wall, self.hlc.counter, self.node, self.seq)
 
     def unsigned(self) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Circulation state as a pure fold of the causally ordered log.
 
 Same events in, same state out, on every node and whatever order they arrived in: the fold only ever
-sees the events sorted by (hlc, node, seq). A `baseline` (loans the ILS reported before the outage, from
+sees the events in the log's causal order (order.py). A `baseline` (loans the ILS reported before the outage, from
 a snapshot) is optional: without it, a checkin of an item the log never lent is not a conflict, because
 the item was most likely lent before the outage — only the ILS can tell.
 """
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from node.crdt import conflicts as c
+from node.crdt.clocks import ClockEvidence
 from node.crdt.conflicts import Conflict
 from node.crdt.event import Event
 
@@ -52,6 +53,7 @@ class CirculationState:
     revoked: dict[str, tuple[int, str]] = field(default_factory=dict)  # node -> (last accepted seq, revoke id)
     away: dict[str, tuple[int, str]] = field(default_factory=dict)  # node -> (seq it had reached, away event)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
+    clocks: ClockEvidence = field(default_factory=ClockEvidence)  # desks whose clocks the log shows ahead
     events_seen: int = 0
     _by_id: dict[str, Event] = field(default_factory=dict, repr=False)
     _baseline_known: bool = False
@@ -138,6 +140,7 @@ def _register(state: CirculationState, e: Event) -> None:
 
 def _resolve(state: CirculationState, e: Event) -> None:
     state.settled.setdefault(e.body["conflict"], e.id)
+    state.clocks.settled(e.body["conflict"])
 
 
 def _revoke(state: CirculationState, e: Event) -> None:
@@ -176,6 +179,7 @@ def apply_event(state: CirculationState, event: Event) -> None:
     """Folds one more event, which must sort after every event folded so far."""
     state._by_id[event.id] = event
     state.events_seen += 1
+    state.clocks.take(event, state._by_id.get, state.conflicts)  # a voided scan still shows its desk's clock
     if event.id in state.voided or event.kind == "void":
         return
     _RULES[event.kind](state, event)
@@ -184,7 +188,7 @@ def apply_event(state: CirculationState, event: Event) -> None:
 def fold(
     ordered: Iterable[Event], baseline: Mapping[str, tuple[str, int | None]] | None = None
 ) -> CirculationState:
-    """The state of the log. `ordered` must be sorted by Event.order_key; voids apply wherever they sit."""
+    """The state of the log. `ordered` must be in the log's order (order.py); voids apply wherever they sit."""
     events = list(ordered)
     state = CirculationState(voided=voids_in(events), _baseline_known=baseline is not None)
     for item, (patron, due) in (baseline or {}).items():

@@ -7,6 +7,8 @@ outcome as an `applied` event that replicates to every desk.
 - Before a request leaves, an attempt marker is committed. After a crash, an event with a marker and no
   outcome is reconciled against the ILS's current state instead of being sent blindly again.
 - A refusal ("Item not issued.") is an outcome, recorded like a success; only transient failures retry.
+- The ILS gets each event's time corrected for its desk's clock when that clock is off (mapping.ils_times);
+  the `applied` event records the time sent and how it was known (`ils_at`, `ils_at_by`).
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from node.crdt.event import Event
+from node.crdt.state import CirculationState
 from node.eventlog import EventLog, wall_ms
 from node.ilsbridge.adapters.base import IlsAdapter, IlsUnavailable
-from node.ilsbridge.mapping import operation_of
+from node.ilsbridge.mapping import IlsTime, ils_times, operation_of
 from node.ilsbridge.operation import Outcome
 from node.ilsbridge.schedule import UploadSchedule, held_events, pending_events
 from node.storage import db
@@ -39,10 +43,32 @@ class BridgeConfig:
     term: int = 1  # a single configured bridge for now; elections bring real terms
 
 
+def log_clock_offset(eventlog: EventLog) -> Callable[[str], tuple[int, str] | None]:
+    """A desk's clock offset as the log shows it (an open clock_ahead conflict), for want of a measurement."""
+    def offset(node: str) -> tuple[int, str] | None:
+        flagged = eventlog.state.clocks.flagged.get(node)
+        return (flagged.offset_ms or 0, "log") if flagged is not None else None
+    return offset
+
+
+def sent_times(eventlog: EventLog, state: CirculationState) -> dict[str, int]:
+    """The time the ILS was given for every event it answered (`ils_at` of its `applied` event, else `at`)."""
+    out = {}
+    for target, outcome in state.outcomes.items():
+        event, applied = eventlog.events.get(target), eventlog.events.get(outcome.event)
+        if event is not None:
+            recorded = applied.body.get("ils_at") if applied is not None else None
+            out[target] = event.at if recorded is None else recorded
+    return out
+
+
 class Bridge:
-    def __init__(self, eventlog: EventLog, adapter: IlsAdapter, url: str, config: BridgeConfig | None = None
-                 ) -> None:
+    def __init__(self, eventlog: EventLog, adapter: IlsAdapter, url: str, config: BridgeConfig | None = None,
+                 clock_offset: Callable[[str], tuple[int, str] | None] | None = None) -> None:
+        """`clock_offset(node)`: how far that desk's clock reads ahead, and how it is known, when it is off."""
         self.log = eventlog
+        self.clock_offset = clock_offset or log_clock_offset(eventlog)
+        self._times: dict[str, IlsTime] = {}
         self.adapter = adapter
         self.url = url
         self.config = config or BridgeConfig()
@@ -113,9 +139,11 @@ class Bridge:
     async def _upload_round(self) -> bool:
         """Uploads what is pending now. True when nothing is left that could go; False when the ILS went away."""
         state = self.log.state
-        pending = pending_events(self.log.ordered(), state)
+        ordered = [e for e in self.log.ordered() if e.id not in state.voided]
+        pending = pending_events(ordered, state)
         if not pending:
             return True
+        self._times = ils_times(ordered, self.clock_offset, sent_times(self.log, state))
         schedule = UploadSchedule(pending, held=held_events(state))
         in_flight: dict[asyncio.Task[tuple[Event, Outcome]], Event] = {}
         self.uploading = True
@@ -169,7 +197,8 @@ class Bridge:
             await self.log.store.commit([db.attempt_insert(event.id, wall_ms())])
             self._attempted.add(event.id)
         try:
-            return event, await self.adapter.apply(operation_of(event))
+            time = self._times.get(event.id)
+            return event, await self.adapter.apply(operation_of(event, time.at if time else None))
         except Exception as e:
             return event, Outcome("transient", f"adapter error: {e}")
 
@@ -200,8 +229,11 @@ class Bridge:
     async def _record(self, event: Event, outcome: Outcome) -> None:
         status = "applied" if outcome.status == "applied" else "refused"
         self.counters[status] += 1
-        body = {"event": event.id, "status": status, "message": outcome.message[:500] or status,
-                "term": self.config.term}
+        body: dict[str, Any] = {"event": event.id, "status": status, "message": outcome.message[:500] or status,
+                                "term": self.config.term}
+        time = self._times.get(event.id)
+        if time is not None and time.by is not None and time.at != event.at:
+            body |= {"ils_at": time.at, "ils_at_by": time.by}
         await self.log.append("applied", body, "bridge")
 
 

@@ -38,7 +38,14 @@ export function kindName(kind) {
 /** Title and explanation of a conflict. */
 export function describeConflict(conflict) {
   const key = has(`conflicts.kind.${conflict.kind}.title`) ? conflict.kind : 'other';
-  const values = { item: conflict.item || '', patron: (conflict.patrons || [])[0] || '', kind: conflict.kind };
+  const values = {
+    item: conflict.item || '',
+    patron: (conflict.patrons || [])[0] || '',
+    kind: conflict.kind,
+    desk: conflict.desk || '',
+    offset: typeof conflict.offset_ms === 'number' ? fmt.duration(conflict.offset_ms) : '',
+    others: (conflict.compared_with || []).join(', '),
+  };
   return {
     title: t(`conflicts.kind.${key}.title`, values),
     explain: t(`conflicts.kind.${key}.explain`, values),
@@ -49,6 +56,10 @@ export function describeConflict(conflict) {
 export function settlements(conflict) {
   const detail = conflict.detail || [];
   const options = [];
+  if (conflict.kind === 'clock_ahead') {
+    // Nothing to void or upload differently: the scans stand, their ILS times are corrected.
+    return [{ action: 'acknowledge', label: t('conflicts.action.acknowledge'), hint: t('conflicts.action_hint.acknowledge') }];
+  }
   if (detail.length > 1 && detail.every((e) => e.kind === 'checkout')) {
     for (const e of detail) {
       options.push({ action: 'keep', event: e.id, label: t('conflicts.action.keep', { patron: e.body.patron, desk: e.desk }),
