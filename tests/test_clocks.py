@@ -241,7 +241,11 @@ def test_acknowledging_a_clock_warning_opens_a_new_one_only_on_later_evidence() 
     [first] = a.log.state.open_conflicts()
     a.write("resolve", conflict=first.id, action="acknowledge")
     assert a.log.state.open_conflicts() == [] and first.id in a.log.state.settled
-    exchange(fast, a)
+    b = SimDesk(now=BASE + 7, max_drift=MAX)
+    exchange(fast, a, b)
+    b.write("in_house_use", item="I9")  # shows the acknowledged event ahead again: no new warning
+    exchange(fast, a, b)
+    assert a.log.state.open_conflicts() == [] and a.log.state.clocks.flagged == {}
     again = fast.write("in_house_use", item="I3")  # still an hour ahead
     exchange(fast, a)
     assert a.log.state.open_conflicts() == []  # nothing new shows it yet

@@ -39,6 +39,8 @@ class Bound:
 class ClockEvidence:
     bounds: dict[str, dict[str, Bound]] = field(default_factory=dict)  # desk -> other desk -> largest bound
     flagged: dict[str, Conflict] = field(default_factory=dict)  # desk -> its open clock_ahead conflict
+    folded: dict[str, int] = field(default_factory=dict)  # desk -> its latest event folded so far
+    acknowledged: dict[str, int] = field(default_factory=dict)  # desk -> its latest event when acknowledged
 
     def take(self, event: Event, lookup: Callable[[str], Event | None], conflicts: dict[str, Conflict]) -> None:
         """Folds in what `event` shows, opening, raising or withdrawing clock conflicts in `conflicts`: one per
@@ -60,15 +62,17 @@ class ClockEvidence:
             self.flagged[node] = conflicts[known.id] = known
 
     def settled(self, conflict: str) -> None:
-        """An admin acknowledged a clock conflict: only evidence from later events counts from now on, so a
-        clock still (or again) ahead opens a new conflict."""
+        """An admin acknowledged a clock conflict: only the desk's later events count as evidence from now
+        on, so a clock still (or again) ahead opens a new conflict, named after one of them."""
         for node, known in list(self.flagged.items()):
             if known.id == conflict:
                 del self.flagged[node]
                 self.bounds.pop(node, None)
+                self.acknowledged[node] = self.folded.get(node, 0)
 
     def _observe(self, event: Event, lookup: Callable[[str], Event | None]) -> list[str]:
         """Takes in what `event` shows about the desks it follows; returns those whose bounds changed."""
+        self.folded[event.node] = event.seq
         if "imported" in event.body:
             return []
         prev = lookup(f"{event.node}:{event.seq - 1}") if event.seq > 1 else None
@@ -77,7 +81,7 @@ class ClockEvidence:
         if event.seen == held:
             return changed
         for node, seq in event.seen.items():
-            if seq <= held.get(node, 0) or node == event.node:
+            if seq <= held.get(node, 0) or node == event.node or seq <= self.acknowledged.get(node, 0):
                 continue  # only what the writer received since its previous event is new evidence
             earlier = lookup(f"{node}:{seq}")
             if earlier is None or "imported" in earlier.body:
