@@ -50,7 +50,19 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="accept barcodes in any printable Unicode (default: printable ASCII, what scanners send)")
     p.add_argument("--max-import-mib", type=float, default=32.0,
                    help="largest offline file `circmesh import` may send to this desk, in MiB (default 32)")
+    p.add_argument("--max-clock-drift", type=_drift_seconds, default=120, metavar="SECONDS",
+                   help="how far ahead of this desk's own clock another desk's events may push its clock, and "
+                        "how far a peer's clock may be from the cluster's before this desk calls it off and its "
+                        "ILS times are corrected (default 120). The conflict the log raises for a desk whose "
+                        "clock is ahead uses 120 s on every desk, so that all desks show the same")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+
+
+def _drift_seconds(text: str) -> float:
+    value = float(text)
+    if not 1 <= value <= 86_400:
+        raise argparse.ArgumentTypeError("must be between 1 and 86400 seconds")
+    return value
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -139,7 +151,7 @@ def _run(args: argparse.Namespace) -> int:
         peer_host=args.peer_host, peer_port=args.peer_port, peers=list(args.peer), loan_days=args.loan_days,
         ils=args.ils, ils_credentials=args.ils_credentials, upload_concurrency=args.upload_concurrency,
         mdns=not args.no_mdns, interfaces=args.interfaces, limits=limits,
-        max_import=int(args.max_import_mib * 1024 * 1024),
+        max_import=int(args.max_import_mib * 1024 * 1024), max_clock_drift_ms=round(args.max_clock_drift * 1000),
     )
 
     from node.cluster import NotEnrolled
@@ -159,8 +171,10 @@ def _run(args: argparse.Namespace) -> int:
         from node.desk import run_until_stopped
 
         def ready() -> None:
+            # pid: the desk itself, even when started through a wrapper (faketime)
             print(json.dumps({"ready": True, "desk": config.desk, "node": node.node_id,
-                              "url": f"http://{config.host}:{node.port}", "peer_port": node.peer_port}), flush=True)
+                              "url": f"http://{config.host}:{node.port}", "peer_port": node.peer_port,
+                              "pid": os.getpid()}), flush=True)
 
         await run_until_stopped(node, signals.attach(asyncio.get_running_loop()), ready)
 

@@ -19,6 +19,7 @@ from node.cluster import ClusterPolicy, load_membership
 from node.crdt.bounds import DeskLimits
 from node.crdt.conflicts import Conflict
 from node.crdt.event import DESK_KINDS, Event
+from node.crdt.hlc import DEFAULT_MAX_DRIFT_MS
 from node.crdt.state import Loan
 from node.discovery.mdns import Discovery, Peer
 from node.discovery.peers import PeerTable
@@ -58,6 +59,7 @@ class DeskConfig:
     interfaces: list[str] | None = None  # mDNS interfaces (IP addresses); None: zeroconf's default, the LAN
     limits: DeskLimits = field(default_factory=DeskLimits)  # what staff and files may enter at this desk
     max_import: int = MAX_IMPORT  # largest offline file POST /api/v1/imports takes, in bytes
+    max_clock_drift_ms: int = DEFAULT_MAX_DRIFT_MS  # peers push this desk's clock at most this far ahead
 
 
 class DeskNode:
@@ -69,7 +71,7 @@ class DeskNode:
         identity = load_or_create_identity(config.data_dir)
         self.membership = load_membership(config.data_dir, identity)
         self.log = EventLog(identity, config.data_dir, config.desk, policy=ClusterPolicy(self.membership),
-                            cert=self.membership.node_cert_pem)
+                            cert=self.membership.node_cert_pem, max_drift_ms=config.max_clock_drift_ms)
         self.transport = TlsTransport(identity, self.membership, config.data_dir / "tls",
                                       revoked=lambda: set(self.log.revoked))
         self.peers = PeerTable(self.log, self.transport)
@@ -82,7 +84,8 @@ class DeskNode:
         if config.ils:
             credentials = load_credentials(config.ils_credentials, os.environ)
             adapter = make_adapter(config.ils, credentials)
-            self.bridge = Bridge(self.log, adapter, config.ils, BridgeConfig(concurrency=config.upload_concurrency))
+            self.bridge = Bridge(self.log, adapter, config.ils, BridgeConfig(concurrency=config.upload_concurrency),
+                                 clock_offset=self.clock_offset)
             self.peers.bridge_state = self._bridge_tip
         self._web_runner: web.AppRunner | None = None
         self._peer_runner: web.AppRunner | None = None
@@ -207,6 +210,9 @@ class DeskNode:
         about = self.log.state.conflicts.get(conflict.about) if conflict.about else None
         if about is not None:  # the admins' answers disagree: show what they answered, and about what
             out["about_conflict"] = self.conflict_json(about)
+        if conflict.node is not None:
+            out["desk"] = self.log.desk_of(conflict.node)
+            out["compared_with"] = sorted({d["desk"] for d in out["detail"] if d["node"] != conflict.node})
         return out
 
     def patron_json(self, barcode: str) -> dict[str, Any]:
@@ -241,14 +247,78 @@ class DeskNode:
             if event.problem is not None or event.kind not in DESK_KINDS or event.id in state.voided:
                 continue
             outcome = state.outcomes.get(event.id)
+            answer = self.log.events.get(outcome.event) if outcome else None
+            ils_at = answer.body.get("ils_at") if answer else None  # a desk clock that was off, corrected
             rows.append({
                 "event": event.id, "kind": event.kind, "desk": self.log.desk_of(event.node), "at": event.at,
                 "patron": event.body.get("patron"), "item": event.body.get("item"),
                 "amount": event.body.get("amount"),
                 "status": outcome.status if outcome else "pending",
                 "message": outcome.message if outcome else "",
+                "ils_at": ils_at,
+                "at_corrected_ms": ils_at - event.at if ils_at is not None else None,
+                "at_corrected_by": answer.body.get("ils_at_by") if ils_at is not None and answer else None,
             })
         return rows
+
+    # ---- clocks
+    def measured_offsets(self) -> dict[str, int]:
+        """How far each linked desk's clock, and this desk's, reads from the cluster's median clock, as the
+        peer links measure it. Empty with fewer than three desks: with two, nobody can tell which is off."""
+        offsets = {self.node_id: 0}
+        for node, link in self.peers.links.items():
+            if link.info is not None:
+                offsets[node] = link.info.clock_offset_ms
+        if len(offsets) < 3:
+            return {}
+        values = sorted(offsets.values())
+        mid = len(values) // 2
+        median = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) // 2
+        return {node: offset - median for node, offset in offsets.items()}
+
+    def clock_offset(self, node: str) -> tuple[int, str] | None:
+        """How far `node`'s clock reads ahead of the cluster's (negative: behind) when it is off by more
+        than the drift bound, and how that is known: measured over this desk's links where it can be, else
+        as the log shows it (an open clock_ahead conflict). What the bridge corrects ILS times by."""
+        measured = self.measured_offsets()
+        if node in measured:
+            offset = measured[node]
+            return (offset, "link") if abs(offset) > self.config.max_clock_drift_ms else None
+        flagged = self.log.state.clocks.flagged.get(node)
+        return (flagged.offset_ms or 0, "log") if flagged is not None else None
+
+    def clock_suspects(self) -> list[dict[str, Any]]:
+        """Desks whose clocks are off by more than the drift bound: measured over the links (`link`), shown
+        by the log (`log`), or both. With two desks the links cannot say which one is off: `undecided`."""
+        bound = self.config.max_clock_drift_ms
+        suspects: dict[str, dict[str, Any]] = {}
+
+        def entry(node: str, offset: int) -> dict[str, Any]:
+            return suspects.setdefault(node, {"node": node, "desk": self.log.desk_of(node), "offset_ms": offset,
+                                              "sources": [], "this_desk": node == self.node_id,
+                                              "undecided": False})
+
+        for node, offset in self.measured_offsets().items():
+            if abs(offset) > bound:
+                entry(node, offset)["sources"].append("link")
+        flagged = self.log.state.clocks.flagged
+        for node, conflict in flagged.items():
+            found = entry(node, conflict.offset_ms or 0)
+            found["sources"].append("log")
+            found["conflict"] = conflict.id
+        links = [link.info for link in self.peers.links.values() if link.info is not None]
+        if len(links) == 1 and abs(links[0].clock_offset_ms) > bound:
+            other, offset = links[0].node, links[0].clock_offset_ms
+            decided = [n for n in (other, self.node_id) if n in suspects]
+            if decided:  # the log says which of the two it is; the link measures by how much
+                node = decided[0]
+                suspects[node]["sources"].append("link")
+                suspects[node]["offset_ms"] = offset if node == other else -offset
+            else:
+                pair = entry(other, offset)
+                pair["sources"].append("link")
+                pair["undecided"] = True
+        return sorted(suspects.values(), key=lambda s: (not s["this_desk"], s["desk"]))
 
     def checkout_warnings(self, patron: str, item: str) -> list[dict[str, str]]:
         loan = self.log.state.loans.get(item)
@@ -313,6 +383,8 @@ class DeskNode:
                          | {f"link_{k}": v for k, v in self.peers.counters.items()}),
             "discovery": dict(self.discovery.counters) if self.discovery else None,
             "recent_refusals": self.log.refusal_log[-10:],
+            "max_clock_drift_ms": self.config.max_clock_drift_ms,
+            "clock_suspects": self.clock_suspects(),
         }
 
 

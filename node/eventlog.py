@@ -23,8 +23,8 @@ from typing import Any
 from node.cluster import TrustPolicy
 from node.crdt.document import DocumentError, LogDocument
 from node.crdt.event import GENESIS, Event, EventError, chain_hash, check_body, decode_event, make_event
-from node.crdt.hlc import HybridClock
-from node.crdt.order import OrderedLog
+from node.crdt.hlc import DEFAULT_MAX_DRIFT_MS, Hlc, HybridClock
+from node.crdt.order import OrderedLog, causal_sequence
 from node.crdt.records import NodeRecord, decode_record, make_record, record_key
 from node.crdt.refusals import Refusal, Refused
 from node.crdt.state import CirculationState
@@ -72,14 +72,14 @@ class Arrival:
 class EventLog:
     def __init__(self, identity: NodeIdentity, data_dir: Path, desk: str,
                  physical_ms: Callable[[], int] = wall_ms, *, policy: TrustPolicy | None = None,
-                 cert: str | None = None) -> None:
+                 cert: str | None = None, max_drift_ms: int = DEFAULT_MAX_DRIFT_MS) -> None:
         self.identity = identity
         self.desk = desk
         self.policy = policy or TrustPolicy()
         self.cert = cert  # this desk's certificate from the cluster CA, published in its node record
         self.store = db.Store(data_dir / "circmesh.sqlite")
         self._physical_ms = physical_ms
-        self.clock = HybridClock(physical_ms)
+        self.clock = HybridClock(physical_ms, max_drift_ms=max_drift_ms)  # peers push it at most this far ahead
         self.doc: LogDocument
         self.events: dict[str, Event] = {}
         self.raw: dict[str, bytes] = {}
@@ -108,14 +108,17 @@ class EventLog:
         self.doc = LogDocument(self.identity.actor_id, loaded.document)
         for node, raw in loaded.records.items():
             self.records[node] = decode_record(raw, node)
-        for raw in loaded.journal:
-            self._integrate(decode_event(raw), raw, local=False, notify=False)
+        journal = [(decode_event(raw), raw) for raw in loaded.journal]
+        raws = {event.id: raw for event, raw in journal}
+        # Journals written before order stamps existed may not be in causal order: causal_sequence puts them so.
+        for event in causal_sequence(event for event, _ in journal):
+            self._integrate(event, raws[event.id], local=False, notify=False)
         self.seq = self.vector.get(self.identity.node_id, 0)
         own = self.records.get(self.identity.node_id)
         if own is None or own.desk != self.desk or own.cert != self.cert:
             record = make_record(self.identity.node_id, self.identity.public_key_raw, self.desk,
                                  max(self._physical_ms(), own.at + 1 if own else 0), self.identity.sign, self.cert)
-            self._pending_record = record
+            self._pending_record: NodeRecord | None = record
         else:
             self._pending_record = None
 
@@ -320,9 +323,12 @@ class EventLog:
             raise RefusedSync(problems[0])
         for record, _raw in verdict.records:
             self.records[record.node] = record
-        for event, raw in sorted(verdict.events, key=lambda er: er[0].order_key):
+        raws = {event.id: raw for event, raw in verdict.events}
+        arrived = [(event, raws[event.id]) for event in
+                   causal_sequence(sorted((event for event, _ in verdict.events), key=lambda e: e.order_key))]
+        for event, raw in arrived:
             self._integrate(event, raw, local=False)
-        self._persist_remote(before, verdict.events, verdict.records)
+        self._persist_remote(before, arrived, verdict.records)  # the journal stays in causal order too
         self._wake()
         return len(verdict.events)
 
@@ -377,7 +383,8 @@ class EventLog:
             # Read on every TLS handshake and every verified batch: kept here so that reading it never
             # refolds the whole log (as `state` would while a healed partition pours events in).
             self.revoked.setdefault(event.body["node"], event.body["upto"])
-        self.clock.observe(event.hlc)
+        key = self.ordered_log.key_of(event.id)
+        self.clock.observe(Hlc(key[0], key[1]))  # its order stamp: bounded by the clock, as far as it goes
         arrival = Arrival(len(self.arrivals) + 1, event, local)
         self.arrivals.append(arrival)
         if notify:

@@ -8,7 +8,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from node.crdt.event import GENESIS, Event, chain_hash, make_event
-from node.crdt.hlc import HybridClock
+from node.crdt.hlc import Hlc, HybridClock
+from node.crdt.order import OrderedLog
 from node.crdt.records import NodeRecord, make_record
 from node.trust.identity import NodeIdentity, node_id_for
 
@@ -24,7 +25,9 @@ def identity() -> NodeIdentity:
 
 @dataclass
 class SimDesk:
-    """A desk in a simulation: its own (possibly skewed) physical clock, HLC and knowledge of the log."""
+    """A desk in a simulation: its own (possibly skewed) physical clock, HLC and knowledge of the log.
+    Like EventLog, it keeps the log in order and advances its clock to each received event's order stamp,
+    never more than `max_drift` past its physical clock (None: no bound)."""
 
     ident: NodeIdentity = field(default_factory=identity)
     now: int = START_MS
@@ -32,10 +35,13 @@ class SimDesk:
     known: dict[str, Event] = field(default_factory=dict)
     knew_at: dict[str, set[str]] = field(default_factory=dict)  # event id -> ids its writer knew
     last_raw: bytes = b""
+    max_drift: int | None = None
     clock: HybridClock = field(init=False)
+    log: OrderedLog = field(init=False)
 
     def __post_init__(self) -> None:
-        self.clock = HybridClock(lambda: self.now)
+        self.clock = HybridClock(lambda: self.now, max_drift_ms=self.max_drift)
+        self.log = OrderedLog()
 
     @property
     def node(self) -> str:
@@ -59,10 +65,13 @@ class SimDesk:
                            prev=chain_hash(self.last_raw) if self.last_raw else GENESIS)
         self.last_raw = event.encode()
         self.known[event.id] = event
+        self.log.add(event)
         self.knew_at[event.id] = knew
         return event
 
     def receive(self, event: Event) -> None:
         if event.id not in self.known:
-            self.clock.observe(event.hlc)
             self.known[event.id] = event
+            self.log.add(event)
+            key = self.log.key_of(event.id)
+            self.clock.observe(Hlc(key[0], key[1]))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import socket
 import sys
@@ -71,11 +72,16 @@ async def wait_for(predicate: Callable[[], Awaitable[Any]], within: float = 30.0
 
 
 class DeskProcess:
-    def __init__(self, data: Path, desk: str, peers: list[str], *, extra: list[str] | None = None) -> None:
+    def __init__(self, data: Path, desk: str, peers: list[str], *, extra: list[str] | None = None,
+                 prefix: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        """`prefix` runs the desk under another program (["faketime", "-f", "+1h"]); `env` adds variables."""
         self.data, self.desk, self.peers = data, desk, peers
         self.port, self.peer_port = free_port(), free_port()
         self.extra = extra or []
+        self.prefix = prefix or []
+        self.env = env or {}
         self.proc: asyncio.subprocess.Process | None = None
+        self.pid: int | None = None  # the desk's own process: a wrapper such as faketime forks it
         self.node: str | None = None
         self.users: list[tuple[str, str, str]] = [(TEST_USER, TEST_PASSWORD, "admin")]
         self.mdns = False
@@ -99,10 +105,11 @@ class DeskProcess:
         await asyncio.to_thread(provision, self.data, self.desk)  # a member of the test directory's cluster
         # mDNS stays off unless a test asks for it: links must run where the test routes them (relays)
         discovery = ["--interface", "127.0.0.1"] if self.mdns else ["--no-mdns"]
-        argv = [sys.executable, "-m", "node.cli", "run", "--data", str(self.data), "--desk", self.desk,
+        argv = [*self.prefix, sys.executable, "-m", "node.cli", "run", "--data", str(self.data), "--desk", self.desk,
                 "--port", str(self.port), "--peer-port", str(self.peer_port), "--log-level", "WARNING",
                 *discovery, *[a for p in self.peers for a in ("--peer", p)], *self.extra]
-        self.proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE)
+        self.proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
+                                                         env={**os.environ, **self.env} if self.env else None)
         assert self.proc.stdout is not None
         async with asyncio.timeout(READY_TIMEOUT):
             while True:
@@ -113,25 +120,35 @@ class DeskProcess:
                     ready = json.loads(line)
                     if ready.get("ready"):
                         self.node = ready["node"]
+                        self.pid = int(ready.get("pid", self.proc.pid))
                         break
         name, password, _ = self.users[0]
         async with aiohttp.ClientSession() as session:
             self.token = await sign_in(session, self.url, name, password)
         _TOKENS[f"127.0.0.1:{self.port}"] = self.token
 
+    def _signal(self, sig: signal.Signals) -> None:
+        """To the desk itself (a wrapper would not pass it on), and to its wrapper if it has one."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid or self.proc.pid, sig)
+        if self.pid not in (None, self.proc.pid) and sig == signal.SIGKILL:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+
     async def kill9(self) -> None:
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
+        self._signal(signal.SIGKILL)
         await self.proc.wait()
 
     async def stop(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self._signal(signal.SIGTERM)  # a wrapper exits once the desk has
             try:
                 async with asyncio.timeout(15):
                     await self.proc.wait()
             except TimeoutError:
-                self.proc.kill()
+                self._signal(signal.SIGKILL)
                 await self.proc.wait()
 
 

@@ -380,7 +380,7 @@ async def test_the_upload_progress_bar_reaches_100_when_the_ils_comes_back(chrom
     download = await info.value
     csv = (await download.path()).read_text(encoding="utf-8")
     lines = csv.strip().splitlines()
-    assert lines[0] == "event,kind,desk,at,patron,item,amount,status,message"
+    assert lines[0] == "event,kind,desk,at,patron,item,amount,status,message,ils_at"  # ils_at: a corrected time
     assert len(lines) == 2 and items[1] in lines[1] and ",applied," in lines[1]
     b.assert_no_script_errors()
     await close(b)

@@ -126,8 +126,14 @@ def test_every_key_the_scripts_name_exists() -> None:
     assert kinds and all(f"conflicts.kind.{kind}.title" in ENGLISH for kind in kinds)
     for status in ("applied", "refused", "pending"):
         assert f"outcome.{status}" in ENGLISH
-    for action in ("void", "keep", "accept_ils", "apply"):
+    for action in ("void", "keep", "accept_ils", "apply", "acknowledge"):
         assert f"conflicts.action_name.{action}" in ENGLISH
+    for who in ("self", "other"):  # the cluster bar's clock pill
+        assert {f"cluster.clock_{who}_ahead", f"cluster.clock_{who}_behind"} <= set(ENGLISH)
+    for source in ("link", "log"):  # /status clock_suspects[].sources
+        assert f"cluster.clock_source.{source}" in ENGLISH
+    for by in ("link", "log", "order"):  # the upload report's ils_at_by
+        assert f"uploads.corrected_by.{by}" in ENGLISH
 
 
 def test_the_scripts_hold_no_words() -> None:

@@ -5,7 +5,8 @@ the fold derives what it implies (state.settlements_in):
 - `void`: the named event of the conflict is voided;
 - `keep`: the named event is kept and every other event of the conflict is voided;
 - `accept_ils`: nothing of the conflict is uploaded as it stands; the ILS's own state wins;
-- `apply`: the events are uploaded anyway, in causal order.
+- `apply`: the events are uploaded anyway, in causal order;
+- `acknowledge`: a warning that holds nothing back (a desk's clock ahead) is noted.
 Two admins who answered differently without seeing each other's answer leave a `resolutions_disagree`
 conflict: settling it (with one of the original conflict's options) answers the original conflict anew,
 after both answers, so that answer stands.
@@ -27,7 +28,7 @@ from node.crdt.event import Event, EventError
 from node.eventlog import StorageFailure
 
 routes = web.RouteTableDef()
-ACTIONS = ("void", "keep", "accept_ils", "apply")
+ACTIONS = ("void", "keep", "accept_ils", "apply", "acknowledge")
 
 
 def plan(conflict: Conflict, action: str, event: str | None, note: str | None) -> tuple[str, dict[str, Any]]:
@@ -44,6 +45,8 @@ def plan(conflict: Conflict, action: str, event: str | None, note: str | None) -
         body["event"] = event
     elif event is not None:
         raise ApiError(400, "bad_event", f"{action} takes no event")
+    if action == "acknowledge" and conflict.needs_admin:
+        raise ApiError(400, "bad_action", "only a warning can be acknowledged: this conflict needs settling")
     if note:
         body["note"] = note
     return ("resolve", body)

@@ -8,8 +8,9 @@ recorded and the bad ones reported. Either way the answer lists every bad line w
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -23,7 +24,8 @@ from node.crdt.event import DESK_KINDS, EventError, check_body
 from node.discovery.frames import MAX_FRAME
 from node.eventlog import BatchTooLarge, StorageFailure
 from node.ilsbridge import formats
-from node.ilsbridge.mapping import body_of, operation_of, utc_to_ms
+from node.ilsbridge.bridge import sent_times
+from node.ilsbridge.mapping import body_of, ils_times, operation_of, utc_to_ms
 
 routes = web.RouteTableDef()
 MIB = 1024 * 1024
@@ -35,7 +37,7 @@ MAX_IMPORT_EVENT_BYTES = MAX_FRAME * 3 // 4
 FILENAMES = {"koc": "circmesh.koc", "offcirc": "OffCirc.dat", "evergreen": "pending.xacts"}
 
 
-def _zone(request: web.Request) -> datetime.tzinfo:
+def _zone(request: web.Request) -> tzinfo:
     name = request.query.get("tz")
     if not name:
         return datetime.now().astimezone().tzinfo or UTC
@@ -58,8 +60,10 @@ async def export(request: web.Request) -> web.Response:
     node = request.app[NODE]
     fmt = _format(request)
     state = node.log.state
-    operations = [operation_of(e) for e in node.log.ordered()
-                  if e.problem is None and e.kind in DESK_KINDS and e.id not in state.voided]
+    ordered = [e for e in node.log.ordered()
+               if e.problem is None and e.kind in DESK_KINDS and e.id not in state.voided]
+    times = ils_times(ordered, node.clock_offset, sent_times(node.log, state))  # as the bridge would send them
+    operations = [operation_of(e, times[e.id].at) for e in ordered]
     data, skipped = formats.export_report(fmt, operations, tz=_zone(request), generator="circmesh",
                                           generator_version=__version__)
     headers = {"Content-Disposition": f'attachment; filename="{FILENAMES[fmt]}"',
@@ -84,17 +88,17 @@ async def _read_upload(request: web.Request, limit: int) -> bytes:
 
 @dataclass(frozen=True)
 class _Prepared:
-    entries: list[tuple[int, str, dict[str, Any], int]]  # line, kind, body, at
+    entries: Sequence[tuple[int, str, dict[str, Any], int]]  # line, kind, body, at
     errors: list[dict[str, Any]]
 
 
-def _prepare(fmt: str, data: bytes, tz: datetime.tzinfo, source: str) -> _Prepared:
+def _prepare(fmt: str, data: bytes, tz: tzinfo, source: str) -> _Prepared:
     """Parse the file and build every event body, checked as the log will check it. A line the format
     accepts but the log would refuse (an amount it would have to round, a date before 1970) is a bad line
     like any other, so the all-or-nothing rule holds before a single event is written. Pure (run in a
     thread: a large file takes seconds)."""
     parsed = formats.parse(fmt, data, tz=tz)
-    errors = [{"line": e.line, "reason": e.reason, "text": e.text} for e in parsed.errors]
+    errors: list[dict[str, Any]] = [{"line": e.line, "reason": e.reason, "text": e.text} for e in parsed.errors]
     entries = []
     for line, op in parsed.operations:
         body = body_of(op) | {"imported": source}

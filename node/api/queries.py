@@ -74,7 +74,7 @@ async def events(request: web.Request) -> web.Response:
     after = _int_param(request, "after", 0, 1 << 62)
     limit = _int_param(request, "limit", 1000, PAGE_MAX)
     page = node.log.arrivals[after:after + limit]
-    ordered = sorted(page, key=lambda a: a.event.order_key)
+    ordered = sorted(page, key=lambda a: node.log.ordered_log.key_of(a.event.id))
     body: dict[str, Any] = {
         "events": [node.event_json(a.event) for a in ordered],
         "next": page[-1].pos if page else after,

@@ -78,7 +78,7 @@ class RegistrationRequest(Request):
 
 
 class ResolutionRequest(Request):
-    action: Literal["void", "keep", "accept_ils", "apply"]
+    action: Literal["void", "keep", "accept_ils", "apply", "acknowledge"]
     event: EventId | None = None
     note: Note | None = None
 
@@ -283,7 +283,7 @@ _FIELD_WORDS = {
     "override": "override must be true or false",
     "note": "the note must be at most 500 printable characters",
     "reason": "the reason must be at most 500 printable characters",
-    "action": "action must be one of void, keep, accept_ils, apply",
+    "action": "action must be one of void, keep, accept_ils, apply, acknowledge",
     "event": "event must be the id of one of the conflict's events",
     "role": "role must be desk or admin",
 }

@@ -85,7 +85,7 @@ class VoidBody(Body, kw_only=True):
     reason: Text | None = None
 
 
-Action = Literal["void", "keep", "accept_ils", "apply"]
+Action = Literal["void", "keep", "accept_ils", "apply", "acknowledge"]
 
 
 class ResolveBody(Body, kw_only=True):
@@ -116,6 +116,9 @@ class AppliedBody(Body, kw_only=True):
     status: Literal["applied", "refused"]
     message: Text
     term: Count
+    # the time the ILS was given, when it is not the event's own `at` (its desk's clock was off), and why
+    ils_at: Millis | None = None
+    ils_at_by: Literal["link", "log", "order"] | None = None
 
 
 BODY_TYPES: dict[str, type[Body]] = {

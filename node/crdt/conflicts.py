@@ -21,6 +21,7 @@ DUPLICATE_REGISTRATION = "duplicate_registration"
 RESOLUTIONS_DISAGREE = "resolutions_disagree"
 # an event that verifies (its desk signed it) but whose meaning this desk cannot read: kept, never applied
 UNREADABLE_EVENT = "unreadable_event"
+CLOCK_AHEAD = "clock_ahead"  # a desk's clock reads later than its peers' by more than the drift bound (clocks.py)
 
 
 @dataclass(frozen=True)
@@ -33,9 +34,11 @@ class Conflict:
     needs_admin: bool
     about: str | None = None  # the conflict that a disagreement is about
     reason: str | None = None  # why an event is unreadable
+    node: str | None = None  # clock_ahead: the desk whose clock is ahead…
+    offset_ms: int | None = None  # …and by how much at least, as the log shows it
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
             "kind": self.kind,
             "item": self.item,
@@ -45,6 +48,10 @@ class Conflict:
             "about": self.about,
             "reason": self.reason,
         }
+        if self.node is not None:
+            out["node"] = self.node
+            out["offset_ms"] = self.offset_ms
+        return out
 
 
 def conflict_id(kind: str, events: tuple[str, ...]) -> str:

@@ -76,7 +76,8 @@ def _canonical(value: Any) -> Any:
 
 def pack(value: Any) -> bytes:
     """Canonical msgpack. Text that arrived as invalid UTF-8 is packed back byte for byte."""
-    return msgpack.packb(_canonical(value), use_bin_type=True, unicode_errors="surrogateescape")
+    packed: bytes = msgpack.packb(_canonical(value), use_bin_type=True, unicode_errors="surrogateescape")
+    return packed
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,8 @@ class Event:
 
     @property
     def order_key(self) -> tuple[int, int, str, int]:
-        """The causal order used everywhere: (hlc, node, seq)."""
+        """The writer's own (hlc, node, seq). The log sorts by order stamps (order.py), which equal the hlc while
+        clocks stay within the drift bound and put every event after its predecessors when they do not."""
         return (self.hlc.wall, self.hlc.counter, self.node, self.seq)
 
     def unsigned(self) -> dict[str, Any]:

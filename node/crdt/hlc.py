@@ -1,8 +1,9 @@
-"""Hybrid logical clock (Kulkarni et al., 2014).
+"""Hybrid logical clock (Kulkarni et al., 2014), with a bounded drift.
 
-A node ticks its clock for each event it writes and advances it past every event it receives, so an
-event that could have been seen by the writer of another always has the smaller timestamp. Pure: the
-physical clock is injected.
+A node ticks its clock for each event it writes and advances it past every event it receives — but never
+more than `max_drift_ms` past its own physical clock: a desk whose clock runs an hour ahead must not drag
+every other desk's clock an hour forward. So an event's hlc alone no longer orders it after everything its
+writer had seen; the log's order stamps (order.py) restore that exactly. Pure: the physical clock is injected.
 """
 
 from __future__ import annotations
@@ -30,10 +31,17 @@ class Hlc:
         return cls(int(value[0]), int(value[1]))
 
 
+DEFAULT_MAX_DRIFT_MS = 120_000
+
+
 class HybridClock:
-    def __init__(self, physical_ms: Callable[[], int], last: Hlc | None = None) -> None:
+    def __init__(self, physical_ms: Callable[[], int], last: Hlc | None = None,
+                 max_drift_ms: int | None = None) -> None:
+        """`max_drift_ms`: how far past this desk's physical clock a received timestamp may push it
+        (None: no bound, Kulkarni's clock as published)."""
         self._physical_ms = physical_ms
         self._last = last or Hlc(0, 0)
+        self.max_drift_ms = max_drift_ms
 
     @property
     def last(self) -> Hlc:
@@ -49,8 +57,10 @@ class HybridClock:
         return self._last
 
     def observe(self, remote: Hlc) -> Hlc:
-        """Advance past a received event's timestamp."""
+        """Advance past a received event's timestamp, or as far towards it as the drift bound allows."""
         pt = self._physical_ms()
+        if self.max_drift_ms is not None and remote.wall > pt + self.max_drift_ms:
+            remote = Hlc(pt + self.max_drift_ms, 0)
         last = self._last
         wall = max(last.wall, remote.wall, pt)
         if wall == last.wall and wall == remote.wall:

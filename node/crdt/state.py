@@ -5,7 +5,7 @@ bounds, a kind from a newer version) or that a rule cannot fold is *quarantined*
 admins as a conflict, never applied. Every desk decides that from the event alone, so all agree.
 
 Same events in, same state out, on every node and whatever order they arrived in: the fold only ever
-sees the events sorted by (hlc, node, seq). A `baseline` (loans the ILS reported before the outage, from
+sees the events in the log's causal order (order.py). A `baseline` (loans the ILS reported before the outage, from
 a snapshot) is optional: without it, a checkin of an item the log never lent is not a conflict, because
 the item was most likely lent before the outage — only the ILS can tell.
 """
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from node.crdt import conflicts as c
+from node.crdt.clocks import ClockEvidence
 from node.crdt.conflicts import Conflict
 from node.crdt.event import Event
 
@@ -58,6 +59,7 @@ class CirculationState:
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     quarantined: dict[str, str] = field(default_factory=dict)  # event id -> why it cannot be read
     disputed: dict[str, tuple[str, ...]] = field(default_factory=dict)  # conflict -> disagreeing resolves
+    clocks: ClockEvidence = field(default_factory=ClockEvidence)  # desks whose clocks the log shows ahead
     events_seen: int = 0
     _by_id: dict[str, Event] = field(default_factory=dict, repr=False)
     _baseline_known: bool = False
@@ -230,11 +232,15 @@ def apply_event(state: CirculationState, event: Event) -> None:
     """Folds one more event, which must sort after every event folded so far. Never raises."""
     state._by_id[event.id] = event
     state.events_seen += 1
+    if event.problem is None:
+        state.clocks.take(event, state._by_id.get, state.conflicts)  # a voided scan still shows its desk's clock
     if event.id in state.voided:
         return
     if event.problem is not None:
         _quarantine(state, event, event.problem)
         return
+    if event.kind == "resolve" and state.settled.get(event.body["conflict"]) == event.id:
+        state.clocks.settled(event.body["conflict"])  # an acknowledged clock: only later events count
     if event.kind in ("void", "resolve"):  # taken into account before the fold (settlements_in)
         return
     rule = _RULES.get(event.kind)
@@ -259,7 +265,7 @@ def _disputes(state: CirculationState) -> None:
 def fold(
     ordered: Iterable[Event], baseline: Mapping[str, tuple[str, int | None]] | None = None
 ) -> CirculationState:
-    """The state of the log. `ordered` must be sorted by Event.order_key; voids apply wherever they sit."""
+    """The state of the log. `ordered` must be in the log's order (order.py); voids apply wherever they sit."""
     events = list(ordered)
     answers = settlements_in(events)
     state = CirculationState(voided=answers.voided, settled=answers.settled, disputed=answers.disputed,

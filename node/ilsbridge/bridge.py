@@ -10,6 +10,8 @@ outcome as an `applied` event that replicates to every desk.
   An event that keeps failing while the ILS answers is named in `problem`, so it never waits silently.
 - A renewal scanned without a patron goes for the patron of the loan it renews as the log knows it
   (`renewal_patrons`): an ILS that cannot say who has an item (plain SIP2) can still be asked.
+- The ILS gets each event's time corrected for its desk's clock when that clock is off (mapping.ils_times);
+  the `applied` event records the time sent and how it was known (`ils_at`, `ils_at_by`).
 """
 
 from __future__ import annotations
@@ -18,13 +20,15 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from node.crdt.event import Event
+from node.crdt.state import CirculationState
 from node.eventlog import EventLog, wall_ms
 from node.ilsbridge.adapters.base import IlsAdapter, IlsUnavailable
-from node.ilsbridge.mapping import operation_of
+from node.ilsbridge.mapping import IlsTime, ils_times, operation_of
 from node.ilsbridge.operation import Outcome
 from node.ilsbridge.schedule import UploadSchedule, held_events, pending_events, renewal_patrons
 from node.storage import db
@@ -45,10 +49,32 @@ class BridgeConfig:
     term: int = 1  # a single configured bridge for now; elections bring real terms
 
 
+def log_clock_offset(eventlog: EventLog) -> Callable[[str], tuple[int, str] | None]:
+    """A desk's clock offset as the log shows it (an open clock_ahead conflict), for want of a measurement."""
+    def offset(node: str) -> tuple[int, str] | None:
+        flagged = eventlog.state.clocks.flagged.get(node)
+        return (flagged.offset_ms or 0, "log") if flagged is not None else None
+    return offset
+
+
+def sent_times(eventlog: EventLog, state: CirculationState) -> dict[str, int]:
+    """The time the ILS was given for every event it answered (`ils_at` of its `applied` event, else `at`)."""
+    out = {}
+    for target, outcome in state.outcomes.items():
+        event, applied = eventlog.events.get(target), eventlog.events.get(outcome.event)
+        if event is not None:
+            recorded = applied.body.get("ils_at") if applied is not None else None
+            out[target] = event.at if recorded is None else recorded
+    return out
+
+
 class Bridge:
-    def __init__(self, eventlog: EventLog, adapter: IlsAdapter, url: str, config: BridgeConfig | None = None
-                 ) -> None:
+    def __init__(self, eventlog: EventLog, adapter: IlsAdapter, url: str, config: BridgeConfig | None = None,
+                 clock_offset: Callable[[str], tuple[int, str] | None] | None = None) -> None:
+        """`clock_offset(node)`: how far that desk's clock reads ahead, and how it is known, when it is off."""
         self.log = eventlog
+        self.clock_offset = clock_offset or log_clock_offset(eventlog)
+        self._times: dict[str, IlsTime] = {}
         self.adapter = adapter
         self.url = url
         self.config = config or BridgeConfig()
@@ -117,9 +143,11 @@ class Bridge:
     async def _upload_round(self) -> bool:
         """Uploads what is pending now. True when nothing is left that could go; False when the ILS went away."""
         state = self.log.state
-        pending = pending_events(self.log.ordered(), state)
+        ordered = [e for e in self.log.ordered() if e.id not in state.voided]
+        pending = pending_events(ordered, state)
         if not pending:
             return True
+        self._times = ils_times(ordered, self.clock_offset, sent_times(self.log, state))
         schedule = UploadSchedule(pending, held=held_events(state))
         if any(e.kind == "renew" and not e.body.get("patron") for e in pending):
             self._renewal_patrons = renewal_patrons(self.log.ordered(), state.voided)
@@ -179,7 +207,8 @@ class Bridge:
         else:
             await self.log.store.commit([db.attempt_insert(event.id, wall_ms())])
             self._attempted.add(event.id)
-        op = operation_of(event)
+        time = self._times.get(event.id)
+        op = operation_of(event, time.at if time else None)
         if op.kind == "renew" and not op.patron:
             op = replace(op, patron=self._renewal_patrons.get(event.id))
         try:
@@ -214,8 +243,11 @@ class Bridge:
     async def _record(self, event: Event, outcome: Outcome) -> None:
         status = "applied" if outcome.status == "applied" else "refused"
         self.counters[status] += 1
-        body = {"event": event.id, "status": status, "message": outcome.message[:500] or status,
-                "term": self.config.term}
+        body: dict[str, Any] = {"event": event.id, "status": status, "message": outcome.message[:500] or status,
+                                "term": self.config.term}
+        time = self._times.get(event.id)
+        if time is not None and time.by is not None and time.at != event.at:
+            body |= {"ils_at": time.at, "ils_at_by": time.by}
         await self.log.append("applied", body, "bridge")
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from node.crdt.event import Event
+from node.crdt.event import DESK_KINDS, Event
 from node.ilsbridge.operation import Operation
+from node.ilsbridge.schedule import keys_of
 
 
 def ms_to_utc(ms: int) -> datetime:
@@ -18,8 +21,51 @@ def utc_to_ms(at: datetime) -> int:
     return int(at.timestamp() * 1000)
 
 
-def operation_of(event: Event) -> Operation:
-    """`at` is the desk's own wall clock when staff scanned: the date the ILS must record."""
+@dataclass(frozen=True)
+class IlsTime:
+    at: int  # ms since the epoch: what the ILS is told
+    by: str | None  # None: the event's own `at`; "link"/"log": less its desk's clock offset; "order": see ils_times
+
+
+def ils_times(ordered: Iterable[Event], offset_of: Callable[[str], tuple[int, str] | None],
+              sent: Mapping[str, int] | None = None) -> dict[str, IlsTime]:
+    """The time the ILS gets for each desk event of `ordered` (causal order, voided events left out).
+
+    `at` is what the desk's clock said. For a desk whose clock is off, `offset_of(node)` gives how far it
+    reads ahead (negative: behind) and how that is known ("link": measured over a peer link; "log": shown by
+    the log, clocks.py), and the ILS gets `at` less that offset. Whatever the clocks said, no event goes to
+    the ILS dated before an earlier event on the same item or patron — a checkin is never dated before the
+    loan it ends ("order"). `sent`: times the ILS was already given (recorded in `applied` events), kept as
+    they were. Imported offline operations keep their file's times."""
+    sent = sent or {}
+    floor: dict[str, int] = {}
+    offsets: dict[str, tuple[int, str] | None] = {}  # one look per desk, not per event
+    out: dict[str, IlsTime] = {}
+    for event in ordered:
+        if event.kind not in DESK_KINDS:
+            continue
+        at, by = event.at, None
+        if event.node not in offsets:
+            offsets[event.node] = offset_of(event.node)
+        offset = offsets[event.node] if "imported" not in event.body else None
+        if offset is not None and offset[0]:
+            at, by = event.at - offset[0], offset[1]
+        keys = keys_of(event)
+        earliest = max((floor[k] for k in keys if k in floor), default=at)
+        if at < earliest:
+            at, by = earliest, "order"
+        if event.id in sent:
+            at = sent[event.id]
+            by = None if at == event.at else by or "order"
+        for k in keys:
+            floor[k] = at
+        out[event.id] = IlsTime(at, by)
+    return out
+
+
+def operation_of(event: Event, at: int | None = None) -> Operation:
+    """`at` is the desk's own wall clock when staff scanned: the date the ILS must record — unless the
+    desk's clock was off (`at` given: see ils_times)."""
     b = event.body
     due = ms_to_utc(b["due"]) if b.get("due") else None
     details: tuple[tuple[str, str], ...] = ()
@@ -27,7 +73,7 @@ def operation_of(event: Event) -> Operation:
         details = (("name", b["name"]),)
     return Operation(
         kind=event.kind,  # type: ignore[arg-type]
-        at=ms_to_utc(event.at),
+        at=ms_to_utc(event.at if at is None else at),
         item=b.get("item"),
         patron=b.get("patron"),
         amount=Decimal(b["amount"]) if b.get("amount") else None,

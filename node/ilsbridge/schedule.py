@@ -62,13 +62,16 @@ def held_events(state: CirculationState) -> set[str]:
 
 class UploadSchedule:
     def __init__(self, events: Iterable[Event], held: set[str] | None = None) -> None:
+        """`events` in causal order: the earliest ready one goes first."""
         self._queues: dict[str, deque[str]] = {}
         self._events: dict[str, Event] = {}
+        self._rank: dict[str, int] = {}
         self._held = set(held or ())
-        self._ready: list[tuple[tuple[int, int, str, int], str]] = []
+        self._ready: list[tuple[int, str]] = []
         self._started: set[str] = set()
-        for event in events:
+        for rank, event in enumerate(events):
             self._events[event.id] = event
+            self._rank[event.id] = rank
             for key in keys_of(event):
                 self._queues.setdefault(key, deque()).append(event.id)
         for event_id in self._events:
@@ -82,7 +85,7 @@ class UploadSchedule:
             return
         event = self._events[event_id]
         if all(self._queues[k][0] == event_id for k in keys_of(event)):
-            heapq.heappush(self._ready, (event.order_key, event_id))
+            heapq.heappush(self._ready, (self._rank[event_id], event_id))
             self._started.add(event_id)
 
     def take(self) -> Event | None:
@@ -105,8 +108,7 @@ class UploadSchedule:
 
     def retry(self, event_id: str) -> None:
         """The ILS could not answer now: the event goes back to the front of the line."""
-        event = self._events[event_id]
-        heapq.heappush(self._ready, (event.order_key, event_id))
+        heapq.heappush(self._ready, (self._rank[event_id], event_id))
 
     @property
     def remaining(self) -> int:

@@ -6,7 +6,6 @@ import { $, debounce } from './dom.js';
 import { fmt, t } from './i18n.js';
 
 const POLL_MS = 3000;
-const CLOCK_WARN_MS = 60_000;
 let timer = null;
 let last = null;
 let liveState = 'closed';
@@ -22,9 +21,25 @@ function pill(id, tone, text, title = '') {
   if (title) node.title = title; else node.removeAttribute('title');
 }
 
-function median(values) {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted.length ? sorted[Math.floor(sorted.length / 2)] : 0;
+function clockText(suspect) {
+  const offset = fmt.duration(suspect.offset_ms);
+  if (suspect.undecided) return t('cluster.clock_pair', { desk: suspect.desk, offset });
+  const way = suspect.offset_ms >= 0 ? 'ahead' : 'behind';
+  return suspect.this_desk
+    ? t(`cluster.clock_self_${way}`, { offset })
+    : t(`cluster.clock_other_${way}`, { desk: suspect.desk, offset });
+}
+
+// Desks whose clocks are off, as /status names them: against the cluster's median clock (this desk counted
+// at offset 0), so with three desks and one an hour ahead the two right ones name it and it names itself;
+// with two desks only that they differ. The log's own evidence counts too (a desk not linked to this one).
+function renderClock(suspects) {
+  const clock = $('cb-clock');
+  clock.hidden = suspects.length === 0;
+  if (clock.hidden) return;
+  const how = (s) => s.sources.map((source) => t(`cluster.clock_source.${source}`)).join(', ');
+  pill('cb-clock', 'warn', suspects.map(clockText).join(' · '),
+    [...suspects.map((s) => `${clockText(s)} (${how(s)})`), t('cluster.clock_hint')].join('\n'));
 }
 
 export function render(status = last) {
@@ -52,17 +67,7 @@ export function render(status = last) {
 
   renderUpload(status.upload || { pending: 0, applied: 0, failed: 0, uploading: false });
 
-  const offsets = peers.filter((p) => p.connected && typeof p.clock_offset_ms === 'number');
-  const clock = $('cb-clock');
-  const typical = median(offsets.map((p) => p.clock_offset_ms));
-  if (offsets.length && Math.abs(typical) > CLOCK_WARN_MS) {
-    clock.hidden = false;
-    const worst = offsets.reduce((a, b) => (Math.abs(b.clock_offset_ms) > Math.abs(a.clock_offset_ms) ? b : a));
-    pill('cb-clock', 'warn', t('cluster.clock', { offset: fmt.duration(typical) }),
-      t('cluster.clock_detail', { desk: worst.desk, offset: fmt.duration(worst.clock_offset_ms) }));
-  } else {
-    clock.hidden = true;
-  }
+  renderClock(status.clock_suspects || []);
 
   const storage = $('cb-storage');
   storage.hidden = !(status.node && status.node.storage === 'failed');

@@ -45,8 +45,15 @@ export function kindName(kind) {
 export function describeConflict(conflict) {
   const key = has(`conflicts.kind.${conflict.kind}.title`) ? conflict.kind : 'other';
   const first = (conflict.detail || [])[0] || {};
-  const values = { item: conflict.item || '', patron: (conflict.patrons || [])[0] || '', kind: conflict.kind,
-    desk: first.desk || '', reason: conflict.reason || '' };
+  const values = {
+    item: conflict.item || '',
+    patron: (conflict.patrons || [])[0] || '',
+    kind: conflict.kind,
+    desk: conflict.desk || first.desk || '',
+    reason: conflict.reason || '',
+    offset: typeof conflict.offset_ms === 'number' ? fmt.duration(conflict.offset_ms) : '',
+    others: (conflict.compared_with || []).join(', '),
+  };
   return {
     title: t(`conflicts.kind.${key}.title`, values),
     explain: t(`conflicts.kind.${key}.explain`, values),
@@ -59,6 +66,10 @@ export function settlements(conflict) {
   if (conflict.kind === 'resolutions_disagree' && conflict.about_conflict) return settlements(conflict.about_conflict);
   const detail = conflict.detail || [];
   const options = [];
+  if (conflict.kind === 'clock_ahead') {
+    // Nothing to void or upload differently: the scans stand, their ILS times are corrected.
+    return [{ action: 'acknowledge', label: t('conflicts.action.acknowledge'), hint: t('conflicts.action_hint.acknowledge') }];
+  }
   if (conflict.kind === 'unreadable_event') {
     for (const e of detail) {
       options.push({ action: 'void', event: e.id, label: t('conflicts.action.void', { what: kindName(String(e.kind)), desk: e.desk }) });

@@ -124,7 +124,10 @@ export const fmt = {
   },
   duration: (ms) => {
     const s = Math.round(Math.abs(ms) / 1000);
-    return s < 120 ? t('unit.seconds', { n: fmt.number(s) }) : t('unit.minutes', { n: fmt.number(Math.round(s / 60)) });
+    if (s < 120) return t('unit.seconds', { n: fmt.number(s) });
+    const minutes = Math.round(s / 60);
+    if (minutes < 60) return t('unit.minutes', { n: fmt.number(minutes) });
+    return t('unit.hours', { n: fmt.number(Math.round(s / 360) / 10) });
   },
 };
 

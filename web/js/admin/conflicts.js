@@ -43,7 +43,8 @@ function card(conflict) {
     el('header', {},
       el('h2', { text: words.title }),
       el('span', { class: `tag ${conflict.needs_admin ? 'bad' : 'warn'}`,
-        text: conflict.needs_admin ? t('conflicts.needs_admin') : t('conflicts.warning_only') })),
+        text: conflict.needs_admin ? t('conflicts.needs_admin')
+          : conflict.kind === 'clock_ahead' ? t('conflicts.warning_clock') : t('conflicts.warning_only') })),
     el('p', { class: 'explain', text: words.explain }),
     el('h3', { text: t('conflicts.happened') }),
     el('ol', { class: 'steps' }, steps),

@@ -6,7 +6,7 @@ import { $, clear, debounce, el } from '../dom.js';
 import { fmt, t } from '../i18n.js';
 import { onEvent } from '../live.js';
 
-const CSV_FIELDS = ['event', 'kind', 'desk', 'at', 'patron', 'item', 'amount', 'status', 'message'];
+const CSV_FIELDS = ['event', 'kind', 'desk', 'at', 'patron', 'item', 'amount', 'status', 'message', 'ils_at'];
 let rows = [];
 let active = false;
 
@@ -20,11 +20,20 @@ function query() {
   return text ? `?${text}` : '';
 }
 
+// A row whose time the ILS got corrected (the desk's clock was off, or it would have preceded the scan
+// before it on the same item or patron) is marked with the time sent.
+function corrected(row) {
+  if (typeof row.ils_at !== 'number') return null;
+  const how = t(`uploads.corrected_by.${row.at_corrected_by || 'order'}`, { offset: fmt.duration(row.at_corrected_ms || 0) });
+  return el('span', { class: 'tag warn corrected', title: how, 'aria-label': how,
+    text: t('uploads.corrected', { time: fmt.dateTime(row.ils_at) }) });
+}
+
 function render(total) {
   const body = clear($('uploads-body'));
   for (const row of rows) {
     body.append(el('tr', { class: `outcome-${row.status}` },
-      el('td', { text: fmt.dateTime(row.at) }),
+      el('td', {}, fmt.dateTime(row.at), corrected(row)),
       el('td', { text: row.desk || '' }),
       el('td', { text: kindName(row.kind) }),
       el('td', { class: 'barcode', text: row.patron || '' }),
@@ -58,7 +67,7 @@ function csvCell(value) {
 export function toCsv(list) {
   const lines = [CSV_FIELDS.join(',')];
   for (const row of list) {
-    lines.push(CSV_FIELDS.map((f) => csvCell(f === 'at' && row.at ? new Date(row.at).toISOString() : row[f])).join(','));
+    lines.push(CSV_FIELDS.map((f) => csvCell((f === 'at' || f === 'ils_at') && row[f] ? new Date(row[f]).toISOString() : row[f])).join(','));
   }
   return `${lines.join('\r\n')}\r\n`;
 }
