@@ -42,6 +42,11 @@ class ClockEvidence:
     folded: dict[str, int] = field(default_factory=dict)  # desk -> its latest event folded so far
     acknowledged: dict[str, int] = field(default_factory=dict)  # desk -> its latest event when acknowledged
 
+    def copy(self) -> ClockEvidence:
+        """A copy that taking events into never changes this one (values are immutable; `bounds` is nested)."""
+        return ClockEvidence({node: dict(theirs) for node, theirs in self.bounds.items()}, dict(self.flagged),
+                             dict(self.folded), dict(self.acknowledged))
+
     def take(self, event: Event, lookup: Callable[[str], Event | None], conflicts: dict[str, Conflict]) -> None:
         """Folds in what `event` shows, opening, raising or withdrawing clock conflicts in `conflicts`: one per
         desk, its id built from the desk's event that first showed it ahead, its offset the latest estimate.

@@ -17,9 +17,13 @@ journal in `causal_sequence`). Data from the network must never make this raise,
 left out of the stamp; if it turns up later, every stamp is recomputed, and the order again depends only on
 the set of events.
 
-Events usually arrive in order (a desk's own scans, a live peer's): those are folded incrementally. One
-that sorts before what was already folded (a healed partition) marks the state stale, and it is refolded
-from the start on the next read. Pure: no I/O.
+Events usually arrive in order (a desk's own scans): those are folded incrementally. One that sorts before
+what was already folded (a live peer's concurrent scan, a healed partition) marks the state stale, and the
+next read resumes the fold from the latest *checkpoint* that precedes it: a copy of the state as folded up
+to some event, taken every CHECKPOINT_EVERY events folded, the last CHECKPOINTS_KEPT of them kept. A
+checkpoint stays valid while nothing is added before its last event; an event added before it drops it.
+Voids and admins' answers (they change what is voided and settled in the whole log), a restamp and a new
+baseline still refold from the start. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -29,10 +33,15 @@ import heapq
 from collections.abc import Iterable, Iterator, Mapping
 
 from node.crdt.event import Event
-from node.crdt.state import CirculationState, apply_event, fold
+from node.crdt.state import CirculationState, apply_event, begin_fold, copy_state, end_fold
 
 OrderKey = tuple[int, int, str, int]  # (stamp wall, stamp counter, node, seq)
 Ref = tuple[str, int]  # (node, seq)
+
+# Measured (bench/bench_fold.py): resuming costs folding up to ~CHECKPOINT_EVERY events plus copying the
+# state's dicts once; each checkpoint holds a copy of those dicts (not of the events).
+CHECKPOINT_EVERY = 500
+CHECKPOINTS_KEPT = 3
 
 
 def predecessors(event: Event) -> Iterator[Ref]:
@@ -106,7 +115,10 @@ def _cycle_start(refs: list[Ref], unique: Mapping[Ref, Event], emitted: set[Ref]
 
 
 class OrderedLog:
-    def __init__(self, baseline: Mapping[str, tuple[str, int | None]] | None = None) -> None:
+    def __init__(self, baseline: Mapping[str, tuple[str, int | None]] | None = None, *,
+                 checkpoint_every: int = CHECKPOINT_EVERY, checkpoints_kept: int = CHECKPOINTS_KEPT) -> None:
+        self._every = max(1, checkpoint_every)
+        self._kept = checkpoints_kept  # 0: none (every stale read refolds from the start)
         self._keys: list[OrderKey] = []
         self._by_key: dict[OrderKey, Event] = {}
         self._key_of: dict[str, OrderKey] = {}  # event id -> its order key, stamp included
@@ -114,7 +126,13 @@ class OrderedLog:
         self.by_id: dict[str, Event] = {}
         self._baseline = baseline
         self._state: CirculationState | None = None
+        # (key of the last event folded, the state then), oldest first; each is the fold of exactly the
+        # events sorting up to its key, before `end_fold`. Never handed out: restored as a copy.
+        self._checkpoints: list[tuple[OrderKey, CirculationState]] = []
+        self._since_checkpoint = 0  # events folded since the latest checkpoint (or since the fold began)
+        self._cyclic = False  # a forged cycle of `seen` vectors was seen: no checkpoints (copy_state)
         self.refolds = 0
+        self.resumes = 0  # folds resumed from a checkpoint
         self.restamps = 0
 
     def __len__(self) -> int:
@@ -146,12 +164,26 @@ class OrderedLog:
             self._keys.append(key)
         else:
             bisect.insort(self._keys, key)
-        if self._state is not None:
-            if at_end and event.kind not in ("void", "resolve"):  # answers change what is voided
-                apply_event(self._state, event)
-            else:
-                self._state = None
+        if event.kind in ("void", "resolve"):  # answers change what is voided and settled everywhere
+            self._state = None
+            self._checkpoints.clear()
+        elif not at_end:
+            self._state = None
+            while self._checkpoints and self._checkpoints[-1][0] > key:
+                self._checkpoints.pop()  # folded events that sort after this one
+        elif self._state is not None:
+            apply_event(self._state, event)
+            # the state has been through end_fold: the same as before it only if no answers disagree
+            self._folded(key, self._state, checkpoint=not self._state.disputed)
         return True
+
+    def _folded(self, key: OrderKey, state: CirculationState, checkpoint: bool = True) -> None:
+        """One more event folded into `state`; every `checkpoint_every`, a copy of it is kept."""
+        self._since_checkpoint += 1
+        if checkpoint and self._since_checkpoint >= self._every and self._kept > 0 and not self._cyclic:
+            self._since_checkpoint = 0
+            self._checkpoints.append((key, copy_state(state)))
+            del self._checkpoints[:-self._kept]
 
     def _stamp(self, event: Event, event_id: str) -> OrderKey:
         wall, counter, node, seq = event.hlc.wall, event.hlc.counter, event.node, event.seq
@@ -169,6 +201,9 @@ class OrderedLog:
             if pred is None:
                 if pred_id not in self.by_id:
                     self._missing.add(pred_id)
+                else:  # this event will sort before its predecessor: checkpoints would see the latter
+                    self._cyclic = True
+                    self._checkpoints.clear()
                 continue  # absent, or on a forged cycle
             if (pred[0], pred[1]) >= (wall, counter):
                 wall, counter = pred[0], pred[1] + 1
@@ -185,14 +220,29 @@ class OrderedLog:
         self._by_key = {self._stamp(e, e.id): e for e in causal_sequence(events)}
         self._keys = sorted(self._by_key)
         self._state = None
+        self._checkpoints.clear()
 
     def set_baseline(self, baseline: Mapping[str, tuple[str, int | None]] | None) -> None:
         self._baseline = baseline
         self._state = None
+        self._checkpoints.clear()
 
     @property
     def state(self) -> CirculationState:
         if self._state is None:
-            self._state = fold(iter(self), self._baseline)
-            self.refolds += 1
+            if self._checkpoints:
+                last, checkpoint = self._checkpoints[-1]
+                state = copy_state(checkpoint)
+                start = bisect.bisect_right(self._keys, last)
+                self.resumes += 1
+            else:
+                state = begin_fold(list(self), self._baseline)
+                start = 0
+                self.refolds += 1
+            self._since_checkpoint = 0
+            for key in self._keys[start:]:
+                apply_event(state, self._by_key[key])
+                self._folded(key, state)
+            end_fold(state)
+            self._state = state
         return self._state

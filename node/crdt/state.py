@@ -12,8 +12,9 @@ the item was most likely lent before the outage — only the ILS can tell.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 
 from node.crdt import conflicts as c
@@ -262,17 +263,45 @@ def _disputes(state: CirculationState) -> None:
         ))
 
 
-def fold(
-    ordered: Iterable[Event], baseline: Mapping[str, tuple[str, int | None]] | None = None
-) -> CirculationState:
-    """The state of the log. `ordered` must be in the log's order (order.py); voids apply wherever they sit."""
-    events = list(ordered)
+def begin_fold(events: list[Event], baseline: Mapping[str, tuple[str, int | None]] | None = None
+               ) -> CirculationState:
+    """The state before the first of `events` (the whole log, in order) is applied: what the admins' answers
+    settle and void, and the baseline's loans. `fold` = this, `apply_event` for each event, `end_fold`."""
     answers = settlements_in(events)
     state = CirculationState(voided=answers.voided, settled=answers.settled, disputed=answers.disputed,
                              _baseline_known=baseline is not None)
     for item, (patron, due) in (baseline or {}).items():
         state.loans[item] = Loan(item, patron, due, None, None, None)
+    return state
+
+
+def end_fold(state: CirculationState) -> None:
+    """What is added once every event is applied: the conflicts of disagreeing answers."""
+    _disputes(state)
+
+
+def fold(
+    ordered: Iterable[Event], baseline: Mapping[str, tuple[str, int | None]] | None = None
+) -> CirculationState:
+    """The state of the log. `ordered` must be in the log's order (order.py); voids apply wherever they sit."""
+    events = list(ordered)
+    state = begin_fold(events, baseline)
     for event in events:
         apply_event(state, event)
-    _disputes(state)
+    end_fold(state)
     return state
+
+
+def copy_state(state: CirculationState) -> CirculationState:
+    """A copy that applying events to never changes `state` (a checkpoint of the fold, order.py). Every dict
+    is copied (their values are immutable, or never changed once stored), the clock evidence deeply, except
+    `_by_id`, which is shared: events are only ever added to it, and it is only asked for events that sort
+    before the one being applied (its predecessors, a loan's event), so later events in it change nothing.
+    The one exception, a forged cycle of `seen` vectors, is the caller's to rule out (order.py does)."""
+    copied = copy.copy(state)
+    for f in fields(state):
+        value = getattr(state, f.name)
+        if isinstance(value, dict) and f.name != "_by_id":
+            setattr(copied, f.name, dict(value))
+    copied.clocks = state.clocks.copy()
+    return copied
