@@ -261,19 +261,9 @@ def start_simulator(
 
 
 @contextlib.asynccontextmanager
-async def running_simulator(
-    tmp_path: Path,
-    *,
-    patrons: int = 200,
-    items: int = 500,
-    seed: int = 1,
-    password: str | None = None,
-    extra_args: tuple[str, ...] = (),
-) -> AsyncIterator[Sim]:
-    sim = await asyncio.to_thread(
-        start_simulator, tmp_path, patrons=patrons, items=items, seed=seed, password=password,
-        extra_args=extra_args,
-    )
+async def running_simulator(tmp_path: Path, **options: Any) -> AsyncIterator[Sim]:
+    """start_simulator (same options) as an async context: stopped at the end."""
+    sim = await asyncio.to_thread(start_simulator, tmp_path, **options)
     try:
         yield sim
     finally:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,16 +17,7 @@ from zeroconf.asyncio import AsyncZeroconf
 from node.desk import DeskConfig, DeskNode
 from node.discovery.mdns import Advertiser
 from tests.provision import provision
-
-LOOPBACK = ["127.0.0.1"]
-
-
-async def wait_until(condition: Callable[[], bool], what: str, limit_s: float = 15.0) -> None:
-    deadline = time.monotonic() + limit_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {limit_s} s waiting for {what}")
-        await asyncio.sleep(0.05)
+from tests.test_mdns import LOOPBACK, wait_until
 
 
 class Desks:

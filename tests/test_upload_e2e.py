@@ -6,7 +6,6 @@ to every desk in the ILS's own words; losing the ILS mid-upload pauses and resum
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections import Counter
 from itertools import combinations
@@ -205,6 +204,17 @@ async def test_refusals_reach_every_desk_in_the_ils_words(tmp_path: Path, protoc
                 await d.stop()
 
 
+async def _with_ils_problem(session: aiohttp.ClientSession, desk: DeskProcess) -> dict | None:
+    """The desk's /status once it names a problem with the ILS."""
+    status = await get_json(session, f"{desk.url}/api/v1/status")
+    return status if status["ils"]["problem"] else None
+
+
+async def _upload_idle(session: aiohttp.ClientSession, desk: DeskProcess) -> bool:
+    status = await get_json(session, f"{desk.url}/api/v1/status")
+    return status["upload"]["pending"] == 0 and not status["upload"]["uploading"]
+
+
 async def test_wrong_ils_password_pauses_the_upload_and_records_nothing(tmp_path: Path) -> None:
     async with running_simulator(tmp_path / "ils", patrons=50, items=100) as sim, \
             aiohttp.ClientSession() as session:
@@ -214,11 +224,8 @@ async def test_wrong_ils_password_pauses_the_upload_and_records_nothing(tmp_path
             status, _ = await post_json(session, f"{desks[0].url}/api/v1/checkins", {"item": item})
             assert status == 201
 
-            async def refused_login() -> dict | None:
-                s = await get_json(session, f"{desks[0].url}/api/v1/status")
-                return s if s["ils"]["problem"] else None
-
-            status = await wait_for(refused_login, within=20, what="the login refusal in /status")
+            status = await wait_for(lambda: _with_ils_problem(session, desks[0]), within=20,
+                                    what="the login refusal in /status")
             assert status["ils"]["problem"] == "Authentication failed." and status["upload"]["pending"] == 1
             assert await sim.ledger() == []
         finally:
@@ -275,8 +282,8 @@ async def test_a_renewal_without_patron_over_plain_sip2_goes_for_the_loan_in_the
             assert (await sim.loan_of(other))["cardnumber"] == holder  # untouched: staff renew it at the ILS
             status = await get_json(session, f"{bridge.url}/api/v1/status")
             assert status["upload"]["pending"] == 0 and status["ils"]["problem"] is None
-            # nothing is asked again: the bridge is idle and the ILS sees no more operations
-            await asyncio.sleep(2)
+            # nothing is asked again: every event has its outcome and the bridge is idle
+            await wait_for(lambda: _upload_idle(session, bridge), within=30, what="the bridge idle")
             assert len(await sim.ledger()) == 2
             assert (await get_json(session, f"{desk.url}/api/v1/outcomes?status=refused"))["total"] == 1
         finally:
@@ -298,11 +305,8 @@ async def test_an_event_that_keeps_failing_while_the_ils_answers_is_named_in_sta
             status, _ = await post_json(session, f"{bridge.url}/api/v1/renewals", {"item": item})
             assert status == 201
 
-            async def named() -> dict | None:
-                s = await get_json(session, f"{bridge.url}/api/v1/status")
-                return s if s["ils"]["problem"] else None
-
-            status = await wait_for(named, within=30, what="the failing renewal in /status")
+            status = await wait_for(lambda: _with_ils_problem(session, bridge), within=30,
+                                    what="the failing renewal in /status")
             problem = status["ils"]["problem"]
             assert problem.startswith(f"the ILS answers, but the renew of {item} keeps failing (retrying): "
                                       "cannot find who has the item to renew"), problem
