@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from node.cluster import TrustPolicy
-from node.crdt.document import DocumentError, LogDocument
+from node.crdt.document import DocumentError, LogDocument, SyncState
 from node.crdt.event import GENESIS, Event, EventError, chain_hash, check_body, decode_event, make_event
 from node.crdt.hlc import DEFAULT_MAX_DRIFT_MS, Hlc, HybridClock
 from node.crdt.order import OrderedLog, causal_sequence
@@ -295,13 +295,13 @@ class EventLog:
             raise StorageFailure(self.failed)
 
     # ---- replication
-    def new_sync_state(self) -> Any:
+    def new_sync_state(self) -> SyncState:
         return self.doc.new_sync_state()
 
-    def generate_sync(self, sync_state: Any) -> bytes | None:
+    def generate_sync(self, sync_state: SyncState) -> bytes | None:
         return self.doc.generate_sync(sync_state)
 
-    def receive_sync(self, sync_state: Any, message: bytes, peer: str) -> int:
+    def receive_sync(self, sync_state: SyncState, message: bytes, peer: str) -> int:
         """Applies and verifies a peer's sync message; returns how many new events it brought."""
         try:
             before, touched = self.doc.receive_sync(sync_state, message)
