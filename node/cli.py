@@ -44,6 +44,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    "ILS (default: environment CIRCMESH_ILS_USER and CIRCMESH_ILS_PASSWORD)")
     p.add_argument("--upload-concurrency", type=int, default=16,
                    help="ILS requests in flight at once while uploading (default 16)")
+    p.add_argument("--seal-every", type=int, default=20_000, metavar="EVENTS",
+                   help="on the bridge desk: seal the replicated document once it carries this many events, so "
+                        "that memory and start-up follow recent work, not all history (default 20000; 0: never)")
     p.add_argument("--max-payment", default="10000.00", metavar="AMOUNT",
                    help="the largest payment staff may record in one scan (default 10000.00)")
     p.add_argument("--unicode-barcodes", action="store_true",
@@ -150,6 +153,7 @@ def _run(args: argparse.Namespace) -> int:
         data_dir=args.data, desk=args.desk or args.data.resolve().name, host=args.host, port=args.port,
         peer_host=args.peer_host, peer_port=args.peer_port, peers=list(args.peer), loan_days=args.loan_days,
         ils=args.ils, ils_credentials=args.ils_credentials, upload_concurrency=args.upload_concurrency,
+        seal_every=args.seal_every,
         mdns=not args.no_mdns, interfaces=args.interfaces, limits=limits,
         max_import=int(args.max_import_mib * 1024 * 1024), max_clock_drift_ms=round(args.max_clock_drift * 1000),
     )

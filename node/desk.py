@@ -55,6 +55,7 @@ class DeskConfig:
     ils: str | None = None  # this desk is the bridge to the ILS at this URL
     ils_credentials: str | None = None  # a file; else CIRCMESH_ILS_USER / CIRCMESH_ILS_PASSWORD
     upload_concurrency: int = 16
+    seal_every: int = 20_000  # see BridgeConfig
     mdns: bool = True  # find peers of this cluster by mDNS (static --peer addresses work either way)
     interfaces: list[str] | None = None  # mDNS interfaces (IP addresses); None: zeroconf's default, the LAN
     limits: DeskLimits = field(default_factory=DeskLimits)  # what staff and files may enter at this desk
@@ -84,7 +85,8 @@ class DeskNode:
         if config.ils:
             credentials = load_credentials(config.ils_credentials, os.environ)
             adapter = make_adapter(config.ils, credentials)
-            self.bridge = Bridge(self.log, adapter, config.ils, BridgeConfig(concurrency=config.upload_concurrency),
+            self.bridge = Bridge(self.log, adapter, config.ils, BridgeConfig(concurrency=config.upload_concurrency,
+                                                                                  seal_every=config.seal_every),
                                  clock_offset=self.clock_offset)
             self.peers.bridge_state = self._bridge_tip
         self._web_runner: web.AppRunner | None = None
@@ -368,6 +370,8 @@ class DeskNode:
                 "storage": "failed" if self.log.failed else "ok", "failure": self.log.failed,
             },
             "peers": self.peers.status(),
+            "epoch": {"number": self.log.epoch.number, "seal": self.log.epoch.seal or None,
+                      "document_events": self.log.doc_events},
             **bridge,
             "cluster": {"id": self.membership.cluster_id, "name": self.membership.cluster_name,
                         "role": self.membership.role},

@@ -6,7 +6,10 @@ Invariants:
   never leave a peer holding an event this node forgot (which would make it reuse the sequence number);
 - an entry a peer sends is kept only if `verify_touched` accepts everything in that message; otherwise
   the document is rolled back to its heads before the message, nothing is stored, and the refusal is
-  counted and reported to the link (which drops the peer).
+  counted and reported to the link (which drops the peer); a journal run (the bulk path) is kept whole
+  or not at all, the same way;
+- the document is the current epoch's (epochs.py): once this node holds everything a seal covers, it
+  starts the next epoch's document holding the node records and every event the seal does not cover.
 """
 
 from __future__ import annotations
@@ -22,13 +25,15 @@ from typing import Any
 
 from node.cluster import TrustPolicy
 from node.crdt.document import DocumentError, LogDocument, SyncState
+from node.crdt.epochs import Epoch, Epochs
 from node.crdt.event import GENESIS, Event, EventError, chain_hash, check_body, decode_event, make_event
 from node.crdt.hlc import DEFAULT_MAX_DRIFT_MS, Hlc, HybridClock
 from node.crdt.order import OrderedLog, causal_sequence
 from node.crdt.records import NodeRecord, decode_record, make_record, record_key
 from node.crdt.refusals import Refusal, Refused
 from node.crdt.state import CirculationState
-from node.crdt.verify import verify_touched
+from node.crdt.verify import verify_run, verify_touched
+from node.discovery.catchup import CatchUp
 from node.storage import db
 from node.trust.identity import NodeIdentity
 
@@ -37,6 +42,7 @@ log = logging.getLogger(__name__)
 COMPACT_EVERY = 2000  # change chunks between full saves…
 COMPACT_INTERVAL = 60.0  # …and seconds: a healed partition brings thousands at once, a save costs O(log)
 BATCH_YIELD = 2000  # events built or put between two turns of the event loop in append_many
+RUN_BYTES = 4 * 1024 * 1024  # a journal run served in one frame holds about this much at most
 
 
 def wall_ms() -> int:
@@ -84,6 +90,7 @@ class EventLog:
         self.events: dict[str, Event] = {}
         self.raw: dict[str, bytes] = {}
         self.records: dict[str, NodeRecord] = {}
+        self.records_raw: dict[str, bytes] = {}
         self.arrivals: list[Arrival] = []
         self.ordered_log = OrderedLog()
         self.vector: dict[str, int] = {}  # node -> highest seq held (a prefix: Automerge delivers in order)
@@ -101,6 +108,13 @@ class EventLog:
         self._writing = asyncio.Lock()
         self._since_save = 0
         self._last_compaction = float("-inf")
+        self.epochs = Epochs()
+        self.catchup = CatchUp()  # which peer is asked for which journal runs (shared by the links)
+        self.doc_events = 0  # events in the current epoch's document: when the bridge seals
+        self._doc_epoch = ""  # the seal whose epoch the document in memory (and on disk) belongs to
+        # Local events put in the document and not yet integrated (their commit is in flight): a new epoch's
+        # document must carry them too, or the epoch they were put in would be the only one holding them.
+        self._unintegrated: dict[str, bytes] = {}
 
     # ---- start
     def open(self) -> None:
@@ -108,12 +122,16 @@ class EventLog:
         self.doc = LogDocument(self.identity.actor_id, loaded.document)
         for node, raw in loaded.records.items():
             self.records[node] = decode_record(raw, node)
+            self.records_raw[node] = raw
         journal = [(decode_event(raw), raw) for raw in loaded.journal]
         raws = {event.id: raw for event, raw in journal}
         # Journals written before order stamps existed may not be in causal order: causal_sequence puts them so.
         for event in causal_sequence(event for event, _ in journal):
             self._integrate(event, raws[event.id], local=False, notify=False)
         self.seq = self.vector.get(self.identity.node_id, 0)
+        self._doc_epoch = loaded.meta.get("epoch", "")
+        self.epochs.advance(self.vector)
+        self.doc_events = sum(1 for key in self.doc.keys() if not key.startswith("n:"))
         own = self.records.get(self.identity.node_id)
         if own is None or own.desk != self.desk or own.cert != self.cert:
             record = make_record(self.identity.node_id, self.identity.public_key_raw, self.desk,
@@ -123,7 +141,9 @@ class EventLog:
             self._pending_record = None
 
     async def start(self) -> None:
-        """Publishes this node's record (its key and desk name) if the document lacks it."""
+        """Publishes this node's record (its key and desk name) if the document lacks it, and moves the
+        document to the epoch the journal says (a crash may have come between a seal and the move)."""
+        self._advance()
         record = self._pending_record
         if record is not None:
             raw = record.encode()
@@ -133,6 +153,7 @@ class EventLog:
             try:
                 chunks = self.doc.put({key: raw})
                 self.records[record.node] = record
+                self.records_raw[record.node] = raw
                 await self.store.commit([db.record_upsert(record.node, raw)]
                                         + [db.change_insert(c) for c in chunks])
             finally:
@@ -144,6 +165,10 @@ class EventLog:
         self.store.close()
 
     # ---- reading
+    @property
+    def epoch(self) -> Epoch:
+        return self.epochs.current
+
     @property
     def state(self) -> CirculationState:
         return self.ordered_log.state
@@ -163,12 +188,17 @@ class EventLog:
     async def append(self, kind: str, body: dict[str, Any], staff: str, *, at: int | None = None) -> Event:
         """Writes one event; returns once it is durable. Raises EventError for a malformed body.
         `at` overrides the desk's clock for operations done earlier elsewhere (an imported offline file)."""
+        return await self._append(kind, lambda _seq, _seen: body, staff, at)
+
+    async def _append(self, kind: str, body_for: Callable[[int, dict[str, int]], dict[str, Any]], staff: str,
+                      at: int | None) -> Event:
         async with self._writing:  # never waits unless a batch is being built (see append_many)
             seq = self.seq + 1
+            seen = {n: s for n, s in self.vector.items() if n != self.identity.node_id}
             event = make_event(
                 node=self.identity.node_id, seq=seq, hlc=self.clock.tick(),
                 at=self._physical_ms() if at is None else at, kind=kind,
-                body=body, staff=staff, seen={n: s for n, s in self.vector.items() if n != self.identity.node_id},
+                body=body_for(seq, seen), staff=staff, seen=seen,
                 sign=self.identity.sign, prev=self._chain_tip(),
             )
             raw = event.encode()
@@ -177,6 +207,7 @@ class EventLog:
             self._check_healthy()
             self._in_flight += 1
             self._idle.clear()
+            self._unintegrated[event.id] = raw
             try:
                 chunks = self.doc.put({event.id: raw})
                 statements = [db.journal_insert(event.id, raw)] + [db.change_insert(c) for c in chunks]
@@ -192,8 +223,11 @@ class EventLog:
         finally:
             # The event is durable: whatever happens while folding it, sync must go on (a stuck gate
             # would silence this desk while its links still looked connected).
+            self._unintegrated.pop(event.id, None)
             self._done_in_flight()
+            self.doc_events += 1
             self._count_change(len(chunks))
+            self._advance()
             self._wake()
         return event
 
@@ -240,6 +274,7 @@ class EventLog:
             # From the first change put in the document until the commit, no sync message may leave.
             self._in_flight += 1
             self._idle.clear()
+            self._unintegrated.update((e.id, raw) for e, raw in built)
             chunks: list[bytes] = []
             try:
                 for start in range(0, len(built), BATCH_YIELD):
@@ -260,8 +295,12 @@ class EventLog:
             for event, raw in built:
                 self._integrate(event, raw, local=True)
         finally:  # durable: sync goes on whatever happens while folding
+            for event, _ in built:
+                self._unintegrated.pop(event.id, None)
             self._done_in_flight()
+            self.doc_events += len(built)
             self._count_change(len(chunks))
+            self._advance()
             self._wake()
         return [e for e, _ in built]
 
@@ -321,16 +360,116 @@ class EventLog:
             for problem in problems:
                 self.refuse(problem.kind, f"{peer}: {problem.message}")
             raise RefusedSync(problems[0])
-        for record, _raw in verdict.records:
+        for record, raw in verdict.records:
             self.records[record.node] = record
+            self.records_raw[record.node] = raw
         raws = {event.id: raw for event, raw in verdict.events}
         arrived = [(event, raws[event.id]) for event in
                    causal_sequence(sorted((event for event, _ in verdict.events), key=lambda e: e.order_key))]
         for event, raw in arrived:
             self._integrate(event, raw, local=False)
         self._persist_remote(before, arrived, verdict.records)  # the journal stays in causal order too
+        self.doc_events += len(arrived)
+        self._advance()
         self._wake()
         return len(verdict.events)
+
+    # ---- the bulk path (journal runs)
+    def receive_run(self, node: str, first: int, raws: list[bytes], record_raw: bytes | None, peer: str) -> int:
+        """Verifies and keeps a peer's run of `node`'s events (all or none); returns how many were new.
+        Events already held at its start are skipped (another link brought them meanwhile)."""
+        held = self.vector.get(node, 0)
+        if first > held + 1:
+            return self._refuse_run(Refused(Refusal.BROKEN_CHAIN,
+                                            f"run of {node[:12]} from {first} leaves a gap after {held}"), peer)
+        raws = raws[held + 1 - first:]
+        first = held + 1
+        records: list[tuple[NodeRecord, bytes]] = []
+        signer = self.records.get(node)
+        if record_raw is not None and record_raw != self.records_raw.get(node):  # new to us, or newer
+            verdict = verify_touched([record_key(node)], lambda _key: record_raw, lambda _key: None,
+                                     self.records.get, admitted=self.policy.admit)
+            if verdict.records:
+                records = verdict.records
+                signer = verdict.records[0][0]
+            elif signer is None:
+                return self._refuse_run(verdict.refusals[0], peer)
+            # else an older copy of the record held here, which vouches for the run as well
+        if signer is None:
+            return self._refuse_run(Refused(Refusal.UNKNOWN_NODE, f"a run of {node[:12]}, a node without a record"),
+                                    peer)
+        if not raws:
+            self._keep_records(records)
+            return 0
+        before = self.raw.get(f"{node}:{held}") if held else None
+        verdict = verify_run(node, first, raws, before, signer, refuse_event=self._refuse_event)
+        if verdict.refusals:
+            return self._refuse_run(verdict.refusals[0], peer)
+        self._keep_records(records)
+        for event, raw in verdict.events:
+            self._integrate(event, raw, local=False)
+        self.store.submit([db.journal_insert_many([(e.id, raw) for e, raw in verdict.events])]
+                          ).add_done_callback(self._remote_committed)
+        self._advance()
+        self._wake()
+        return len(verdict.events)
+
+    def _keep_records(self, records: list[tuple[NodeRecord, bytes]]) -> None:
+        for record, raw in records:
+            self.records[record.node] = record
+            self.records_raw[record.node] = raw
+        if records:
+            self.store.submit([db.record_upsert(r.node, raw) for r, raw in records]
+                              ).add_done_callback(self._remote_committed)
+
+    def _refuse_run(self, refused: Refused, peer: str) -> int:
+        self.refuse(refused.kind, f"{peer}: {refused.message}")
+        raise RefusedSync(refused)
+
+    async def read_run(self, node: str, first: int, last: int) -> list[bytes]:
+        """`node`'s events first..last from the journal (those committed), at most about RUN_BYTES."""
+        return await self.store.run(lambda c: db.read_run(c, node, first, last, RUN_BYTES))
+
+    def record_raw(self, node: str) -> bytes | None:
+        return self.records_raw.get(node)
+
+    # ---- epochs
+    async def seal(self, staff: str = "bridge") -> Event:
+        """Closes the current epoch's document (the bridge does, now and then): see epochs.py. Its `upto` is
+        exactly its causal past, the seal included."""
+        number = self.epoch.number + 1
+        return await self._append(
+            "seal", lambda seq, seen: {"epoch": number, "upto": {**seen, self.identity.node_id: seq}}, staff, None)
+
+    def _advance(self) -> None:
+        """Moves the document to the epoch the seals held say, if it is not there."""
+        target = self.epochs.advance(self.vector)
+        if target.seal == self._doc_epoch:
+            return
+        doc = LogDocument(self.identity.actor_id)
+        entries = {record_key(node): raw for node, raw in self.records_raw.items()}
+        carried = 0
+        for node, top in self.vector.items():
+            for seq in range(target.upto.get(node, 0) + 1, top + 1):
+                raw = self.raw.get(f"{node}:{seq}")
+                if raw is not None:
+                    entries[f"{node}:{seq}"] = raw
+                    carried += 1
+        for event_id, raw in self._unintegrated.items():
+            node, _, seq = event_id.partition(":")
+            if not target.covers(node, int(seq)):
+                entries[event_id] = raw
+                carried += 1
+        if entries:
+            doc.put(entries)
+        self.doc = doc
+        self._doc_epoch = target.seal
+        self.doc_events = carried
+        self._since_save = 0
+        self.store.submit(db.rebase(doc.save(), target.seal)).add_done_callback(self._remote_committed)
+        log.info("epoch %d (sealed by %s): a new document carrying %d event(s)", target.number,
+                 self.desk_of(target.seal.partition(":")[0]), carried)
+        self._wake()
 
     def _persist_remote(self, before: list[bytes], events: list[tuple[Event, bytes]],
                         records: list[tuple[NodeRecord, bytes]]) -> None:
@@ -379,6 +518,8 @@ class EventLog:
         if event.seq > self.vector.get(event.node, 0):
             self.vector[event.node] = event.seq
         self.ordered_log.add(event)
+        if event.kind == "seal" and event.problem is None:
+            self.epochs.offer(event)
         if event.kind == "revoke" and event.problem is None:
             # Read on every TLS handshake and every verified batch: kept here so that reading it never
             # refolds the whole log (as `state` would while a healed partition pours events in).

@@ -9,19 +9,24 @@ import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from node.crdt.epochs import FIRST_TAG, EpochTag
 from node.crdt.refusals import Refusal, Refused
 from node.discovery import frames
 from node.discovery.link_machine import (
     HELLO_TIMEOUT,
+    MAX_WANTS,
     TIP_EVERY,
     Action,
+    ApplyRun,
     ApplySync,
+    CatchUp,
     Close,
     GenerateSync,
     Linked,
     LinkMachine,
     Now,
     Send,
+    ServeRuns,
     State,
 )
 
@@ -39,16 +44,21 @@ def machine(proven: str | None = PEER) -> LinkMachine:
     return LinkMachine(US, "Returns", address="127.0.0.1:1", outbound=True, proven=proven)
 
 
-def hello(node: str = PEER, wall: int = WALL, version: int = frames.PROTOCOL_VERSION) -> bytes:
-    return frames.encode(frames.Hello(node, "Front", wall, version))
+def hello(node: str = PEER, wall: int = WALL, version: int = frames.PROTOCOL_VERSION,
+          epoch: EpochTag = FIRST_TAG, vector: dict[str, int] | None = None) -> bytes:
+    return frames.encode(frames.Hello(node, "Front", wall, version, epoch, vector or {}))
 
 
-def sync(message: bytes = b"automerge") -> bytes:
-    return frames.encode(frames.Sync(message))
+def sync(message: bytes = b"automerge", epoch: str = "") -> bytes:
+    return frames.encode(frames.Sync(message, epoch))
 
 
-def tip(vector: dict[str, int], wall: int = WALL, bridge: dict | None = None) -> bytes:
-    return frames.encode(frames.Tip(vector, wall, bridge))
+def tip(vector: dict[str, int], wall: int = WALL, bridge: dict | None = None, epoch: EpochTag = FIRST_TAG) -> bytes:
+    return frames.encode(frames.Tip(vector, wall, bridge, epoch))
+
+
+def run(node: str, first: int, n: int, done: bool = False) -> frames.Run:
+    return frames.Run(node, first, [b"e%d" % i for i in range(n)], None, done)
 
 
 def feed(m: LinkMachine, messages: list[bytes | str]) -> list[Action]:
@@ -59,6 +69,8 @@ def feed(m: LinkMachine, messages: list[bytes | str]) -> list[Action]:
             out.append(action)
             if isinstance(action, ApplySync):
                 out += m.sync_applied(1)
+            if isinstance(action, ApplyRun):
+                out += m.run_applied(action.run, len(action.run.events))
     return out
 
 
@@ -73,10 +85,11 @@ def test_a_normal_exchange_hello_sync_tip() -> None:
     [sent] = m.start(at(0))
     assert isinstance(sent, Send) and frames.decode(sent.data) == frames.Hello(US, "Returns", WALL)
     actions = feed(m, [hello(wall=WALL + 1500)])
-    assert [type(a) for a in actions] == [Linked, GenerateSync] and m.state is State.SYNCING
+    assert [type(a) for a in actions] == [Linked, CatchUp, GenerateSync] and m.state is State.SYNCING
     info = actions[0].info
     assert (info.node, info.desk, info.outbound, info.clock_offset_ms) == (PEER, "Front", True, 1500)
-    assert feed(m, [sync(b"xyz"), tip({PEER: 7}, WALL - 200, BRIDGE)]) == [ApplySync(b"xyz"), GenerateSync()]
+    assert feed(m, [sync(b"xyz"), tip({PEER: 7}, WALL - 200, BRIDGE)]) == [ApplySync(b"xyz", ""), GenerateSync(),
+                                                                          CatchUp()]
     assert (info.sync_bytes_in, info.received_events) == (3, 1)
     assert (info.peer_vector, info.clock_offset_ms, info.bridge) == ({PEER: 7}, -200, BRIDGE)
     # the writer's side: sync messages framed and counted, the tip when it changed or is due
@@ -98,8 +111,8 @@ def test_two_machines_link_each_other() -> None:
     b = LinkMachine(PEER, "Front", address="a", outbound=False, proven=US)
     [to_b], [to_a] = a.start(at(0)), b.start(at(0))
     assert isinstance(to_b, Send) and isinstance(to_a, Send)
-    [linked_a, _] = a.receive(to_a.data, at(0))
-    [linked_b, _] = b.receive(to_b.data, at(0))
+    [linked_a, _, _] = a.receive(to_a.data, at(0))
+    [linked_b, _, _] = b.receive(to_b.data, at(0))
     assert isinstance(linked_a, Linked) and isinstance(linked_b, Linked)
     assert (linked_a.info.node, linked_b.info.node, linked_b.info.outbound) == (PEER, US, False)
 
@@ -143,7 +156,7 @@ def test_a_hello_naming_another_node_than_the_certificate() -> None:
     assert OTHER[:12] in close.detail and PEER[:12] in close.detail
     # without TLS nothing is proven: any node may say hello
     m = machine(proven=None)
-    assert [type(a) for a in feed(m, [hello(OTHER)])] == [Linked, GenerateSync]
+    assert [type(a) for a in feed(m, [hello(OTHER)])] == [Linked, CatchUp, GenerateSync]
 
 
 def test_a_hello_of_another_protocol_version() -> None:
@@ -166,7 +179,7 @@ def test_a_refused_sync_closes_for_the_logs_refusal_which_the_log_counted() -> N
     m = machine()
     m.start(at(0))
     feed(m, [hello()])
-    assert m.receive(sync(b"forged"), at(1)) == [ApplySync(b"forged")]
+    assert m.receive(sync(b"forged"), at(1)) == [ApplySync(b"forged", "")]
     actions = m.sync_refused(Refused(Refusal.BAD_SIGNATURE, "signature of x:1 does not verify"))
     assert actions == [Close(Refusal.BAD_SIGNATURE, "signature of x:1 does not verify", report=False)]
     assert m.state is State.CLOSED and m.sync_applied(1) == [] and m.sync_message(b"m") == []
@@ -180,6 +193,63 @@ def test_refusal_kinds_keep_their_status_keys() -> None:
     assert Refusal("bad_signature") is Refusal.BAD_SIGNATURE and f"{Refusal.GARBAGE}" == "garbage"
 
 
+def test_hello_and_tips_carry_the_peers_epoch_and_vector() -> None:
+    m = machine()
+    m.start(at(0))
+    feed(m, [hello(epoch=EpochTag(3, PEER + ":9"), vector={PEER: 9, OTHER: 4})])
+    assert m.info is not None and (m.info.peer_epoch, m.info.peer_vector) == (EpochTag(3, PEER + ":9"),
+                                                                             {PEER: 9, OTHER: 4})
+    # the same epoch: only a catch-up; a new epoch: a write round too (a new document to talk about)
+    assert feed(m, [tip({PEER: 10}, epoch=EpochTag(3, PEER + ":9"))]) == [CatchUp()]
+    assert feed(m, [tip({PEER: 11}, epoch=EpochTag(4, PEER + ":11"))]) == [CatchUp(), GenerateSync()]
+    assert feed(m, [sync(b"m", PEER + ":11")]) == [ApplySync(b"m", PEER + ":11"), GenerateSync()]
+
+
+def test_runs_are_taken_only_as_asked_and_in_order() -> None:
+    m = machine()
+    m.start(at(0))
+    feed(m, [hello()])
+    assert m.want([]) == []
+    [sent] = m.want([(OTHER, 5, 9)])
+    assert isinstance(sent, Send) and frames.decode(sent.data) == frames.Want([(OTHER, 5, 9)])
+    first = run(OTHER, 5, 2)
+    assert feed(m, [frames.encode(first)]) == [ApplyRun(first)]
+    last = run(OTHER, 7, 3, done=True)
+    assert feed(m, [frames.encode(last)]) == [ApplyRun(last), CatchUp(), GenerateSync()]
+    assert m.info is not None and m.info.run_events_in == 5 and m.asked == {}
+    # a peer with nothing more says so: no new catch-up until its next tip
+    m.want([(OTHER, 10, 20)])
+    empty = run(OTHER, 10, 0, done=True)
+    assert feed(m, [frames.encode(empty)]) == [ApplyRun(empty)] and m.asked == {}
+    for wrong in (run(PEER, 1, 1), run(OTHER, 10, 1)):  # never asked; asked no more
+        m2 = machine()
+        m2.start(at(0))
+        feed(m2, [hello()])
+        close = closed_for(feed(m2, [frames.encode(wrong)]))
+        assert (close.reason, close.report) == (Refusal.UNASKED_RUN, True)
+    for wrong in (run(OTHER, 6, 1), run(OTHER, 5, 6)):  # out of order; beyond what was asked
+        m3 = machine()
+        m3.start(at(0))
+        feed(m3, [hello()])
+        m3.want([(OTHER, 5, 9)])
+        assert closed_for(feed(m3, [frames.encode(wrong)])).reason is Refusal.UNASKED_RUN
+
+
+def test_the_peers_wants_are_served_but_not_without_bound() -> None:
+    m = machine()
+    m.start(at(0))
+    feed(m, [hello()])
+    want = frames.encode(frames.Want([(US, 1, 100)]))
+    for _ in range(MAX_WANTS):
+        assert m.receive(want, at(1)) == [ServeRuns([(US, 1, 100)])]
+    m.served()
+    assert m.receive(want, at(1)) == [ServeRuns([(US, 1, 100)])]
+    close = closed_for(m.receive(want, at(1)))
+    assert (close.reason, close.report) == (Refusal.FLOOD, True)
+    served = frames.Run(US, 1, [b"x"], b"record", True)
+    assert m.run_frame(served) == []  # closed: nothing more is sent
+
+
 # ---- any frames at all
 
 node_ids = st.sampled_from([US, PEER, OTHER])
@@ -188,10 +258,14 @@ valid_frames = st.one_of(
     st.binary(max_size=32).map(sync),
     st.builds(lambda v, w, b: tip(v, w, b), st.dictionaries(node_ids, st.integers(0, 2**32)),
               st.integers(0, 2**40), st.sampled_from([None, BRIDGE])),
+    st.builds(lambda n, f, k, d: frames.encode(run(n, f, k, d)), node_ids, st.integers(1, 20), st.integers(0, 4),
+              st.booleans()),
+    st.builds(lambda n, f: frames.encode(frames.Want([(n, f, f + 3)])), node_ids, st.integers(1, 20)),
 )
 field_values = st.one_of(st.integers(-(2**63), 2**64 - 1), st.text(max_size=8), st.binary(max_size=8),
                          st.sampled_from(["hello", "sync", "tip", US, PEER]))
-near_frames = st.dictionaries(st.sampled_from(["t", "v", "node", "desk", "wall", "m", "vector"]), field_values)
+near_frames = st.dictionaries(st.sampled_from(["t", "v", "node", "desk", "wall", "m", "e", "vector", "epoch", "ranges",
+                                              "first", "events", "record", "done"]), field_values)
 messages = st.one_of(valid_frames, st.binary(max_size=64), st.text(max_size=16),
                      near_frames.map(lambda d: msgpack.packb(d, use_bin_type=True)))
 steps = st.lists(st.one_of(
@@ -199,6 +273,7 @@ steps = st.lists(st.one_of(
     st.tuples(st.just("timer"), st.floats(0, 2 * HELLO_TIMEOUT)),
     st.tuples(st.just("local"), st.none()),
     st.tuples(st.just("closed"), st.none()),
+    st.tuples(st.just("want"), st.integers(1, 20)),
 ), max_size=30)
 
 
@@ -219,15 +294,19 @@ def test_any_frames_never_raise_and_leave_a_well_formed_state(greet, script, out
             actions = m.timer(at(clock))
         elif kind == "local":
             actions = m.local_change()
+        elif kind == "want":
+            actions = m.want([(OTHER, value, value + 5)])
         else:
             actions = m.closed()
         for action in list(actions):
-            if isinstance(action, ApplySync):
+            if isinstance(action, ApplySync | ApplyRun):
                 assert m.state is State.SYNCING
                 if outcomes and outcomes.pop():
                     actions += m.sync_refused(Refused(Refusal.ALTERED_EVENT, "no"))
-                else:
+                elif isinstance(action, ApplySync):
                     actions += m.sync_applied(2)
+                else:
+                    actions += m.run_applied(action.run, len(action.run.events))
         log += actions
         if m.state is State.SYNCING:  # the writer's side may run between any two inputs
             assert m.tip({US: 1}, None, at(clock)) in ([], [Send(tip({US: 1}, at(clock).wall))])

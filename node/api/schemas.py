@@ -241,9 +241,19 @@ class ImportAnswer(msgspec.Struct, kw_only=True):
     message: str | None = None
 
 
+class EpochStatus(msgspec.Struct, kw_only=True):
+    """Which replicated document this desk writes to: `seal` opened it (None: the first); older events
+    travel in journal runs."""
+
+    number: int
+    seal: str | None
+    document_events: int
+
+
 class StatusAnswer(msgspec.Struct, kw_only=True):
     node: dict[str, Any]
     peers: list[dict[str, Any]]
+    epoch: EpochStatus
     upload: dict[str, Any]
     conflicts: int
     warnings: int

@@ -121,6 +121,14 @@ class AppliedBody(Body, kw_only=True):
     ils_at_by: Literal["link", "log", "order"] | None = None
 
 
+class SealBody(Body, kw_only=True):
+    """The bridge closes the current epoch's document (epochs.py): `upto` is what it held when it sealed,
+    the seal itself included; events covered by it travel in journal runs from then on, not in documents."""
+
+    epoch: Annotated[int, msgspec.Meta(ge=1, le=2**53)]
+    upto: Annotated[dict[NodeId, Count], msgspec.Meta(max_length=10_000)]
+
+
 BODY_TYPES: dict[str, type[Body]] = {
     "checkout": CheckoutBody,
     "checkin": ItemBody,
@@ -133,6 +141,7 @@ BODY_TYPES: dict[str, type[Body]] = {
     "revoke": MemberBody,
     "away": MemberBody,
     "applied": AppliedBody,
+    "seal": SealBody,
 }
 
 

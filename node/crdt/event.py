@@ -28,7 +28,7 @@ from node.trust.identity import is_node_id
 
 DESK_KINDS = ("checkout", "checkin", "renew", "payment", "in_house_use", "patron_register")
 ADMIN_KINDS = ("void", "resolve", "revoke", "away")
-BRIDGE_KINDS = ("applied",)
+BRIDGE_KINDS = ("applied", "seal")
 KINDS = DESK_KINDS + ADMIN_KINDS + BRIDGE_KINDS
 MAX_EVENT_BYTES = 8192
 MAX_SEQ = 2**53
@@ -159,7 +159,8 @@ def make_event(
     prev: bytes = GENESIS,
 ) -> Event:
     check_body(kind, body, at)
-    unsigned = Event(node=node, seq=seq, hlc=hlc, at=at, kind=kind, body=dict(body), staff=staff, seen=seen,
+    body = dict(body)  # the problem is judged on what is signed, as every reader will see it
+    unsigned = Event(node=node, seq=seq, hlc=hlc, at=at, kind=kind, body=body, staff=staff, seen=seen,
                      prev=prev, problem=body_problem(kind, body, at, staff))
     return Event(**{**unsigned.__dict__, "sig": sign(unsigned.signing_bytes())})
 

@@ -19,6 +19,8 @@ class Refusal(StrEnum):
     UNEXPECTED_HELLO = "unexpected_hello"  # a second hello
     SELF = "self"  # the hello names this node: we dialled ourselves
     IMPOSTOR = "impostor"  # the hello names another node than the TLS certificate proved
+    UNASKED_RUN = "unasked_run"  # a journal run outside what was asked, or out of order
+    FLOOD = "flood"  # more `want`s waiting to be served than a link allows
     # what a sync message touched (node/crdt/verify.py, EventLog.receive_sync)
     BAD_SIGNATURE = "bad_signature"
     BROKEN_CHAIN = "broken_chain"  # an event whose `prev` is not the hash of its desk's previous event

@@ -159,6 +159,10 @@ def _applied(state: CirculationState, e: Event) -> None:
         state.outcomes[target] = Outcome(e.body["status"], e.body["message"], e.body["term"], e.id)
 
 
+def _seal(state: CirculationState, e: Event) -> None:
+    """A seal changes how events travel (epochs.py), not what they mean."""
+
+
 _RULES = {
     "checkout": _checkout,
     "checkin": _checkin,
@@ -169,6 +173,7 @@ _RULES = {
     "revoke": _revoke,
     "away": _away,
     "applied": _applied,
+    "seal": _seal,
 }
 
 

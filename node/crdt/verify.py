@@ -3,7 +3,8 @@
 Automerge changes are hash-linked but not signed, and any peer may write any key. So after a sync
 message is applied, every entry it touched is checked here: a new event must be well formed, stored under
 its own id and signed by the node it names; a node record must be self-certifying; nothing that exists
-may be altered or deleted. Pure: lookups are passed in.
+may be altered or deleted (put again byte for byte is no change: desks carry events into each new epoch's
+document, epochs.py). Pure: lookups are passed in.
 
 Signatures are checked per run: a desk's new events that chain (`prev` = hash of the one before, back to
 one this node already holds or to the first) are all bound into the signature of the last, so one
@@ -82,7 +83,9 @@ def verify_touched(
         raw = value_of(key)
         existing = known_event(key)
         if existing is not None:
-            what = "deletes" if raw is None else "alters" if raw != existing else "rewrites"
+            if raw == existing:
+                continue  # put again, byte for byte: a desk carried it into a new epoch's document
+            what = "deletes" if raw is None else "alters"
             verdict.refuse(Refusal.ALTERED_EVENT, f"change {what} existing event {key}")
             continue
         if raw is None:
@@ -156,3 +159,38 @@ def _close_run(run: list[tuple[Event, bytes]], key: bytes, verdict: Verdict) -> 
         verdict.refuse(Refusal.BAD_SIGNATURE, f"{e} (refusing the {len(run)} event(s) it vouches for)")
         return
     verdict.events.extend(run)
+
+
+def verify_run(node: str, first: int, raws: list[bytes], before: bytes | None, signer: NodeRecord,
+               refuse_event: Callable[[Event, NodeRecord], Refused | None] = lambda event, record: None) -> Verdict:
+    """A journal run (the bulk path): `node`'s events `first`.. in a hash chain that continues `before` (the
+    raw event first-1 as this node holds it; None for the first). All are kept or none: the chain binds
+    each event to the next, so the one signature of the last vouches for the run."""
+    verdict = Verdict()
+    events: list[tuple[Event, bytes]] = []
+    link = GENESIS if first == 1 else (chain_hash(before) if before is not None else None)
+    if link is None:
+        verdict.refuse(Refusal.BROKEN_CHAIN, f"run of {node[:12]} from {first} does not follow an event held")
+        return verdict
+    for i, raw in enumerate(raws):
+        try:
+            event = decode_event(raw)
+        except EventError as e:
+            verdict.refuse(Refusal.MALFORMED, f"run of {node[:12]}, event {first + i}: {e}")
+            return verdict
+        if event.node != node or event.seq != first + i:
+            verdict.refuse(Refusal.MALFORMED, f"run of {node[:12]} from {first} holds {event.id}")
+            return verdict
+        if event.prev != link:
+            verdict.refuse(Refusal.BROKEN_CHAIN,
+                           f"event {event.id} does not chain to {node[:12]}'s previous event")
+            return verdict
+        refused = refuse_event(event, signer)
+        if refused is not None:
+            verdict.refusals.append(refused)
+            return verdict
+        link = chain_hash(raw)
+        events.append((event, raw))
+    if events:
+        _close_run(events, signer.key, verdict)
+    return verdict

@@ -1,24 +1,34 @@
 """The peer-link wire format: one msgpack map per binary WebSocket message.
 
-hello {t, v, node, desk, wall}  — first frame each way; these fields stay in every protocol version, so a
-                                  peer of another version is told apart from garbage (the link machine
-                                  refuses it as `wrong_version`)
-sync  {t, m}                    — an Automerge sync message
-tip   {t, vector, wall, bridge?} — what the sender holds ({node: highest seq}), for lag and clock offset;
-                                  a bridge adds its state (term, ILS reachable, uploading) for the cluster bar
+hello {t, v, node, desk, wall, epoch, vector}
+                                — first frame each way; t, v, node, desk and wall stay in every protocol
+                                  version, so a peer of another version is told apart from garbage (the link
+                                  machine refuses it as `wrong_version`)
+sync  {t, m, e}                 — an Automerge sync message for the document of epoch `e` (its seal's id)
+tip   {t, vector, wall, epoch, bridge?}
+                                — what the sender holds ({node: highest seq}) and its epoch ([number, seal]),
+                                  for catch-up, lag and clock offset; a bridge adds its state (term, ILS
+                                  reachable, uploading) for the cluster bar
+want  {t, ranges}               — journal runs asked for: [[node, first seq, last seq], ...]
+run   {t, node, first, events, record, done}
+                                — one desk's events first.. in a hash chain (raw signed bytes), with that
+                                  desk's node record; `done`: nothing more comes for what was asked of it
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
+from node.crdt.epochs import FIRST_TAG, EpochTag
 from node.trust.identity import is_node_id
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_FRAME = 64 * 1024 * 1024
+MAX_RANGES = 10_000
+MAX_RUN_EVENTS = 20_000
 
 
 class FrameError(ValueError):
@@ -31,11 +41,14 @@ class Hello:
     desk: str
     wall: int
     version: int = PROTOCOL_VERSION
+    epoch: EpochTag = FIRST_TAG
+    vector: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Sync:
     message: bytes
+    epoch: str = ""
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,21 @@ class Tip:
     vector: dict[str, int]
     wall: int
     bridge: dict[str, Any] | None = None
+    epoch: EpochTag = FIRST_TAG
+
+
+@dataclass(frozen=True)
+class Want:
+    ranges: list[tuple[str, int, int]]
+
+
+@dataclass(frozen=True)
+class Run:
+    node: str
+    first: int
+    events: list[bytes]
+    record: bytes | None = None
+    done: bool = False
 
 
 BRIDGE_FIELDS = {"node": str, "desk": str, "term": int, "reachable": bool, "last_probe": int, "uploading": bool,
@@ -50,19 +78,26 @@ BRIDGE_FIELDS = {"node": str, "desk": str, "term": int, "reachable": bool, "last
 OPTIONAL_BRIDGE_FIELDS = {"last_probe", "problem"}
 
 
-Frame = Hello | Sync | Tip
+Frame = Hello | Sync | Tip | Want | Run
 
 
 def encode(frame: Frame) -> bytes:
     if isinstance(frame, Hello):
         obj: dict[str, Any] = {"t": "hello", "v": frame.version, "node": frame.node, "desk": frame.desk,
-                               "wall": frame.wall}
+                               "wall": frame.wall, "epoch": [frame.epoch.number, frame.epoch.seal],
+                               "vector": frame.vector}
     elif isinstance(frame, Sync):
-        obj = {"t": "sync", "m": frame.message}
-    else:
-        obj = {"t": "tip", "vector": frame.vector, "wall": frame.wall}
+        obj = {"t": "sync", "m": frame.message, "e": frame.epoch}
+    elif isinstance(frame, Tip):
+        obj = {"t": "tip", "vector": frame.vector, "wall": frame.wall,
+               "epoch": [frame.epoch.number, frame.epoch.seal]}
         if frame.bridge is not None:
             obj["bridge"] = frame.bridge
+    elif isinstance(frame, Want):
+        obj = {"t": "want", "ranges": [list(r) for r in frame.ranges]}
+    else:
+        obj = {"t": "run", "node": frame.node, "first": frame.first, "events": frame.events,
+               "record": frame.record, "done": frame.done}
     packed: bytes = msgpack.packb(obj, use_bin_type=True)  # msgpack has no types: say what it returns
     return packed
 
@@ -89,21 +124,61 @@ def decode(data: object) -> Frame:
         node, desk = obj.get("node"), obj.get("desk")
         if not is_node_id(node) or not isinstance(desk, str) or len(desk) > 64:
             raise FrameError("hello has no valid node id or desk name")
-        return Hello(node, desk, _int(obj.get("wall")), version)
+        if version != PROTOCOL_VERSION:
+            return Hello(node, desk, _int(obj.get("wall")), version)
+        return Hello(node, desk, _int(obj.get("wall")), version, _epoch(obj.get("epoch")),
+                     _vector(obj.get("vector"), "hello"))
     if kind == "sync":
-        message = obj.get("m")
-        if not isinstance(message, bytes):
-            raise FrameError("sync frame carries no bytes")
-        return Sync(message)
+        message, epoch = obj.get("m"), obj.get("e")
+        if not isinstance(message, bytes) or not isinstance(epoch, str) or len(epoch) > 60:
+            raise FrameError("sync frame carries no bytes or no epoch")
+        return Sync(message, epoch)
     if kind == "tip":
-        vector = obj.get("vector")
-        if not isinstance(vector, dict) or len(vector) > 10_000 or not all(
-            is_node_id(k) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
-            for k, v in vector.items()
-        ):
-            raise FrameError("tip has no valid vector")
-        return Tip(vector, _int(obj.get("wall")), _bridge(obj.get("bridge")))
+        return Tip(_vector(obj.get("vector"), "tip"), _int(obj.get("wall")), _bridge(obj.get("bridge")),
+                   _epoch(obj.get("epoch")))
+    if kind == "want":
+        ranges = obj.get("ranges")
+        if not isinstance(ranges, list) or len(ranges) > MAX_RANGES:
+            raise FrameError("want has no list of ranges")
+        out = []
+        for r in ranges:
+            if not isinstance(r, list) or len(r) != 3 or not is_node_id(r[0]):
+                raise FrameError("want has a bad range")
+            first, last = _int(r[1]), _int(r[2])
+            if not 1 <= first <= last:
+                raise FrameError("want has an empty range")
+            out.append((r[0], first, last))
+        return Want(out)
+    if kind == "run":
+        node, events, record, done = obj.get("node"), obj.get("events"), obj.get("record"), obj.get("done")
+        if not is_node_id(node) or not isinstance(done, bool):
+            raise FrameError("run names no node")
+        if not isinstance(events, list) or len(events) > MAX_RUN_EVENTS or not all(
+                isinstance(e, bytes) for e in events):
+            raise FrameError("run carries no list of events")
+        if record is not None and not isinstance(record, bytes):
+            raise FrameError("run carries a bad node record")
+        first = _int(obj.get("first"))
+        if first < 1:
+            raise FrameError("run starts before the first event")
+        return Run(node, first, events, record, done)
     raise FrameError(f"unknown frame type {kind!r}")
+
+
+def _vector(vector: object, where: str) -> dict[str, int]:
+    if not isinstance(vector, dict) or len(vector) > 10_000 or not all(
+        is_node_id(k) and isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 2**53
+        for k, v in vector.items()
+    ):
+        raise FrameError(f"{where} has no valid vector")
+    return vector
+
+
+def _epoch(value: object) -> EpochTag:
+    if (not isinstance(value, list) or len(value) != 2 or not isinstance(value[1], str) or len(value[1]) > 60
+            or (value[1] == "") != (value[0] == 0)):
+        raise FrameError("epoch must be [number, seal id]")
+    return EpochTag(_int(value[0]), value[1])
 
 
 def _bridge(value: object) -> dict[str, Any] | None:

@@ -1,10 +1,13 @@
 """One peer link: the thin loop around `LinkMachine` (link_machine.py), which makes every decision.
 
 The loop only moves bytes and outcomes. The reader hands each WebSocket message to `machine.receive` and
-does what the actions say: send, apply a sync message through the log (which verifies it) and report the
-outcome, close. The writer task runs the write rounds the machine asks for (sync messages, once the log is
-durable, then a tip), and sleeps until the document changes or the machine's next deadline. Anything a peer
-sends that does not parse or verify closes the link; the node goes on.
+does what the actions say: send, apply a sync message or a journal run through the log (which verifies it)
+and report the outcome, ask the catch-up plan what to want, close. The writer task runs the write rounds
+the machine asks for (sync messages for the current epoch's document, once the log is durable, then a
+tip), and sleeps until the document changes or the machine's next deadline. The server task answers the
+peer's wants from the journal, apart from the reader, so that two desks serving each other large runs
+never wait on each other's full socket buffers. Anything a peer sends that does not parse or verify closes
+the link; the node goes on.
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ import aiohttp
 from aiohttp import WSMsgType
 
 from node.crdt.document import SyncState
+from node.discovery import frames
 from node.discovery.link_machine import (
     Action,
+    ApplyRun,
     ApplySync,
+    CatchUp,
     Close,
     GenerateSync,
     Linked,
@@ -30,6 +36,7 @@ from node.discovery.link_machine import (
     LinkMachine,
     Now,
     Send,
+    ServeRuns,
 )
 from node.eventlog import EventLog, RefusedSync, wall_ms
 from node.tasks import reap
@@ -70,13 +77,16 @@ class PeerLink:
         self.info: LinkInfo | None = None
         self.machine = LinkMachine(eventlog.identity.node_id, eventlog.desk, address=address, outbound=outbound)
         self._sync_state: SyncState = eventlog.new_sync_state()
+        self._sync_epoch = eventlog.epoch.seal  # the document `_sync_state` is a conversation about
         self._round_due = False
         self._closing = False
+        self._wants: asyncio.Queue[list[tuple[str, int, int]]] = asyncio.Queue()
 
     async def handshake(self, proven: str | None = None) -> LinkInfo:
         """Exchanges hellos. `proven` is the node id the peer's certificate proves: the hello must agree."""
         self.machine.proven = proven
-        self._round_due = await self._perform(self.machine.start(now()))
+        self._round_due = await self._perform(
+            self.machine.hello(self.log.epoch.tag, dict(self.log.vector), now()))
         while self.info is None:  # bounded: the machine closes the link at its hello deadline
             deadline = self.machine.deadline()
             try:
@@ -95,16 +105,19 @@ class PeerLink:
         if self._round_due:
             waker.set()
         writer = asyncio.create_task(self._write(waker))
+        server = asyncio.create_task(self._serve())
         try:
             while True:
                 data = await self._receive()
                 if await self._perform(self.machine.receive(data, now())):
                     waker.set()  # the writer answers
-                if writer.done():
+                if writer.done() or server.done():
                     break
         finally:
             self.log.drop_waker(waker)
-            await reap(writer, within=CLOSE_TIMEOUT)  # not suppress(CancelledError): a stop must get through
+            self.log.catchup.release(self.info.node)
+            # not suppress(CancelledError): a stop must get through
+            await reap(writer, server, within=CLOSE_TIMEOUT)
             await self.close()
 
     async def _write(self, waker: asyncio.Event) -> None:
@@ -121,11 +134,34 @@ class PeerLink:
                 await self._write_round()
 
     async def _write_round(self) -> None:
-        """Sync messages leave only once every local change is on disk (EventLog.durable); then the tip."""
+        """Sync messages leave only once every local change is on disk (EventLog.durable); then the tip.
+        Only between desks in the same epoch: each epoch's document is a new conversation."""
         await self.log.durable()
-        while (message := self.log.generate_sync(self._sync_state)) is not None:
-            await self._perform(self.machine.sync_message(message))
-        await self._perform(self.machine.tip(dict(self.log.vector), self.bridge_state(), now()))
+        epoch = self.log.epoch
+        assert self.info is not None
+        if self.info.peer_epoch == epoch.tag:
+            if self._sync_epoch != epoch.seal:
+                self._sync_state, self._sync_epoch = self.log.new_sync_state(), epoch.seal
+            while (message := self.log.generate_sync(self._sync_state)) is not None:
+                await self._perform(self.machine.sync_message(message, epoch.seal))
+                if self.log.epoch.seal != epoch.seal:
+                    break  # the document moved on while this round was sending
+        await self._perform(self.machine.tip(dict(self.log.vector), self.bridge_state(), now(), self.log.epoch.tag))
+
+    async def _serve(self) -> None:
+        """Answers the peer's wants in order, a run (about RUN_BYTES) at a time, the last of each `done`."""
+        while True:
+            ranges = await self._wants.get()
+            for node, first, last in ranges:
+                record = self.log.record_raw(node)
+                while True:
+                    raws = await self.log.read_run(node, first, last) if first <= last else []
+                    done = not raws or first + len(raws) > last
+                    await self._perform(self.machine.run_frame(frames.Run(node, first, raws, record, done)))
+                    if done:
+                        break
+                    first += len(raws)
+            self.machine.served()
 
     async def _perform(self, actions: list[Action]) -> bool:
         """Does what the machine asks, but only reports a write round (True): the writer runs those."""
@@ -134,8 +170,24 @@ class PeerLink:
             match action:
                 case Send(data):
                     await self.ws.send_bytes(data)
-                case ApplySync(message):
-                    round_due |= await self._perform(self._apply(message))
+                case ApplySync(message, epoch):
+                    if epoch == self.log.epoch.seal:
+                        if self._sync_epoch != epoch:
+                            # The peer moved to our epoch and spoke first: the new conversation starts here.
+                            # (Dropping its message would lose changes: Automerge never resends what it sent.)
+                            self._sync_state, self._sync_epoch = self.log.new_sync_state(), epoch
+                        round_due |= await self._perform(self._apply(message))
+                    else:
+                        round_due = True  # a document we left, or have not reached: the next tip says so
+                case ApplyRun(run):
+                    round_due |= await self._perform(self._apply_run(run))
+                case CatchUp():
+                    assert self.info is not None
+                    ranges = self.log.catchup.plan(self.info.node, self.info.peer_vector, self.info.peer_epoch,
+                                                   self.log.vector, self.log.epoch)
+                    round_due |= await self._perform(self.machine.want(ranges))
+                case ServeRuns(ranges):
+                    self._wants.put_nowait(ranges)
                 case GenerateSync():
                     round_due = True
                 case Linked(info):
@@ -153,6 +205,16 @@ class PeerLink:
         except RefusedSync as e:
             return self.machine.sync_refused(e.refused)
         return self.machine.sync_applied(n)
+
+    def _apply_run(self, run: frames.Run) -> list[Action]:
+        assert self.info is not None
+        try:
+            n = self.log.receive_run(run.node, run.first, run.events, run.record, self.info.desk)
+        except RefusedSync as e:
+            return self.machine.sync_refused(e.refused)
+        if run.done:
+            self.log.catchup.done(self.info.node, run.node)
+        return self.machine.run_applied(run, n)
 
     async def _receive(self) -> bytes | str:
         msg = await self.ws.receive()

@@ -8,6 +8,11 @@ the time and what the log answered, and does what the actions say.
     AWAIT_HELLO ── a hello that passes ──► SYNCING ── the peer hangs up, or a refusal ──► CLOSED
          └──── garbage, not a hello, ourselves, an impostor, another version, no hello in time ──► CLOSED
 
+While SYNCING, two things travel: Automerge sync messages for the current epoch's document (only between
+desks in the same epoch: a message for another epoch's document is dropped, not refused, since either side
+may have just moved), and journal runs (catchup.py): this side asks with `want` for ranges the plan gives
+it, and a run is taken only inside what was asked and in order; a peer's `want` is served by the loop.
+
 Every way this side ends a link is a `Close(Refusal)`; the peer hanging up (`closed()`) is not a refusal.
 """
 
@@ -17,11 +22,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from node.crdt.epochs import FIRST_TAG, EpochTag
 from node.crdt.refusals import Refusal, Refused
 from node.discovery import frames
 
 HELLO_TIMEOUT = 10.0  # seconds a peer has to say hello
 TIP_EVERY = 2.0  # seconds: clock offset, lag and the bridge's state stay fresh on quiet links
+MAX_WANTS = 64  # a peer's `want`s waiting to be served; more is a flood
 
 
 class State(Enum):
@@ -48,10 +55,13 @@ class LinkInfo:
     outbound: bool
     connected_at: float = 0.0  # seconds since the epoch
     peer_vector: dict[str, int] = field(default_factory=dict)
+    peer_epoch: EpochTag = FIRST_TAG
     clock_offset_ms: int = 0
     received_events: int = 0
     sync_bytes_in: int = 0
     sync_bytes_out: int = 0
+    run_events_in: int = 0  # events received in journal runs (the bulk path)
+    run_events_out: int = 0
     bridge: dict[str, Any] | None = None
 
 
@@ -65,9 +75,30 @@ class Send:
 
 @dataclass(frozen=True)
 class ApplySync:
-    """Verify and apply this sync message (EventLog.receive_sync); report with sync_applied / sync_refused."""
+    """Verify and apply this sync message (EventLog.receive_sync) if `epoch` is this desk's epoch (else drop
+    it: one side has just moved); report with sync_applied / sync_refused."""
 
     message: bytes
+    epoch: str
+
+
+@dataclass(frozen=True)
+class CatchUp:
+    """The peer's vector or epoch changed: ask the plan what to want of it (then call `want`)."""
+
+
+@dataclass(frozen=True)
+class ServeRuns:
+    """The peer wants these journal ranges: send them as runs (`run_frames`), the last of each `done`."""
+
+    ranges: list[tuple[str, int, int]]
+
+
+@dataclass(frozen=True)
+class ApplyRun:
+    """Verify and keep this run (EventLog.receive_run); report with run_applied / sync_refused."""
+
+    run: frames.Run
 
 
 @dataclass(frozen=True)
@@ -91,7 +122,7 @@ class Close:
     report: bool = True
 
 
-Action = Send | ApplySync | GenerateSync | Linked | Close
+Action = Send | ApplySync | GenerateSync | Linked | Close | CatchUp | ServeRuns | ApplyRun
 
 
 class LinkMachine:
@@ -106,15 +137,22 @@ class LinkMachine:
         self.closed_for: Refusal | None = None
         self._hello_by: float | None = None
         self._tip_at = 0.0  # when the last tip went (or the link came up)
-        self._last_tip: tuple[dict[str, int], dict[str, Any] | None] | None = None
+        self._last_tip: tuple[dict[str, int], dict[str, Any] | None, EpochTag] | None = None
+        self.asked: dict[str, tuple[int, int]] = {}  # node -> (next seq expected, last asked)
+        self.wants_waiting = 0  # the peer's wants handed to the loop and not yet served
 
-    # ---- inputs from the peer
-    def start(self, now: Now) -> list[Action]:
+    # ---- our hello carries what we hold
+    def hello(self, epoch: EpochTag, vector: dict[str, int], now: Now) -> list[Action]:
         """Our hello, first thing each way; the peer's must come within HELLO_TIMEOUT."""
         if self.state is not State.AWAIT_HELLO or self._hello_by is not None:
             return []
         self._hello_by = now.mono + HELLO_TIMEOUT
-        return [Send(frames.encode(frames.Hello(self.node, self.desk, now.wall)))]
+        return [Send(frames.encode(frames.Hello(self.node, self.desk, now.wall, epoch=epoch, vector=vector)))]
+
+    # ---- inputs from the peer
+    def start(self, now: Now) -> list[Action]:
+        """A hello saying we hold nothing yet (tests; a desk says what it holds with `hello`)."""
+        return self.hello(FIRST_TAG, {}, now)
 
     def receive(self, data: bytes | str, now: Now) -> list[Action]:
         """One WebSocket message from the peer (a text message is garbage too)."""
@@ -133,11 +171,30 @@ class LinkMachine:
             return self._close(Refusal.UNEXPECTED_HELLO, "a second hello")
         if isinstance(frame, frames.Sync):
             self.info.sync_bytes_in += len(frame.message)
-            return [ApplySync(frame.message)]
+            return [ApplySync(frame.message, frame.epoch)]
+        if isinstance(frame, frames.Want):
+            if self.wants_waiting >= MAX_WANTS:
+                return self._close(Refusal.FLOOD, f"more than {MAX_WANTS} wants waiting")
+            self.wants_waiting += 1
+            return [ServeRuns(frame.ranges)]
+        if isinstance(frame, frames.Run):
+            return self._run(frame)
+        moved = frame.epoch != self.info.peer_epoch
         self.info.peer_vector = frame.vector
+        self.info.peer_epoch = frame.epoch
         self.info.clock_offset_ms = frame.wall - now.wall
         self.info.bridge = frame.bridge
-        return []
+        return [CatchUp(), GenerateSync()] if moved else [CatchUp()]
+
+    def _run(self, run: frames.Run) -> list[Action]:
+        assert self.info is not None
+        asked = self.asked.get(run.node)
+        if asked is None or run.first != asked[0] or run.first + len(run.events) - 1 > asked[1]:
+            return self._close(Refusal.UNASKED_RUN,
+                               f"a run of {run.node[:12]} from {run.first} that was not asked for")
+        self.asked[run.node] = (run.first + len(run.events), asked[1])
+        self.info.run_events_in += len(run.events)
+        return [ApplyRun(run)]
 
     def _hello(self, hello: frames.Hello, now: Now) -> list[Action]:
         if hello.version != frames.PROTOCOL_VERSION:
@@ -150,9 +207,10 @@ class LinkMachine:
                                f"hello names {hello.node[:12]}, certificate {self.proven[:12]}")
         self.state = State.SYNCING
         self.info = LinkInfo(hello.node, hello.desk, self.address, self.outbound, connected_at=now.wall / 1000,
-                             clock_offset_ms=hello.wall - now.wall)
+                             clock_offset_ms=hello.wall - now.wall, peer_vector=hello.vector,
+                             peer_epoch=hello.epoch)
         self._tip_at = now.mono
-        return [Linked(self.info), GenerateSync()]
+        return [Linked(self.info), CatchUp(), GenerateSync()]
 
     def closed(self) -> list[Action]:
         """The WebSocket ended (the peer hung up, or this node closed it): not a refusal."""
@@ -173,6 +231,41 @@ class LinkMachine:
         if self.state is State.CLOSED:
             return []
         return self._close(refused.kind, refused.message, report=False)
+
+    # ---- outcomes of ApplyRun
+    def run_applied(self, run: frames.Run, n_events: int) -> list[Action]:
+        """Kept. After the last run of what was asked, the plan may have more to want."""
+        if self.state is not State.SYNCING:
+            return []
+        assert self.info is not None
+        self.info.received_events += n_events
+        if run.done:
+            self.asked.pop(run.node, None)
+            if n_events == 0:
+                return []  # it had no more (its journal lags its tip): ask again at its next tip
+            return [CatchUp(), GenerateSync()]  # more may be due, and the epoch may have moved with it
+        return []
+
+    # ---- the bulk path, our side
+    def want(self, ranges: list[tuple[str, int, int]]) -> list[Action]:
+        """Ask the peer for these ranges (from the catch-up plan)."""
+        if self.state is not State.SYNCING or not ranges:
+            return []
+        for node, first, last in ranges:
+            self.asked[node] = (first, last)
+        return [Send(frames.encode(frames.Want(ranges)))]
+
+    def run_frame(self, run: frames.Run) -> list[Action]:
+        """One run we serve, framed."""
+        if self.state is not State.SYNCING:
+            return []
+        assert self.info is not None
+        self.info.run_events_out += len(run.events)
+        return [Send(frames.encode(run))]
+
+    def served(self) -> None:
+        """One of the peer's wants has been answered."""
+        self.wants_waiting = max(0, self.wants_waiting - 1)
 
     # ---- the writer's side
     def local_change(self) -> list[Action]:
@@ -195,23 +288,24 @@ class LinkMachine:
             return self._tip_at + TIP_EVERY
         return None
 
-    def sync_message(self, message: bytes) -> list[Action]:
-        """One sync message of a write round, framed."""
+    def sync_message(self, message: bytes, epoch: str = "") -> list[Action]:
+        """One sync message of a write round (for the document of `epoch`), framed."""
         if self.state is not State.SYNCING:
             return []
         assert self.info is not None
         self.info.sync_bytes_out += len(message)
-        return [Send(frames.encode(frames.Sync(message)))]
+        return [Send(frames.encode(frames.Sync(message, epoch)))]
 
-    def tip(self, vector: dict[str, int], bridge: dict[str, Any] | None, now: Now) -> list[Action]:
+    def tip(self, vector: dict[str, int], bridge: dict[str, Any] | None, now: Now,
+            epoch: EpochTag = FIRST_TAG) -> list[Action]:
         """The end of a write round: our tip goes when it changed or TIP_EVERY has passed."""
         if self.state is not State.SYNCING:
             return []
-        current = (dict(vector), None if bridge is None else dict(bridge))
+        current = (dict(vector), None if bridge is None else dict(bridge), epoch)
         if current == self._last_tip and now.mono - self._tip_at < TIP_EVERY:
             return []
         self._last_tip, self._tip_at = current, now.mono
-        return [Send(frames.encode(frames.Tip(current[0], now.wall, current[1])))]
+        return [Send(frames.encode(frames.Tip(current[0], now.wall, current[1], epoch)))]
 
     def _close(self, reason: Refusal, detail: str, *, report: bool = True) -> list[Action]:
         self.state = State.CLOSED

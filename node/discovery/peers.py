@@ -226,6 +226,8 @@ class PeerTable:
                 "node": node, "desk": info.desk, "address": info.address, "connected": connected,
                 "outbound": info.outbound, "lag": lag, "clock_offset_ms": info.clock_offset_ms,
                 "events_received": info.received_events, "sync_bytes_in": info.sync_bytes_in,
-                "sync_bytes_out": info.sync_bytes_out,
+                "sync_bytes_out": info.sync_bytes_out, "run_events_in": info.run_events_in,
+                "run_events_out": info.run_events_out,
+                "epoch": info.peer_epoch.number,
             })
         return out

@@ -47,6 +47,7 @@ STUCK_AFTER = 3  # transient failures in a row of one event, the ILS answering, 
 class BridgeConfig:
     concurrency: int = 16
     term: int = 1  # a single configured bridge for now; elections bring real terms
+    seal_every: int = 20_000  # events in the current epoch's document before the bridge seals it (epochs.py)
 
 
 def log_clock_offset(eventlog: EventLog) -> Callable[[str], tuple[int, str] | None]:
@@ -116,6 +117,7 @@ class Bridge:
     async def _run(self) -> None:
         while True:
             try:
+                await self._seal_if_due()
                 await self._probe()
                 if self.reachable and asyncio.get_running_loop().time() >= self._auth_retry_at:
                     finished = await self._upload_round()
@@ -131,6 +133,12 @@ class Bridge:
             except Exception:
                 log.exception("bridge loop error; retrying")
                 await asyncio.sleep(PROBE_INTERVAL)
+
+    async def _seal_if_due(self) -> None:
+        """Keeps the document small: its size, not the ILS, decides (a seal only changes how events travel)."""
+        if self.config.seal_every > 0 and self.log.doc_events >= self.config.seal_every:
+            seal = await self.log.seal()
+            log.info("sealed epoch %d at %d events in its document", seal.body["epoch"] - 1, self.config.seal_every)
 
     async def _probe(self) -> None:
         try:

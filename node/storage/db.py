@@ -1,5 +1,10 @@
 """The node's SQLite file: the append-only event journal, Automerge change chunks, the last full save.
 
+The journal is the record: every event this desk ever held, indexed by (node, seq) so that a run of one
+desk's events can be served to a peer that lacks it (the bulk catch-up path). The document tables hold only
+the current epoch's Automerge document (its last full save and the change chunks since): an epoch change
+replaces them in one transaction (`rebase`).
+
 WAL with synchronous=FULL, so a commit is fsynced before it returns. One writer thread owns the
 connection and commits everything queued since its last commit in one transaction (group commit): many
 desks scanning at once share an fsync instead of queueing behind each other's.
@@ -17,7 +22,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS journal (pos INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, raw BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS journal (pos INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, raw BLOB NOT NULL,
+                                    node TEXT, seq INTEGER);
 CREATE TABLE IF NOT EXISTS records (node TEXT PRIMARY KEY, raw BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS changes (pos INTEGER PRIMARY KEY AUTOINCREMENT, bytes BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS saved (id INTEGER PRIMARY KEY CHECK (id = 1), bytes BLOB NOT NULL,
@@ -26,7 +32,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS attempts (event TEXT PRIMARY KEY, at INTEGER NOT NULL);
 """
 
-Statement = tuple[str, tuple[Any, ...]]
+Statement = tuple[str, tuple[Any, ...] | list[tuple[Any, ...]]]  # a list of rows: one executemany
 T = TypeVar("T")
 
 
@@ -45,12 +51,23 @@ class Store:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(SCHEMA)
+        self._migrate()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="circmesh-store")
         self._pending: list[tuple[list[Statement], asyncio.Future[None]]] = []
         self._flushing = False
         self._flush_task: asyncio.Task[None] | None = None
         self._lock = threading.Lock()
         self.commits = 0
+
+    def _migrate(self) -> None:
+        """Journals written before the bulk path lack (node, seq): derived from the id, once."""
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(journal)")}
+        if "node" not in columns:
+            self._conn.execute("ALTER TABLE journal ADD COLUMN node TEXT")
+            self._conn.execute("ALTER TABLE journal ADD COLUMN seq INTEGER")
+        self._conn.execute("UPDATE journal SET node = substr(id, 1, 32), "
+                           "seq = CAST(substr(id, 34) AS INTEGER) WHERE node IS NULL")
+        self._conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS journal_chain ON journal (node, seq)")
 
     def load(self) -> Loaded:
         """Everything needed to start; called once before serving."""
@@ -103,7 +120,10 @@ class Store:
             c.execute("BEGIN IMMEDIATE")
             try:
                 for sql, params in statements:
-                    c.execute(sql, params)
+                    if isinstance(params, list):
+                        c.executemany(sql, params)
+                    else:
+                        c.execute(sql, params)
                 c.execute("COMMIT")
             except BaseException:
                 if c.in_transaction:  # SQLite rolls back by itself on some errors (a full disk): keep its reason
@@ -124,7 +144,41 @@ class Store:
 
 
 def journal_insert(event_id: str, raw: bytes) -> Statement:
-    return ("INSERT OR IGNORE INTO journal (id, raw) VALUES (?, ?)", (event_id, raw))
+    node, _, seq = event_id.partition(":")
+    return ("INSERT OR IGNORE INTO journal (id, raw, node, seq) VALUES (?, ?, ?, ?)", (event_id, raw, node, int(seq)))
+
+
+def journal_insert_many(rows: list[tuple[str, bytes]]) -> Statement:
+    """A run of events in one statement (the bulk path)."""
+    params = []
+    for event_id, raw in rows:
+        node, _, seq = event_id.partition(":")
+        params.append((event_id, raw, node, int(seq)))
+    return ("INSERT OR IGNORE INTO journal (id, raw, node, seq) VALUES (?, ?, ?, ?)", params)
+
+
+def read_run(conn: sqlite3.Connection, node: str, first: int, last: int, max_bytes: int) -> list[bytes]:
+    """One desk's events first..last as stored, stopping early (after at least one) past `max_bytes`."""
+    out: list[bytes] = []
+    size = 0
+    rows = conn.execute("SELECT raw FROM journal WHERE node = ? AND seq BETWEEN ? AND ? ORDER BY seq",
+                        (node, first, last))
+    for (raw,) in rows:
+        if out and size + len(raw) > max_bytes:
+            break
+        out.append(raw)
+        size += len(raw)
+    return out
+
+
+def rebase(saved: bytes, epoch: str) -> list[Statement]:
+    """The document of a new epoch replaces the last one's save and change chunks, with its epoch named."""
+    return [
+        ("DELETE FROM changes", ()),
+        ("INSERT OR REPLACE INTO saved (id, bytes, upto) "
+         "VALUES (1, ?, (SELECT COALESCE(MAX(pos), 0) FROM changes))", (saved,)),
+        meta_set("epoch", epoch),
+    ]
 
 
 def change_insert(chunk: bytes) -> Statement:

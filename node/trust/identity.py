@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeGuard
@@ -27,12 +28,12 @@ def node_id_for(public_key: Ed25519PublicKey | bytes) -> str:
     return hashlib.sha256(raw).hexdigest()[:NODE_ID_HEX]
 
 
+_NODE_ID = re.compile(f"[0-9a-f]{{{NODE_ID_HEX}}}")
+
+
 def is_node_id(value: object) -> TypeGuard[str]:
-    return (
-        isinstance(value, str)
-        and len(value) == NODE_ID_HEX
-        and all(c in "0123456789abcdef" for c in value)
-    )
+    """Checked for every key of every version vector received: a compiled pattern, not a loop per character."""
+    return isinstance(value, str) and _NODE_ID.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)

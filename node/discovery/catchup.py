@@ -1,0 +1,57 @@
+"""The bulk catch-up plan: which journal runs to ask which peer for, so each event arrives about once. Pure.
+
+Events a sealed epoch covers (epochs.py) no longer travel in any document: a desk that lacks them asks a
+peer for them in runs (per desk, a contiguous range: its hash chain and one signature vouch for it). A
+desk behind in epochs (back after a week, or joining with an empty journal) asks for everything the peer
+holds; two desks in the same epoch only for what the epoch's `upto` covers, the rest comes in the
+document. Each desk's range is asked of one peer at a time, a window at a time, so that several links do
+not all send the same events (as several Automerge links do); a window is re-asked elsewhere if the link
+asked goes away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from node.crdt.epochs import Epoch, EpochTag
+
+WINDOW = 20_000  # events of one desk asked of one peer at once
+
+
+Range = tuple[str, int, int]  # node, first seq, last seq
+
+
+class CatchUp:
+    def __init__(self, window: int = WINDOW) -> None:
+        self.window = window
+        self._claims: dict[str, tuple[str, int]] = {}  # node -> (peer asked, last seq asked)
+
+    def plan(self, peer: str, peer_vector: Mapping[str, int], peer_epoch: EpochTag,
+             vector: Mapping[str, int], epoch: Epoch) -> list[Range]:
+        """What to ask `peer` for now (and claim for it)."""
+        if peer_epoch.number < epoch.number:
+            return []  # it is behind: it asks us; what it holds beyond our epoch's upto it will carry
+        same = peer_epoch == epoch.tag
+        out: list[Range] = []
+        for node, theirs in sorted(peer_vector.items()):
+            limit = min(theirs, epoch.upto.get(node, 0)) if same else theirs
+            have = vector.get(node, 0)
+            if limit <= have or node in self._claims:
+                continue
+            last = min(limit, have + self.window)
+            self._claims[node] = (peer, last)
+            out.append((node, have + 1, last))
+        return out
+
+    def done(self, peer: str, node: str) -> None:
+        """`peer` sent all it will of what it was asked for `node`."""
+        if self._claims.get(node, ("",))[0] == peer:
+            del self._claims[node]
+
+    def release(self, peer: str) -> None:
+        """The link to `peer` went away: what it was asked may be asked of another."""
+        for node in [n for n, (p, _) in self._claims.items() if p == peer]:
+            del self._claims[node]
+
+    def asked_of(self, peer: str) -> dict[str, int]:
+        return {n: last for n, (p, last) in self._claims.items() if p == peer}

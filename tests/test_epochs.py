@@ -1,0 +1,295 @@
+"""Epochs and the bulk path, through real Automerge documents and real SQLite journals, without sockets.
+
+`settle` does what the link loop does between every linked pair (node/discovery/link.py): a desk asks the
+catch-up plan what to want of its peer and receives it as journal runs read from the peer's journal, and
+desks in the same epoch run Automerge's sync protocol on that epoch's document. The link loop itself is
+exercised with real desks in tests/test_cluster_processes.py."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from node.crdt.epochs import Epochs, seal_problem
+from node.crdt.refusals import Refusal
+from node.eventlog import EventLog, RefusedSync
+from node.trust.identity import load_or_create_identity
+from tests.factories import SimDesk as Desk
+from tests.test_state import summary
+
+
+def make_log(root: Path, name: str) -> EventLog:
+    d = root / name
+    log = EventLog(load_or_create_identity(d), d, name)
+    log.open()
+    return log
+
+
+async def settle(logs: list[EventLog], linked: set[frozenset[int]] | None = None,
+                 states: dict | None = None) -> dict[str, int]:
+    """Until nobody has anything more to send (bounded). Returns events moved by runs and by documents."""
+    states = {} if states is None else states
+    moved = {"runs": 0, "documents": 0}
+    pairs = [(i, j) for i in range(len(logs)) for j in range(len(logs))
+             if i != j and (linked is None or frozenset((i, j)) in linked)]
+    for _ in range(60):
+        quiet = True
+        for i, j in pairs:
+            a, b = logs[i], logs[j]  # b catches up from a
+            await a.store.commit([])
+            peer = a.identity.node_id
+            for node, first, last in b.catchup.plan(peer, a.vector, a.epoch.tag, b.vector, b.epoch):
+                while first <= last:
+                    raws = await a.read_run(node, first, last)
+                    n = b.receive_run(node, first, raws, a.record_raw(node), a.desk)
+                    moved["runs"] += n
+                    quiet &= n == 0
+                    if not raws:
+                        break
+                    first += len(raws)
+                b.catchup.done(peer, node)
+            if a.epoch.tag == b.epoch.tag:
+                seal = a.epoch.seal
+                out = states.setdefault((i, j, seal), a.new_sync_state())
+                into = states.setdefault((j, i, seal), b.new_sync_state())
+                message = a.generate_sync(out)
+                if message is not None:
+                    quiet = False
+                    moved["documents"] += b.receive_sync(into, message, a.desk)
+        if quiet:
+            for log in logs:
+                await log.store.commit([])
+            return moved
+    raise AssertionError("did not settle")
+
+
+async def scans(log: EventLog, n: int, prefix: str) -> list[str]:
+    out = []
+    for k in range(n):
+        out.append((await log.append("checkout", {"patron": f"P{k % 7}", "item": f"{prefix}{k}"}, "staff")).id)
+    return out
+
+
+def same_everywhere(logs: list[EventLog]) -> None:
+    orders = [[e.id for e in log.ordered()] for log in logs]
+    assert all(o == orders[0] for o in orders)
+    assert all(summary(log.state) == summary(logs[0].state) for log in logs)
+    assert all(log.epoch == logs[0].epoch for log in logs)
+
+
+def doc_events(log: EventLog) -> set[str]:
+    return {k for k in log.doc.keys() if not k.startswith("n:")}
+
+
+async def started(root: Path, names: list[str]) -> list[EventLog]:
+    logs = [make_log(root, n) for n in names]
+    for log in logs:
+        await log.start()
+    return logs
+
+
+def close_all(logs: list[EventLog]) -> None:
+    for log in logs:
+        log.close()
+
+
+# ---- the rules, pure
+
+
+def test_a_seal_must_cover_exactly_its_causal_past() -> None:
+    a, b = Desk(), Desk()
+    b.receive(a.write("checkout", patron="P1", item="I1"))
+    good = b.write("seal", epoch=1, upto={a.node: 1, b.node: 1})
+    assert seal_problem(good) is None
+    premature = b.write("seal", epoch=1, upto={a.node: 5, b.node: 2})  # claims what it never held
+    assert seal_problem(premature) is not None
+    partial = b.write("seal", epoch=1, upto={b.node: 3})  # leaves out what it held
+    assert seal_problem(partial) is not None
+
+
+def test_an_epoch_is_entered_once_everything_it_seals_is_held() -> None:
+    a, b = Desk(), Desk()
+    b.receive(a.write("checkout", patron="P1", item="I1"))
+    seal = b.write("seal", epoch=1, upto={a.node: 1, b.node: 1})
+    epochs = Epochs()
+    epochs.offer(seal)
+    assert epochs.advance({b.node: 1}).number == 0  # a's event is not here yet
+    assert epochs.advance({a.node: 1, b.node: 1}).seal == seal.id
+    # the next seal must be built on this one; one that skips a number, or names a wrong upto, opens nothing
+    b.write("checkin", item="I1")
+    skip = b.write("seal", epoch=3, upto={a.node: 1, b.node: 3})
+    bad = b.write("seal", epoch=2, upto={a.node: 1})
+    epochs.offer(skip)
+    epochs.offer(bad)
+    assert epochs.advance({a.node: 1, b.node: 4}).number == 1 and bad.id in epochs.ignored
+
+
+def test_of_two_rival_seals_the_one_that_sorts_first_wins_wherever_it_arrives() -> None:
+    a, b = Desk(), Desk()
+    early = a.write("seal", epoch=1, upto={a.node: 1})
+    b.now += 1000
+    late = b.write("seal", epoch=1, upto={b.node: 1})
+    assert early.order_key < late.order_key
+    for order in ([early, late], [late, early]):
+        epochs = Epochs()
+        held = {}
+        for seal in order:
+            epochs.offer(seal)
+            held[seal.node] = 1
+            epochs.advance(held)
+        assert epochs.current.seal == early.id and [e.number for e in epochs.entered] == [0, 1]
+
+
+# ---- desks
+
+
+async def test_a_seal_starts_small_documents_and_every_desk_follows(tmp_path: Path) -> None:
+    logs = await started(tmp_path, ["bridge", "front", "returns"])
+    try:
+        for log, prefix in zip(logs, "ABC", strict=True):
+            await scans(log, 40, prefix)
+        await settle(logs)
+        assert all(len(doc_events(log)) == 120 for log in logs)
+        seal = await logs[0].seal()
+        # the seal covers itself: its desk moves at once, and the others get it (and what they lack) by runs
+        assert logs[0].epoch.seal == seal.id and doc_events(logs[0]) == set()
+        late = await scans(logs[1], 3, "L")  # written before the seal reached this desk: carried forward
+        await settle(logs)
+        same_everywhere(logs)
+        assert logs[1].epoch.seal == seal.id
+        assert all(doc_events(log) == set(late) for log in logs)  # carried, or received
+        more = await scans(logs[2], 5, "M")
+        await settle(logs)
+        same_everywhere(logs)
+        assert all(doc_events(log) == {*late, *more} for log in logs)
+        assert len(logs[0].ordered()) == 120 + 1 + 3 + 5
+    finally:
+        close_all(logs)
+
+
+async def test_a_scan_whose_commit_is_in_flight_when_the_epoch_moves_is_carried(tmp_path: Path) -> None:
+    """Found under load: a scan put in the old document, its fsync still running, when a journal run brought
+    the seal, was in no document of the new epoch; the desks in that epoch never got it."""
+    logs = await started(tmp_path, ["bridge", "front"])
+    try:
+        await scans(logs[1], 3, "F")
+        await settle(logs)
+        seal = await logs[0].seal()
+        await logs[0].store.commit([])
+        node = logs[0].identity.node_id
+        raws = await logs[0].read_run(node, 1, logs[0].seq)
+        pending = asyncio.ensure_future(logs[1].append("checkout", {"patron": "P1", "item": "X"}, "staff"))
+        await asyncio.sleep(0)
+        assert not pending.done() and len(logs[1]._unintegrated) == 1  # in the old document, not yet durable
+        logs[1].receive_run(node, 1, raws, logs[0].record_raw(node), "bridge")
+        assert logs[1].epoch.seal == seal.id
+        event = await pending
+        assert event.id in doc_events(logs[1])
+        await settle(logs)
+        same_everywhere(logs)
+        assert event.id in {e.id for e in logs[0].ordered()}
+    finally:
+        close_all(logs)
+
+
+async def test_a_desk_cut_off_for_two_epochs_comes_back(tmp_path: Path) -> None:
+    """Its events reach every desk once, it gets what it missed by runs, and all fold the same state."""
+    logs = await started(tmp_path, ["bridge", "front", "away"])
+    try:
+        await scans(logs[2], 5, "before")
+        await settle(logs)
+        cluster = {frozenset((0, 1))}
+        away = await scans(logs[2], 30, "away")  # nobody sees these for two epochs
+        await scans(logs[1], 50, "F")
+        await settle(logs, cluster)
+        await logs[0].seal()
+        await scans(logs[0], 20, "B")
+        await settle(logs, cluster)
+        second = await logs[0].seal()
+        await scans(logs[1], 10, "G")
+        await settle(logs, cluster)
+        assert logs[1].epoch.seal == second.id and logs[2].epoch.number == 0
+        moved = await settle(logs)  # the cable is back
+        same_everywhere(logs)
+        assert logs[2].epoch.seal == second.id
+        assert set(away) <= {e.id for e in logs[0].ordered()}
+        assert set(away) <= doc_events(logs[0])  # they came in the new document: the seals do not cover them
+        assert moved["runs"] >= 50 + 20 + 2  # what it missed came in runs
+        ids = [e.id for e in logs[0].ordered()]
+        assert len(ids) == len(set(ids)) == 5 + 30 + 50 + 20 + 10 + 2
+    finally:
+        close_all(logs)
+
+
+async def test_a_new_desk_gets_the_history_by_runs_and_the_same_state(tmp_path: Path) -> None:
+    logs = await started(tmp_path, ["bridge", "front", "gone"])
+    try:
+        for log, prefix in zip(logs, "ABC", strict=True):
+            await scans(log, 300, prefix)
+        await settle(logs)
+        await logs[0].seal()
+        tail = await scans(logs[1], 7, "T")
+        await settle(logs[:2])
+        gone = logs.pop()  # its PC died: its events live on in the others' journals
+        gone.close()
+        newcomer = make_log(tmp_path, "new")
+        await newcomer.start()
+        logs.append(newcomer)
+        moved = await settle(logs)
+        same_everywhere(logs)
+        assert moved["runs"] >= 900 and len(newcomer.ordered()) == 900 + 1 + 7
+        assert set(tail) <= doc_events(newcomer)
+        # and a restart keeps the epoch, the small document, and every event
+        newcomer.close()
+        again = make_log(tmp_path, "new")
+        await again.start()
+        logs[-1] = again
+        assert again.epoch == logs[0].epoch and len(again.ordered()) == 908
+        assert doc_events(again) == doc_events(logs[1]) or set(tail) <= doc_events(again)
+        same_everywhere(logs)
+    finally:
+        close_all(logs)
+
+
+async def test_a_tampered_run_is_refused_whole(tmp_path: Path) -> None:
+    logs = await started(tmp_path, ["a", "b"])
+    try:
+        await scans(logs[0], 10, "A")
+        await logs[0].store.commit([])
+        node = logs[0].identity.node_id
+        raws = await logs[0].read_run(node, 1, 10)
+        record = logs[0].record_raw(node)
+        tampered = [*raws[:4], raws[4].replace(b"A4", b"A9"), *raws[5:]]
+        for bad, kind in ((tampered, Refusal.BROKEN_CHAIN), (raws[:3] + raws[4:], Refusal.MALFORMED),
+                          ([raws[0][:-1] + bytes([raws[0][-1] ^ 1])], Refusal.BAD_SIGNATURE)):
+            with pytest.raises(RefusedSync) as refused:
+                logs[1].receive_run(node, 1, bad, record, "a")
+            assert refused.value.refused.kind is kind
+            assert logs[1].vector.get(node, 0) == 0
+        with pytest.raises(RefusedSync) as refused:  # no record: nobody to vouch for it
+            logs[1].receive_run(node, 1, raws, None, "a")
+        assert refused.value.refused.kind is Refusal.UNKNOWN_NODE
+        with pytest.raises(RefusedSync) as refused:  # a gap
+            logs[1].receive_run(node, 3, raws[2:], record, "a")
+        assert refused.value.refused.kind is Refusal.BROKEN_CHAIN
+        assert logs[1].receive_run(node, 1, raws, record, "a") == 10
+        assert logs[1].receive_run(node, 1, raws, record, "a") == 0  # held already: nothing new
+        assert logs[1].refusals[Refusal.BROKEN_CHAIN] == 2
+    finally:
+        close_all(logs)
+
+
+async def test_a_seal_with_a_false_upto_opens_nothing(tmp_path: Path) -> None:
+    logs = await started(tmp_path, ["a", "b"])
+    try:
+        await scans(logs[0], 3, "A")
+        await settle(logs)
+        # a seal is written through the log, which fills upto in; one claiming more than its desk held
+        forged = await logs[1].append("seal", {"epoch": 1, "upto": {logs[0].identity.node_id: 99}}, "x")
+        await settle(logs)
+        assert all(log.epoch.number == 0 and forged.id in log.epochs.ignored for log in logs)
+        same_everywhere(logs)
+    finally:
+        close_all(logs)
