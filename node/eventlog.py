@@ -456,8 +456,8 @@ class EventLog:
                     entries[f"{node}:{seq}"] = raw
                     carried += 1
         for event_id, raw in self._unintegrated.items():
-            node, _, seq = event_id.partition(":")
-            if not target.covers(node, int(seq)):
+            writer, _, number = event_id.partition(":")
+            if not target.covers(writer, int(number)):
                 entries[event_id] = raw
                 carried += 1
         if entries:
