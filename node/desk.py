@@ -1,4 +1,4 @@
-"""A desk node: the event log, its peer links, and the desk API, started and stopped together."""
+"""A desk node: the event log, its peer links, the bridge and the desk API, wired, started and stopped together."""
 
 from __future__ import annotations
 
@@ -8,28 +8,29 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
 from node.api.app import build_app, build_peer_app
 from node.api.files import MAX_IMPORT
 from node.api.live import LiveFeed
+from node.clock_suspects import ClockSuspects
 from node.cluster import ClusterPolicy, load_membership
 from node.crdt.bounds import DeskLimits
-from node.crdt.conflicts import Conflict
-from node.crdt.event import DESK_KINDS, Event
 from node.crdt.hlc import DEFAULT_MAX_DRIFT_MS
-from node.crdt.state import Loan
 from node.discovery.mdns import Discovery, Peer
-from node.discovery.peers import PeerTable
+from node.discovery.peers import LogLinks, PeerTable
 from node.discovery.tls import TlsTransport, serve_tls
-from node.eventlog import Arrival, EventLog, wall_ms
+from node.eventlog import Arrival, EventLog
 from node.ilsbridge.adapters.base import load_credentials, make_adapter
 from node.ilsbridge.bridge import Bridge, BridgeConfig
+from node.revocation import Revocations
+from node.scan_warnings import ScanWarnings
+from node.status import DeskStatus
 from node.tasks import reap
 from node.trust.admissions import AdmissionStore
 from node.trust.identity import load_or_create_identity
+from node.views import CirculationViews
 
 log = logging.getLogger(__name__)
 
@@ -64,31 +65,41 @@ class DeskConfig:
 
 
 class DeskNode:
+    """Wires a desk's parts together, and starts and stops them: the log, revocations, the TLS transport and
+    peer table, the views, scan warnings, clock suspects and status the API shows, the live feed, the
+    bridge, mDNS, and both ports. What each part does is in its own module."""
+
     def __init__(self, config: DeskConfig) -> None:
         """Raises NotEnrolled when the data directory belongs to no cluster: there is no plaintext mode."""
         self.config = config
-        self.loan_days = config.loan_days
-        self.limits = config.limits
         identity = load_or_create_identity(config.data_dir)
         self.membership = load_membership(config.data_dir, identity)
         self.log = EventLog(identity, config.data_dir, config.desk, policy=ClusterPolicy(self.membership),
                             cert=self.membership.node_cert_pem, max_drift_ms=config.max_clock_drift_ms)
+        self.revocations = Revocations(self.log)
         self.transport = TlsTransport(identity, self.membership, config.data_dir / "tls",
-                                      revoked=lambda: set(self.log.revoked))
-        self.peers = PeerTable(self.log, self.transport)
+                                      revoked=self.revocations.nodes)
+        links = LogLinks(self.log)
+        self.peers = PeerTable(links, self.transport)
         self.admissions = AdmissionStore() if self.membership.ca is not None else None
         self.discovery: Discovery | None = None
         self._mdns_dialled: dict[str, str] = {}  # node id -> the address dialled because mDNS announced it
         self._peer_server: asyncio.Server | None = None
-        self.live = LiveFeed(self)
+        self.views = CirculationViews(self.log)
+        self.warnings = ScanWarnings(self.log)
+        self.clocks = ClockSuspects(self.node_id, self.log, self.peers, config.max_clock_drift_ms)
+        self.live = LiveFeed(self.views.event_json)
         self.bridge: Bridge | None = None
         if config.ils:
             credentials = load_credentials(config.ils_credentials, os.environ)
             adapter = make_adapter(config.ils, credentials)
             self.bridge = Bridge(self.log, adapter, config.ils, BridgeConfig(concurrency=config.upload_concurrency,
                                                                                   seal_every=config.seal_every),
-                                 clock_offset=self.clock_offset)
-            self.peers.bridge_state = self._bridge_tip
+                                 clock_offset=self.clocks.offset)
+        self.status = DeskStatus(self.node_id, config.desk, config.max_clock_drift_ms, self.log, self.peers,
+                                 self.membership, self.clocks, self.bridge)
+        if self.bridge is not None:
+            links.bridge_state = self.status.bridge_tip
         self._web_runner: web.AppRunner | None = None
         self._peer_runner: web.AppRunner | None = None
         self.port = config.port
@@ -97,9 +108,6 @@ class DeskNode:
     @property
     def node_id(self) -> str:
         return self.log.identity.node_id
-
-    def now_ms(self) -> int:
-        return wall_ms()
 
     async def start(self) -> None:
         self.log.open()
@@ -124,6 +132,7 @@ class DeskNode:
                 on_found=self._peer_found, on_lost=self._peer_lost, interfaces=self.config.interfaces,
                 desk=self.config.desk[:30],
             )
+            self.status.discovery = self.discovery
             await self.discovery.start()
         if self.bridge is not None:
             await self.bridge.start()
@@ -165,7 +174,7 @@ class DeskNode:
                        max(FLUSH_RESERVE, deadline + FLUSH_RESERVE - loop.time()))
         self.log.close()
 
-    # ---- membership
+    # ---- what mDNS finds and what the log revokes, to the peer table
     def _peer_found(self, peer: Peer) -> None:
         """mDNS only proposes: the TLS handshake decides whether this is a member of the cluster.
 
@@ -190,229 +199,11 @@ class DeskNode:
             self.peers.forget(address)
 
     def _on_arrival(self, arrival: Arrival) -> None:
-        if arrival.event.kind == "revoke" and arrival.event.problem is None:
-            node = arrival.event.body["node"]
-            task = asyncio.get_running_loop().create_task(self.peers.drop(node, "revoked"))
+        """A revocation reached the log: drop the revoked desk's link (the transport refuses it from now on)."""
+        event = arrival.event
+        if event.kind == "revoke" and event.problem is None and event.body["node"] in self.revocations:
+            task = asyncio.get_running_loop().create_task(self.peers.drop(event.body["node"], "revoked"))
             task.add_done_callback(lambda _t: None)
-
-    # ---- views shared by the API, the live feed and the UI
-    def event_json(self, event: Event) -> dict[str, Any]:
-        out = event.to_json()
-        out["desk"] = self.log.desk_of(event.node)
-        return out
-
-    def loan_json(self, loan: Loan) -> dict[str, Any]:
-        out = loan.to_json()
-        out["desk"] = self.log.desk_of(loan.node) if loan.node else None
-        return out
-
-    def conflict_json(self, conflict: Conflict) -> dict[str, Any]:
-        out = conflict.to_json()
-        out["detail"] = [self.event_json(self.log.events[e]) for e in conflict.events if e in self.log.events]
-        about = self.log.state.conflicts.get(conflict.about) if conflict.about else None
-        if about is not None:  # the admins' answers disagree: show what they answered, and about what
-            out["about_conflict"] = self.conflict_json(about)
-        if conflict.node is not None:
-            out["desk"] = self.log.desk_of(conflict.node)
-            out["compared_with"] = sorted({d["desk"] for d in out["detail"] if d["node"] != conflict.node})
-        return out
-
-    def patron_json(self, barcode: str) -> dict[str, Any]:
-        state = self.log.state
-        registration = state.registrations.get(barcode)
-        name = self.log.events[registration].body["name"] if registration else None
-        paid = state.payments.get(barcode)
-        return {
-            "barcode": barcode,
-            "name": name,
-            "registered_offline": registration is not None,
-            "loans": [self.loan_json(loan) for loan in state.loans_of(barcode)],
-            "paid_offline": str(paid) if paid is not None else "0",
-            "conflicts": [c.id for c in state.open_conflicts() if barcode in c.patrons],
-        }
-
-    def item_json(self, barcode: str) -> dict[str, Any]:
-        state = self.log.state
-        loan = state.loans.get(barcode)
-        return {
-            "barcode": barcode,
-            "loan": self.loan_json(loan) if loan else None,
-            "returned_by": state.returned.get(barcode),
-            "in_house_uses": state.in_house_uses.get(barcode, 0),
-            "conflicts": [c.id for c in state.open_conflicts() if c.item == barcode],
-        }
-
-    def outcome_rows(self) -> list[dict[str, Any]]:
-        state = self.log.state
-        rows = []
-        for event in reversed(self.log.ordered()):
-            if event.problem is not None or event.kind not in DESK_KINDS or event.id in state.voided:
-                continue
-            outcome = state.outcomes.get(event.id)
-            answer = self.log.events.get(outcome.event) if outcome else None
-            ils_at = answer.body.get("ils_at") if answer else None  # a desk clock that was off, corrected
-            rows.append({
-                "event": event.id, "kind": event.kind, "desk": self.log.desk_of(event.node), "at": event.at,
-                "patron": event.body.get("patron"), "item": event.body.get("item"),
-                "amount": event.body.get("amount"),
-                "status": outcome.status if outcome else "pending",
-                "message": outcome.message if outcome else "",
-                "ils_at": ils_at,
-                "at_corrected_ms": ils_at - event.at if ils_at is not None else None,
-                "at_corrected_by": answer.body.get("ils_at_by") if ils_at is not None and answer else None,
-            })
-        return rows
-
-    # ---- clocks
-    def measured_offsets(self) -> dict[str, int]:
-        """How far each linked desk's clock, and this desk's, reads from the cluster's median clock, as the
-        peer links measure it. Empty with fewer than three desks: with two, nobody can tell which is off."""
-        offsets = {self.node_id: 0}
-        for node, link in self.peers.links.items():
-            if link.info is not None:
-                offsets[node] = link.info.clock_offset_ms
-        if len(offsets) < 3:
-            return {}
-        values = sorted(offsets.values())
-        mid = len(values) // 2
-        median = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) // 2
-        return {node: offset - median for node, offset in offsets.items()}
-
-    def clock_offset(self, node: str) -> tuple[int, str] | None:
-        """How far `node`'s clock reads ahead of the cluster's (negative: behind) when it is off by more
-        than the drift bound, and how that is known: measured over this desk's links where it can be, else
-        as the log shows it (an open clock_ahead conflict). What the bridge corrects ILS times by."""
-        measured = self.measured_offsets()
-        if node in measured:
-            offset = measured[node]
-            return (offset, "link") if abs(offset) > self.config.max_clock_drift_ms else None
-        flagged = self.log.state.clocks.flagged.get(node)
-        return (flagged.offset_ms or 0, "log") if flagged is not None else None
-
-    def clock_suspects(self) -> list[dict[str, Any]]:
-        """Desks whose clocks are off by more than the drift bound: measured over the links (`link`), shown
-        by the log (`log`), or both. With two desks the links cannot say which one is off: `undecided`."""
-        bound = self.config.max_clock_drift_ms
-        suspects: dict[str, dict[str, Any]] = {}
-
-        def entry(node: str, offset: int) -> dict[str, Any]:
-            return suspects.setdefault(node, {"node": node, "desk": self.log.desk_of(node), "offset_ms": offset,
-                                              "sources": [], "this_desk": node == self.node_id,
-                                              "undecided": False})
-
-        for node, offset in self.measured_offsets().items():
-            if abs(offset) > bound:
-                entry(node, offset)["sources"].append("link")
-        flagged = self.log.state.clocks.flagged
-        for node, conflict in flagged.items():
-            found = entry(node, conflict.offset_ms or 0)
-            found["sources"].append("log")
-            found["conflict"] = conflict.id
-        links = [link.info for link in self.peers.links.values() if link.info is not None]
-        if len(links) == 1 and abs(links[0].clock_offset_ms) > bound:
-            other, offset = links[0].node, links[0].clock_offset_ms
-            decided = [n for n in (other, self.node_id) if n in suspects]
-            if decided:  # the log says which of the two it is; the link measures by how much
-                node = decided[0]
-                suspects[node]["sources"].append("link")
-                suspects[node]["offset_ms"] = offset if node == other else -offset
-            else:
-                pair = entry(other, offset)
-                pair["sources"].append("link")
-                pair["undecided"] = True
-        return sorted(suspects.values(), key=lambda s: (not s["this_desk"], s["desk"]))
-
-    def checkout_warnings(self, patron: str, item: str) -> list[dict[str, str]]:
-        loan = self.log.state.loans.get(item)
-        if loan is None:
-            return []
-        if loan.patron == patron:
-            return [{"code": "already_on_loan_to_patron", "blocking": "yes",
-                     "message": f"item {item} is already on loan to this patron: renew it instead"}]
-        where = f" (lent at {self.log.desk_of(loan.node)})" if loan.node else ""
-        return [{"code": "item_on_loan", "blocking": "yes",
-                 "message": f"item {item} is on loan to patron {loan.patron}{where}"}]
-
-    def checkin_warnings(self, item: str) -> list[dict[str, str]]:
-        if item in self.log.state.loans:
-            return []
-        if item in self.log.state.returned:
-            return [{"code": "not_on_loan", "blocking": "no",
-                     "message": f"item {item} was already checked in since the outage"}]
-        return [{"code": "no_offline_loan", "blocking": "no",
-                 "message": f"no loan of item {item} since the outage; the ILS will check it in"}]
-
-    def renewal_warnings(self, item: str) -> list[dict[str, str]]:
-        if item in self.log.state.loans:
-            return []
-        return [{"code": "no_offline_loan", "blocking": "no",
-                 "message": f"no loan of item {item} since the outage; the ILS will renew it if it can"}]
-
-    def status(self) -> dict[str, Any]:
-        state = self.log.state
-        pending = applied = refused = 0
-        for event in self.log.events.values():
-            if event.problem is not None or event.kind not in DESK_KINDS or event.id in state.voided:
-                continue
-            outcome = state.outcomes.get(event.id)
-            if outcome is None:
-                pending += 1
-            elif outcome.status == "applied":
-                applied += 1
-            else:
-                refused += 1
-        bridge = self._bridge_status()
-        uploading = bool(bridge.pop("uploading"))
-        return {
-            "node": {
-                "id": self.node_id, "desk": self.config.desk, "events": len(self.log.events),
-                "seq": self.log.seq, "hlc": self.log.clock.last.to_wire(), "wall": self.now_ms(),
-                "storage": "failed" if self.log.failed else "ok", "failure": self.log.failed,
-            },
-            "peers": self.peers.status(),
-            "epoch": {"number": self.log.epoch.number, "seal": self.log.epoch.seal or None,
-                      "document_events": self.log.doc_events},
-            **bridge,
-            "cluster": {"id": self.membership.cluster_id, "name": self.membership.cluster_name,
-                        "role": self.membership.role},
-            "upload": {"pending": pending, "applied": applied, "failed": refused, "uploading": uploading},
-            "conflicts": len([c for c in state.open_conflicts() if c.needs_admin]),
-            "warnings": len([c for c in state.open_conflicts() if not c.needs_admin]),
-            "quarantined": {
-                "count": len(state.quarantined),
-                "recent": [{"event": event_id, "desk": self.log.desk_of(event_id.partition(":")[0]), "reason": why}
-                           for event_id, why in list(state.quarantined.items())[-10:]],
-            },
-            "refusals": ({kind.value: n for kind, n in self.log.refusals.items()}
-                         | {f"link_{k}": v for k, v in self.peers.counters.items()}),
-            "discovery": dict(self.discovery.counters) if self.discovery else None,
-            "recent_refusals": self.log.refusal_log[-10:],
-            "max_clock_drift_ms": self.config.max_clock_drift_ms,
-            "clock_suspects": self.clock_suspects(),
-        }
-
-
-    def _bridge_tip(self) -> dict[str, Any] | None:
-        if self.bridge is None:
-            return None
-        b = self.bridge
-        return {"node": self.node_id, "desk": self.config.desk, "term": b.config.term, "reachable": b.reachable,
-                "last_probe": b.last_probe, "uploading": b.uploading, "problem": b.problem}
-
-    def _bridge_status(self) -> dict[str, Any]:
-        """This desk's bridge, or the one its peers report (the highest term, then the freshest probe)."""
-        tip = self._bridge_tip()
-        if tip is None:
-            seen = self.peers.bridges_seen()
-            tip = max(seen, key=lambda t: (t["term"], t["last_probe"] or 0)) if seen else None
-        if tip is None:
-            return {"bridge": None, "ils": None, "uploading": False}
-        return {
-            "bridge": {"node": tip["node"], "desk": tip["desk"], "term": tip["term"],
-                       "is_me": tip["node"] == self.node_id},
-            "ils": {"reachable": tip["reachable"], "last_probe": tip["last_probe"], "problem": tip["problem"]},
-            "uploading": tip["uploading"],
-        }
 
 
 def _address(host: str, port: int) -> str:

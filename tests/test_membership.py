@@ -215,7 +215,8 @@ async def test_a_revoked_desk_is_dropped_everywhere_and_refused(two_desks, sessi
     loans = await get_json(session, f"{admin.url}/api/v1/loans?item=X66")
     assert loans["loans"] == []
     desks = await get_json(session, f"{admin.url}/api/v1/desks")
-    assert [d["revoked"] for d in desks["desks"] if d["desk"] == "Returns"] == [True]
+    assert [(d["revoked"], d["revoked_by"]) for d in desks["desks"] if d["desk"] == "Returns"] == [
+        (True, body["event"]["id"])]
 
 
 async def test_foreign_and_spoofed_mdns_records_lead_nowhere(two_desks, session) -> None:

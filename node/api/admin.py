@@ -20,7 +20,7 @@ from aiohttp import web
 
 from node.api.auth import STAFF, require_admin
 from node.api.errors import ApiError
-from node.api.keys import NODE
+from node.api.keys import LOG, VIEWS
 from node.api.schemas import ResolutionRequest, read_json
 from node.crdt import conflicts as c
 from node.crdt.conflicts import Conflict
@@ -56,9 +56,9 @@ def plan(conflict: Conflict, action: str, event: str | None, note: str | None) -
 async def resolution(request: web.Request) -> web.Response:
     require_admin(request)
     body = await read_json(request, ResolutionRequest)
-    node = request.app[NODE]
+    log = request.app[LOG]
     conflict_id = request.match_info["conflict"]
-    state = node.log.state
+    state = log.state
     conflict = state.conflicts.get(conflict_id)
     if conflict is None or conflict not in state.open_conflicts():
         if conflict is not None and conflict_id in state.settled:
@@ -73,9 +73,10 @@ async def resolution(request: web.Request) -> web.Response:
     note = body.note.strip() if body.note else None
     kind, event_body = plan(conflict, body.action, body.event, note)
     try:
-        recorded: Event = await node.log.append(kind, event_body, request[STAFF])
+        recorded: Event = await log.append(kind, event_body, request[STAFF])
     except EventError as e:
         raise ApiError(400, "bad_request", str(e)) from None
     except StorageFailure as e:
         raise ApiError(503, "storage_failure", f"this desk cannot save: {e}") from None
-    return web.json_response({"conflict": conflict_id, "events": [node.event_json(recorded)]}, status=201)
+    return web.json_response({"conflict": conflict_id, "events": [request.app[VIEWS].event_json(recorded)]},
+                             status=201)

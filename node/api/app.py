@@ -10,7 +10,19 @@ from aiohttp import web
 from node.api import admin, auth, circulation, enrolment, files, openapi, queries, ui
 from node.api.auth import setup_auth, staff_middleware
 from node.api.errors import MAX_BODY, error_middleware
-from node.api.keys import NODE
+from node.api.keys import (
+    ADMISSIONS,
+    CLOCKS,
+    CONFIG,
+    LOG,
+    MEMBERSHIP,
+    NODE_ID,
+    PEERS,
+    REVOCATIONS,
+    STATUS,
+    VIEWS,
+    WARNINGS,
+)
 from node.trust.enrolment_http import enrolment_routes
 
 if TYPE_CHECKING:
@@ -18,8 +30,19 @@ if TYPE_CHECKING:
 
 
 def build_app(node: DeskNode) -> web.Application:
+    """The desk's parts, each under its own key (keys.py), so that each handler sees only what it uses."""
     app = web.Application(client_max_size=MAX_BODY, middlewares=[error_middleware, staff_middleware])
-    app[NODE] = node
+    app[NODE_ID] = node.node_id
+    app[CONFIG] = node.config
+    app[LOG] = node.log
+    app[VIEWS] = node.views
+    app[WARNINGS] = node.warnings
+    app[CLOCKS] = node.clocks
+    app[STATUS] = node.status
+    app[PEERS] = node.peers
+    app[REVOCATIONS] = node.revocations
+    app[MEMBERSHIP] = node.membership
+    app[ADMISSIONS] = node.admissions
     setup_auth(app, Path(node.config.data_dir), node.node_id)
     app.add_routes(auth.routes)
     app.add_routes(circulation.routes)

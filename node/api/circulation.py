@@ -17,7 +17,7 @@ from aiohttp import web
 
 from node.api.auth import STAFF
 from node.api.errors import ApiError, barcode_or_400
-from node.api.keys import NODE
+from node.api.keys import CONFIG, LOG, VIEWS, WARNINGS
 from node.api.schemas import (
     CheckinRequest,
     CheckoutRequest,
@@ -29,7 +29,8 @@ from node.api.schemas import (
 )
 from node.crdt.bounds import BoundsError, DeskLimits, check_money
 from node.crdt.event import EventError
-from node.eventlog import EventLog, StorageFailure
+from node.eventlog import StorageFailure, wall_ms
+from node.scan_warnings import ScanWarning
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,7 @@ routes = web.RouteTableDef()
 
 
 def _limits(request: web.Request) -> DeskLimits:
-    limits = getattr(request.app[NODE], "limits", None)
-    return limits if isinstance(limits, DeskLimits) else DeskLimits()
+    return request.app[CONFIG].limits
 
 
 def _barcode(request: web.Request, value: str, what: str) -> str:
@@ -48,10 +48,9 @@ def _barcode(request: web.Request, value: str, what: str) -> str:
 def _due_ms(request: web.Request, value: int | str | None) -> int:
     """A due date given as ms, an ISO date (end of that day, desk time) or an ISO date-time, inside the
     desk's window (so that it is inside the log's bounds too)."""
-    node = request.app[NODE]
-    now = node.now_ms()
+    now = wall_ms()
     if value is None:
-        return int(now + node.loan_days * 86_400_000)
+        return int(now + request.app[CONFIG].loan_days * 86_400_000)
     due: int | None = value if isinstance(value, int) else None
     if isinstance(value, str):
         try:
@@ -74,18 +73,16 @@ def _due_ms(request: web.Request, value: int | str | None) -> int:
     return due
 
 
-async def record(request: web.Request, kind: str, body: dict[str, Any], warnings: list[dict[str, str]]
+async def record(request: web.Request, kind: str, body: dict[str, Any], warnings: list[ScanWarning]
                  ) -> web.Response:
-    node = request.app[NODE]
-    eventlog: EventLog = node.log
     try:
-        event = await eventlog.append(kind, body, request[STAFF])
+        event = await request.app[LOG].append(kind, body, request[STAFF])
     except EventError as e:
         raise ApiError(400, "bad_request", str(e)) from None
     except StorageFailure as e:
         raise ApiError(503, "storage_failure", f"this desk cannot save scans: {e}") from None
     try:
-        shown = node.event_json(event)
+        shown = request.app[VIEWS].event_json(event)
     except Exception:  # the scan is on disk: say so, with what is certain
         log.exception("showing recorded event %s", event.id)
         shown = {"id": event.id, "node": event.node, "seq": event.seq, "hlc": event.hlc.to_wire(),
@@ -93,18 +90,13 @@ async def record(request: web.Request, kind: str, body: dict[str, Any], warnings
     return web.json_response({"event": shown, "warnings": warnings}, status=201)
 
 
-def warning(code: str, message: str, **extra: str) -> dict[str, str]:
-    return {"code": code, "message": message, **extra}
-
-
 @routes.post("/api/v1/checkouts")
 async def checkout(request: web.Request) -> web.Response:
     body = await read_json(request, CheckoutRequest)
-    node = request.app[NODE]
     patron, item = _barcode(request, body.patron, "patron barcode"), _barcode(request, body.item, "item barcode")
     due = _due_ms(request, body.due)
     override = body.override
-    warnings = node.checkout_warnings(patron, item)
+    warnings = request.app[WARNINGS].checkout(patron, item)
     blocking = [w for w in warnings if w.get("blocking") == "yes"]
     if blocking and not override:
         raise ApiError(409, "needs_override", blocking[0]["message"], warnings=warnings)
@@ -118,19 +110,18 @@ async def checkout(request: web.Request) -> web.Response:
 async def checkin(request: web.Request) -> web.Response:
     body = await read_json(request, CheckinRequest)
     item = _barcode(request, body.item, "item barcode")
-    return await record(request, "checkin", {"item": item}, request.app[NODE].checkin_warnings(item))
+    return await record(request, "checkin", {"item": item}, request.app[WARNINGS].checkin(item))
 
 
 @routes.post("/api/v1/renewals")
 async def renewal(request: web.Request) -> web.Response:
     body = await read_json(request, RenewalRequest)
-    node = request.app[NODE]
     item = _barcode(request, body.item, "item barcode")
     due = _due_ms(request, body.due)
     event_body: dict[str, Any] = {"item": item, "due": due}
     if body.patron:
         event_body["patron"] = _barcode(request, body.patron, "patron barcode")
-    return await record(request, "renew", event_body, node.renewal_warnings(item))
+    return await record(request, "renew", event_body, request.app[WARNINGS].renewal(item))
 
 
 @routes.post("/api/v1/payments")
@@ -158,7 +149,5 @@ async def registration(request: web.Request) -> web.Response:
     name = body.name
     if not name.strip():
         raise ApiError(400, "bad_name", "name must be 1-200 printable characters")
-    warnings = []
-    if patron in request.app[NODE].log.state.registrations:
-        warnings.append(warning("already_registered", f"patron {patron} was already registered offline"))
+    warnings = request.app[WARNINGS].registration(patron)
     return await record(request, "patron_register", {"patron": patron, "name": name.strip()}, warnings)

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from node.api.auth import ROLE, STAFF
 from node.api.errors import ApiError, json_body
-from node.api.keys import NODE
+from node.api.keys import ADMISSIONS, LOG, MEMBERSHIP, NODE_ID, PEERS, REVOCATIONS, VIEWS
 from node.trust.admissions import AdmissionStore, approve_pending
 from node.trust.ca import CertificateAuthority
 from node.trust.certs import TrustError, load_cert_pem, verify_node_certificate
@@ -27,8 +27,7 @@ def _admin(request: web.Request) -> None:
 
 
 def _ca_desk(request: web.Request) -> tuple[AdmissionStore, CertificateAuthority]:
-    node = request.app[NODE]
-    store, ca = node.admissions, node.membership.ca
+    store, ca = request.app[ADMISSIONS], request.app[MEMBERSHIP].ca
     if store is None or ca is None:
         raise ApiError(409, "not_the_ca_desk", "this desk does not hold the cluster's CA: admit desks on the "
                        "desk where the cluster was created")
@@ -58,35 +57,36 @@ async def create_code(request: web.Request) -> web.Response:
 @routes.get("/api/v1/desks")
 async def desks(request: web.Request) -> web.Response:
     """Every desk enrolled in the cluster (from the replicated node records), with its state here."""
-    node = request.app[NODE]
-    state = node.log.state
-    linked = node.peers.links
+    log, membership, admissions = request.app[LOG], request.app[MEMBERSHIP], request.app[ADMISSIONS]
+    state = log.state
+    linked = {info.node for info in request.app[PEERS].linked()}
+    revocations = request.app[REVOCATIONS]
+    revoked_by = revocations.revoked_by()
     out = []
-    for record in sorted(node.log.records.values(), key=lambda r: r.desk):
+    for record in sorted(log.records.values(), key=lambda r: r.desk):
         role, expires = "desk", None
         if record.cert:
             try:
-                info = verify_node_certificate(load_cert_pem(record.cert), node.membership.ca_cert, set())
+                info = verify_node_certificate(load_cert_pem(record.cert), membership.ca_cert, set())
                 role, expires = info.role, info.not_after.isoformat(timespec="seconds")
             except TrustError:
                 role = "unknown"
-        revoked = state.revoked.get(record.node)
         away = state.away.get(record.node)
         out.append({
             "node": record.node, "desk": record.desk, "role": role, "certificate_expires": expires,
-            "me": record.node == node.node_id, "connected": record.node in linked,
-            "revoked": revoked is not None, "revoked_by": revoked[1] if revoked else None,
-            "away": away is not None and node.log.vector.get(record.node, 0) <= away[0],
-            "events": node.log.vector.get(record.node, 0),
+            "me": record.node == request.app[NODE_ID], "connected": record.node in linked,
+            "revoked": record.node in revocations, "revoked_by": revoked_by.get(record.node),
+            "away": away is not None and log.vector.get(record.node, 0) <= away[0],
+            "events": log.vector.get(record.node, 0),
         })
-    body: dict[str, Any] = {"desks": out, "cluster": {"id": node.membership.cluster_id,
-                                                      "name": node.membership.cluster_name}}
-    if node.admissions is not None and request[ROLE] == "admin":
+    body: dict[str, Any] = {"desks": out, "cluster": {"id": membership.cluster_id,
+                                                      "name": membership.cluster_name}}
+    if admissions is not None and request[ROLE] == "admin":
         now = time.time()
         body["codes"] = [{"code": c.code, "role": c.role, "expires": _iso(c.expires_at)}
-                         for c in node.admissions.open_codes() if c.expires_at > now]
+                         for c in admissions.open_codes() if c.expires_at > now]
         body["pending"] = [{"id": p.request_id, "node": p.node_id, "desk": p.desk_name, "remote": p.remote,
-                            "expires": _iso(p.expires_at)} for p in node.admissions.pending()]
+                            "expires": _iso(p.expires_at)} for p in admissions.pending()]
     return web.json_response(body)
 
 
@@ -118,13 +118,12 @@ async def reject(request: web.Request) -> web.Response:
 
 def _other_desk(request: web.Request, self_message: str) -> str:
     """The node id in the path: an enrolled desk other than this one, not revoked."""
-    node = request.app[NODE]
     target = request.match_info["node"]
-    if not is_node_id(target) or target not in node.log.records:
+    if not is_node_id(target) or target not in request.app[LOG].records:
         raise ApiError(404, "unknown_desk", "no enrolled desk has that node id")
-    if target == node.node_id:
+    if target == request.app[NODE_ID]:
         raise ApiError(400, "this_desk", self_message)
-    if target in node.log.revoked:
+    if target in request.app[REVOCATIONS]:
         raise ApiError(409, "already_revoked", "that desk is already revoked")
     return target
 
@@ -134,11 +133,11 @@ async def mark_away(request: web.Request) -> web.Response:
     """An admin says a desk is switched off for a while (the two-desk library): it counts as away until it
     writes anything new, so it needs no 'back' button."""
     _admin(request)
-    node = request.app[NODE]
+    log = request.app[LOG]
     await json_body(request, set(), set())
     target = _other_desk(request, "this desk is plainly here; mark the other desk away")
-    event = await node.log.append("away", {"node": target, "upto": node.log.vector.get(target, 0)}, request[STAFF])
-    return web.json_response({"event": node.event_json(event)}, status=201)
+    event = await log.append("away", {"node": target, "upto": log.vector.get(target, 0)}, request[STAFF])
+    return web.json_response({"event": request.app[VIEWS].event_json(event)}, status=201)
 
 
 @routes.post("/api/v1/desks/{node}/revocation")
@@ -146,10 +145,10 @@ async def revoke(request: web.Request) -> web.Response:
     """Revokes a desk: every node drops its links and refuses what it writes from now on. Its events
     up to the last one this desk holds stay valid (they were written while it was trusted)."""
     _admin(request)
-    node = request.app[NODE]
+    log = request.app[LOG]
     body = await json_body(request, {"reason"}, set())
     target = _other_desk(request, "a desk cannot revoke itself; revoke it from another admin desk")
     reason = body.get("reason") or f"revoked by {request[STAFF]}"
-    event = await node.log.append("revoke", {"node": target, "upto": node.log.vector.get(target, 0),
-                                             "reason": str(reason)[:200]}, request[STAFF])
-    return web.json_response({"event": node.event_json(event)}, status=201)
+    event = await log.append("revoke", {"node": target, "upto": log.vector.get(target, 0),
+                                        "reason": str(reason)[:200]}, request[STAFF])
+    return web.json_response({"event": request.app[VIEWS].event_json(event)}, status=201)

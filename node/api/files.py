@@ -19,7 +19,7 @@ from aiohttp import web
 from node import __version__
 from node.api.auth import STAFF
 from node.api.errors import ApiError
-from node.api.keys import NODE
+from node.api.keys import CLOCKS, CONFIG, LOG
 from node.crdt.event import DESK_KINDS, EventError, check_body
 from node.discovery.frames import MAX_FRAME
 from node.eventlog import BatchTooLarge, StorageFailure
@@ -57,12 +57,12 @@ def _format(request: web.Request, data: bytes | None = None) -> str:
 
 @routes.get("/api/v1/export")
 async def export(request: web.Request) -> web.Response:
-    node = request.app[NODE]
+    log = request.app[LOG]
     fmt = _format(request)
-    state = node.log.state
-    ordered = [e for e in node.log.ordered()
+    state = log.state
+    ordered = [e for e in log.ordered()
                if e.problem is None and e.kind in DESK_KINDS and e.id not in state.voided]
-    times = ils_times(ordered, node.clock_offset, sent_times(node.log, state))  # as the bridge would send them
+    times = ils_times(ordered, request.app[CLOCKS].offset, sent_times(log, state))  # as the bridge would send them
     operations = [operation_of(e, times[e.id].at) for e in ordered]
     data, skipped = formats.export_report(fmt, operations, tz=_zone(request), generator="circmesh",
                                           generator_version=__version__)
@@ -115,8 +115,7 @@ def _prepare(fmt: str, data: bytes, tz: tzinfo, source: str) -> _Prepared:
 
 @routes.post("/api/v1/imports")
 async def import_file(request: web.Request) -> web.Response:
-    node = request.app[NODE]
-    data = await _read_upload(request, node.config.max_import)
+    data = await _read_upload(request, request.app[CONFIG].max_import)
     fmt = _format(request, data)
     skip = request.query.get("skip_errors", "false").lower() == "true"
     source = (request.query.get("name") or f"offline file ({fmt})")[:80]
@@ -127,8 +126,8 @@ async def import_file(request: web.Request) -> web.Response:
                                   "message": "nothing recorded: the file has bad lines (import again with "
                                              "skip_errors=true to record the good ones)"}, status=422)
     try:
-        events = await node.log.append_many([(kind, body, at) for _, kind, body, at in prepared.entries],
-                                            request[STAFF], max_bytes=MAX_IMPORT_EVENT_BYTES)
+        entries: list[tuple[str, dict[str, Any], int | None]] = [(k, b, at) for _, k, b, at in prepared.entries]
+        events = await request.app[LOG].append_many(entries, request[STAFF], max_bytes=MAX_IMPORT_EVENT_BYTES)
     except BatchTooLarge:
         raise ApiError(413, "too_many_operations",
                        f"nothing recorded: the {len(prepared.entries)} operations of this file are more than a "

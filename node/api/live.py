@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from node.crdt.event import Event
 from node.eventlog import Arrival
 from node.tasks import reap
 
@@ -16,15 +19,16 @@ QUEUE_LIMIT = 10_000
 
 
 class LiveFeed:
-    def __init__(self, node: object) -> None:
-        self.node = node
+    def __init__(self, event_json: Callable[[Event], dict[str, Any]]) -> None:
+        """`event_json`: how an event is shown (node/views.py)."""
+        self.event_json = event_json
         self.clients: set[asyncio.Queue[str | None]] = set()
 
     def publish(self, arrival: Arrival) -> None:
         if not self.clients:
             return  # nobody watching: don't encode (a healed partition brings thousands at once)
         text = json.dumps({"type": "event", "local": arrival.local, "pos": arrival.pos,
-                           "event": self.node.event_json(arrival.event)})  # type: ignore[attr-defined]
+                           "event": self.event_json(arrival.event)})
         for queue in list(self.clients):
             if queue.qsize() >= QUEUE_LIMIT:
                 self.clients.discard(queue)  # too slow a reader: cut it off, it can page /events

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from node.api.keys import NODE
+from node.api.keys import CONFIG, NODE_ID
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -90,9 +90,9 @@ async def static(request: web.Request) -> web.StreamResponse:
 @routes.get("/api/v1/ui-config")
 async def ui_config(request: web.Request) -> web.Response:
     """What the sign-in screen and the desk screen need before anyone is signed in."""
-    node = request.app[NODE]
-    settings = load_settings(Path(node.config.data_dir))
-    return web.json_response({"desk": node.config.desk, "node": node.node_id, **settings})
+    config = request.app[CONFIG]
+    settings = load_settings(Path(config.data_dir))
+    return web.json_response({"desk": config.desk, "node": request.app[NODE_ID], **settings})
 
 
 def list_languages(folder: Path) -> list[dict[str, str]]:

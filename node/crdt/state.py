@@ -55,7 +55,6 @@ class CirculationState:
     conflicts: dict[str, Conflict] = field(default_factory=dict)
     settled: dict[str, str] = field(default_factory=dict)  # conflict id -> resolve event id
     voided: dict[str, str] = field(default_factory=dict)  # event id -> void event id
-    revoked: dict[str, tuple[int, str]] = field(default_factory=dict)  # node -> (last accepted seq, revoke id)
     away: dict[str, tuple[int, str]] = field(default_factory=dict)  # node -> (seq it had reached, away event)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     quarantined: dict[str, str] = field(default_factory=dict)  # event id -> why it cannot be read
@@ -146,7 +145,7 @@ def _register(state: CirculationState, e: Event) -> None:
 
 
 def _revoke(state: CirculationState, e: Event) -> None:
-    state.revoked.setdefault(e.body["node"], (e.body["upto"], e.id))
+    """Nothing to fold: which desks are revoked is the log's to keep (node/revocation.py says why)."""
 
 
 def _away(state: CirculationState, e: Event) -> None:

@@ -11,13 +11,13 @@ import asyncio
 import logging
 import random
 from collections import Counter
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
 
-from node.discovery.link import CLOSE_TIMEOUT, LinkClosed, PeerLink, ws_client_timeout
+from node.discovery.link import CLOSE_TIMEOUT, LinkClosed, PeerLink, WebSocket, ws_client_timeout
 from node.discovery.link_machine import LinkInfo
 from node.discovery.transport import Transport
 from node.eventlog import EventLog
@@ -32,9 +32,42 @@ PEER_PATH = "/peer"
 CLOSE_GRACE = 0.5  # seconds beyond CLOSE_TIMEOUT for dial loops, and for the client session, to wind down
 
 
+class LinkSource(Protocol):
+    """What the peer table needs of its node: its id (which of two links to a peer stays), what its log
+    holds (how far each peer lags), and a new link over a peer's WebSocket. What a link does with the log
+    is the link's own business (link.py)."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def vector(self) -> Mapping[str, int]: ...
+
+    def new_link(self, ws: WebSocket, *, outbound: bool, address: str) -> PeerLink: ...
+
+
+class LogLinks:
+    """Links over this desk's log, telling peers in their tips what `bridge_state` says of its bridge."""
+
+    def __init__(self, eventlog: EventLog) -> None:
+        self._log = eventlog
+        self.bridge_state: Callable[[], dict[str, Any] | None] = lambda: None
+
+    @property
+    def node_id(self) -> str:
+        return self._log.identity.node_id
+
+    @property
+    def vector(self) -> Mapping[str, int]:
+        return self._log.vector
+
+    def new_link(self, ws: WebSocket, *, outbound: bool, address: str) -> PeerLink:
+        return PeerLink(self._log, ws, outbound=outbound, address=address, bridge_state=self.bridge_state)
+
+
 class PeerTable:
-    def __init__(self, eventlog: EventLog, transport: Transport) -> None:
-        self.log = eventlog
+    def __init__(self, source: LinkSource, transport: Transport) -> None:
+        self.source = source
         self.transport = transport
         self.links: dict[str, PeerLink] = {}
         self.known: dict[str, LinkInfo] = {}  # last info of every peer ever linked
@@ -45,7 +78,6 @@ class PeerTable:
         self._address_node: dict[str, str] = {}
         self._unwanted: set[str] = set()  # forgotten while a link dialled there was up: not redialled after it
         self._closed = False
-        self.bridge_state: Callable[[], dict[str, Any] | None] = lambda: None
 
     # ---- links
     def _claim(self, link: PeerLink) -> bool:
@@ -55,7 +87,7 @@ class PeerTable:
             self._address_node[link.address] = node
         existing = self.links.get(node)
         if existing is not None:
-            preferred_outbound = self.log.identity.node_id < node
+            preferred_outbound = self.source.node_id < node
             if existing.outbound == preferred_outbound or link.outbound != preferred_outbound:
                 self.counters["duplicate_links"] += 1
                 return False
@@ -105,8 +137,7 @@ class PeerTable:
         await ws.prepare(request)
         peername = request.transport.get_extra_info("peername") if request.transport else None
         address = f"{peername[0]}:{peername[1]}" if peername else "?"
-        await self.serve_link(PeerLink(self.log, ws, outbound=False, address=address,
-                                       bridge_state=self.bridge_state), proven)
+        await self.serve_link(self.source.new_link(ws, outbound=False, address=address), proven)
         return ws
 
     # ---- outbound
@@ -166,7 +197,7 @@ class PeerTable:
                     url, ssl=self.transport.client_ssl() or False, max_msg_size=64 * 1024 * 1024,
                     heartbeat=15.0, timeout=ws_client_timeout(),
                 )
-                link = PeerLink(self.log, ws, outbound=True, address=address, bridge_state=self.bridge_state)
+                link = self.source.new_link(ws, outbound=True, address=address)
                 try:
                     proven = self.transport.peer_identity(ws.get_extra_info("ssl_object"))
                 except TrustError as e:
@@ -211,13 +242,17 @@ class PeerTable:
             except TimeoutError:
                 log.info("peer connections still closing after %.1f s; left to the OS", CLOSE_GRACE)
 
+    def linked(self) -> list[LinkInfo]:
+        """What is known of every peer linked now."""
+        return [link.info for link in self.links.values() if link.info is not None]
+
     def bridges_seen(self) -> list[dict[str, Any]]:
         """The bridge states that connected peers reported in their last tip."""
         return [link.info.bridge for link in self.links.values() if link.info and link.info.bridge]
 
     def status(self) -> list[dict[str, Any]]:
         out = []
-        ours = self.log.vector
+        ours = self.source.vector
         for node, info in sorted(self.known.items(), key=lambda kv: kv[1].desk):
             connected = node in self.links
             lag = (sum(max(0, seq - info.peer_vector.get(n, 0)) for n, seq in ours.items())

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import ssl
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from pathlib import Path
 
 from aiohttp import web
@@ -30,7 +30,8 @@ class TlsTransport:
     scheme = "wss"
 
     def __init__(self, identity: NodeIdentity, membership: Membership, key_dir: Path,
-                 revoked: Callable[[], set[str]]) -> None:
+                 revoked: Callable[[], Set[str]]) -> None:
+        """`revoked()`: the nodes revoked now, asked on every handshake (node/revocation.py)."""
         self.membership = membership
         self._revoked = revoked
         self._server = server_context(identity.key, membership.node_cert, membership.ca_cert, key_dir)

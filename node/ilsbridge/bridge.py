@@ -19,18 +19,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from node.crdt.event import Event
 from node.crdt.state import CirculationState
-from node.eventlog import EventLog, wall_ms
+from node.eventlog import Arrival, wall_ms
 from node.ilsbridge.adapters.base import IlsAdapter, IlsUnavailable
 from node.ilsbridge.mapping import IlsTime, ils_times, operation_of
 from node.ilsbridge.operation import Outcome
 from node.ilsbridge.schedule import UploadSchedule, held_events, pending_events, renewal_patrons
+from node.ports import CirculationView
 from node.storage import db
 from node.tasks import reap
 
@@ -43,6 +45,9 @@ AUTH_RETRY = 30.0  # a refused login will not fix itself quickly: try again now 
 STUCK_AFTER = 3  # transient failures in a row of one event, the ILS answering, before `problem` names it
 
 
+T = TypeVar("T")
+
+
 @dataclass
 class BridgeConfig:
     concurrency: int = 16
@@ -50,7 +55,33 @@ class BridgeConfig:
     seal_every: int = 20_000  # events in the current epoch's document before the bridge seals it (epochs.py)
 
 
-def log_clock_offset(eventlog: EventLog) -> Callable[[str], tuple[int, str] | None]:
+class AttemptJournal(Protocol):
+    """Where attempt markers are committed (the log's SQLite journal, node/storage/db.py)."""
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+
+    async def commit(self, statements: list[db.Statement]) -> None: ...
+
+
+class UploadLog(CirculationView, Protocol):
+    """What the bridge reads and writes of the log: what is pending (state, order, events), a wake-up on
+    every arrival, the `applied` events it records, and the journal its attempt markers go to."""
+
+    @property
+    def store(self) -> AttemptJournal: ...
+
+    def subscribe(self, listener: Callable[[Arrival], None]) -> Callable[[], None]: ...
+
+    async def append(self, kind: str, body: dict[str, Any], staff: str, *, at: int | None = None) -> Event: ...
+
+    @property
+    def doc_events(self) -> int:
+        """Events in the current epoch's document: the bridge seals it when there are enough."""
+
+    async def seal(self, staff: str = "bridge") -> Event: ...
+
+
+def log_clock_offset(eventlog: CirculationView) -> Callable[[str], tuple[int, str] | None]:
     """A desk's clock offset as the log shows it (an open clock_ahead conflict), for want of a measurement."""
     def offset(node: str) -> tuple[int, str] | None:
         flagged = eventlog.state.clocks.flagged.get(node)
@@ -58,7 +89,7 @@ def log_clock_offset(eventlog: EventLog) -> Callable[[str], tuple[int, str] | No
     return offset
 
 
-def sent_times(eventlog: EventLog, state: CirculationState) -> dict[str, int]:
+def sent_times(eventlog: CirculationView, state: CirculationState) -> dict[str, int]:
     """The time the ILS was given for every event it answered (`ils_at` of its `applied` event, else `at`)."""
     out = {}
     for target, outcome in state.outcomes.items():
@@ -70,7 +101,7 @@ def sent_times(eventlog: EventLog, state: CirculationState) -> dict[str, int]:
 
 
 class Bridge:
-    def __init__(self, eventlog: EventLog, adapter: IlsAdapter, url: str, config: BridgeConfig | None = None,
+    def __init__(self, eventlog: UploadLog, adapter: IlsAdapter, url: str, config: BridgeConfig | None = None,
                  clock_offset: Callable[[str], tuple[int, str] | None] | None = None) -> None:
         """`clock_offset(node)`: how far that desk's clock reads ahead, and how it is known, when it is off."""
         self.log = eventlog
@@ -103,15 +134,9 @@ class Bridge:
         await reap(self._task)  # lets a cancel of this stop through, unlike suppress(CancelledError)
         await self.adapter.close()
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "bridge": {"node": self.log.identity.node_id, "desk": self.log.desk, "term": self.config.term,
-                       "is_me": True},
-            "ils": {"reachable": self.reachable, "last_probe": self.last_probe, "url": _redact(self.url),
-                    "problem": self.problem},
-            "uploading": self.uploading,
-            "counters": dict(self.counters),
-        }
+    @property
+    def term(self) -> int:
+        return self.config.term
 
     # ---- the loop
     async def _run(self) -> None:
@@ -262,7 +287,3 @@ class Bridge:
 def _stuck(event: Event, outcome: Outcome) -> str:
     what = event.body.get("item") or event.body.get("patron") or event.id
     return f"the ILS answers, but the {event.kind} of {what} keeps failing (retrying): {outcome.message}"
-
-
-def _redact(url: str) -> str:
-    return url.split("?")[0]

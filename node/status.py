@@ -1,0 +1,159 @@
+"""`/api/v1/status`: this node, its peers, the bridge and the ILS, the upload, conflicts, quarantined
+events, refusals, and desks whose clocks are off — and the bridge's state as it travels in peer tips.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from node.clock_suspects import ClockSuspects
+from node.cluster import Membership
+from node.crdt.epochs import Epoch
+from node.crdt.event import DESK_KINDS
+from node.crdt.hlc import HybridClock
+from node.crdt.refusals import Refusal
+from node.eventlog import wall_ms
+from node.ports import CirculationView
+
+
+class StatusLog(CirculationView, Protocol):
+    """What `/status` reads of the log beyond its views: this desk's sequence and clock, its storage
+    health, and the refusals counted by kind (with the latest messages)."""
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def clock(self) -> HybridClock: ...
+
+    @property
+    def failed(self) -> str | None: ...
+
+    @property
+    def refusals(self) -> Mapping[Refusal, int]: ...
+
+    @property
+    def refusal_log(self) -> list[str]: ...
+
+    @property
+    def epoch(self) -> Epoch: ...
+
+    @property
+    def doc_events(self) -> int: ...
+
+
+class PeerReport(Protocol):
+    """What `/status` reads of the peer table (node/discovery/peers.py)."""
+
+    @property
+    def counters(self) -> Counter[str]: ...
+
+    def status(self) -> list[dict[str, Any]]: ...
+
+    def bridges_seen(self) -> list[dict[str, Any]]: ...
+
+
+class UploadState(Protocol):
+    """What a desk tells of its own bridge (node/ilsbridge/bridge.py)."""
+
+    @property
+    def term(self) -> int: ...
+
+    @property
+    def reachable(self) -> bool: ...
+
+    @property
+    def last_probe(self) -> int | None: ...
+
+    @property
+    def uploading(self) -> bool: ...
+
+    @property
+    def problem(self) -> str | None: ...
+
+
+class DiscoveryCounters(Protocol):
+    @property
+    def counters(self) -> Mapping[str, int]: ...
+
+
+class DeskStatus:
+    def __init__(self, node_id: str, desk: str, max_clock_drift_ms: int, log: StatusLog, peers: PeerReport,
+                 membership: Membership, clocks: ClockSuspects, bridge: UploadState | None) -> None:
+        self.node_id = node_id
+        self.desk = desk
+        self.max_clock_drift_ms = max_clock_drift_ms
+        self.log = log
+        self.peers = peers
+        self.membership = membership
+        self.clocks = clocks
+        self.bridge = bridge
+        self.discovery: DiscoveryCounters | None = None  # mDNS, once started
+
+    def report(self) -> dict[str, Any]:
+        state = self.log.state
+        pending = applied = refused = 0
+        for event in self.log.events.values():
+            if event.problem is not None or event.kind not in DESK_KINDS or event.id in state.voided:
+                continue
+            outcome = state.outcomes.get(event.id)
+            if outcome is None:
+                pending += 1
+            elif outcome.status == "applied":
+                applied += 1
+            else:
+                refused += 1
+        bridge = self._bridge_status()
+        uploading = bool(bridge.pop("uploading"))
+        return {
+            "node": {
+                "id": self.node_id, "desk": self.desk, "events": len(self.log.events),
+                "seq": self.log.seq, "hlc": self.log.clock.last.to_wire(), "wall": wall_ms(),
+                "storage": "failed" if self.log.failed else "ok", "failure": self.log.failed,
+            },
+            "peers": self.peers.status(),
+            "epoch": {"number": self.log.epoch.number, "seal": self.log.epoch.seal or None,
+                      "document_events": self.log.doc_events},
+            **bridge,
+            "cluster": {"id": self.membership.cluster_id, "name": self.membership.cluster_name,
+                        "role": self.membership.role},
+            "upload": {"pending": pending, "applied": applied, "failed": refused, "uploading": uploading},
+            "conflicts": len([c for c in state.open_conflicts() if c.needs_admin]),
+            "warnings": len([c for c in state.open_conflicts() if not c.needs_admin]),
+            "quarantined": {
+                "count": len(state.quarantined),
+                "recent": [{"event": event_id, "desk": self.log.desk_of(event_id.partition(":")[0]), "reason": why}
+                           for event_id, why in list(state.quarantined.items())[-10:]],
+            },
+            "refusals": ({kind.value: n for kind, n in self.log.refusals.items()}
+                         | {f"link_{k}": v for k, v in self.peers.counters.items()}),
+            "discovery": dict(self.discovery.counters) if self.discovery else None,
+            "recent_refusals": self.log.refusal_log[-10:],
+            "max_clock_drift_ms": self.max_clock_drift_ms,
+            "clock_suspects": self.clocks.suspects(),
+        }
+
+    def bridge_tip(self) -> dict[str, Any] | None:
+        """This desk's bridge as its peer links report it in their tips; None when it is not the bridge."""
+        b = self.bridge
+        if b is None:
+            return None
+        return {"node": self.node_id, "desk": self.desk, "term": b.term, "reachable": b.reachable,
+                "last_probe": b.last_probe, "uploading": b.uploading, "problem": b.problem}
+
+    def _bridge_status(self) -> dict[str, Any]:
+        """This desk's bridge, or the one its peers report (the highest term, then the freshest probe)."""
+        tip = self.bridge_tip()
+        if tip is None:
+            seen = self.peers.bridges_seen()
+            tip = max(seen, key=lambda t: (t["term"], t["last_probe"] or 0)) if seen else None
+        if tip is None:
+            return {"bridge": None, "ils": None, "uploading": False}
+        return {
+            "bridge": {"node": tip["node"], "desk": tip["desk"], "term": tip["term"],
+                       "is_me": tip["node"] == self.node_id},
+            "ils": {"reachable": tip["reachable"], "last_probe": tip["last_probe"], "problem": tip["problem"]},
+            "uploading": tip["uploading"],
+        }

@@ -1,0 +1,105 @@
+"""What the desk shows of the log, as JSON: events, loans, conflicts, a patron's and an item's record, the
+registered patrons, and the upload report. Shared by the API, the live feed and the web UI. Reads the log
+only through `CirculationView`; writes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from node.crdt.conflicts import Conflict
+from node.crdt.event import DESK_KINDS, Event
+from node.crdt.state import Loan
+from node.ports import CirculationView
+
+
+class CirculationViews:
+    def __init__(self, log: CirculationView) -> None:
+        self.log = log
+
+    def event_json(self, event: Event) -> dict[str, Any]:
+        out = event.to_json()
+        out["desk"] = self.log.desk_of(event.node)
+        return out
+
+    def loan_json(self, loan: Loan) -> dict[str, Any]:
+        out = loan.to_json()
+        out["desk"] = self.log.desk_of(loan.node) if loan.node else None
+        return out
+
+    def conflict_json(self, conflict: Conflict) -> dict[str, Any]:
+        events = self.log.events
+        out = conflict.to_json()
+        out["detail"] = [self.event_json(events[e]) for e in conflict.events if e in events]
+        about = self.log.state.conflicts.get(conflict.about) if conflict.about else None
+        if about is not None:  # the admins' answers disagree: show what they answered, and about what
+            out["about_conflict"] = self.conflict_json(about)
+        if conflict.node is not None:
+            out["desk"] = self.log.desk_of(conflict.node)
+            out["compared_with"] = sorted({d["desk"] for d in out["detail"] if d["node"] != conflict.node})
+        return out
+
+    def open_conflicts_json(self) -> list[dict[str, Any]]:
+        return [self.conflict_json(c) for c in self.log.state.open_conflicts()]
+
+    def loans_json(self, patron: str | None, item: str | None) -> list[dict[str, Any]]:
+        """The open loans, of one patron and/or of one item if given."""
+        return [self.loan_json(loan) for loan in self.log.state.loans.values()
+                if (patron is None or loan.patron == patron) and (item is None or loan.item == item)]
+
+    def patron_json(self, barcode: str) -> dict[str, Any]:
+        state = self.log.state
+        registration = state.registrations.get(barcode)
+        name = self.log.events[registration].body["name"] if registration else None
+        paid = state.payments.get(barcode)
+        return {
+            "barcode": barcode,
+            "name": name,
+            "registered_offline": registration is not None,
+            "loans": [self.loan_json(loan) for loan in state.loans_of(barcode)],
+            "paid_offline": str(paid) if paid is not None else "0",
+            "conflicts": [c.id for c in state.open_conflicts() if barcode in c.patrons],
+        }
+
+    def registered_patrons(self, q: str) -> list[dict[str, Any]]:
+        """Patrons registered offline whose name contains `q` (casefolded by the caller)."""
+        hits = []
+        for barcode, event_id in self.log.state.registrations.items():
+            name = self.log.events[event_id].body["name"]
+            if q in name.casefold():
+                hits.append({"barcode": barcode, "name": name, "source": "registered offline"})
+        return hits
+
+    def item_json(self, barcode: str) -> dict[str, Any]:
+        state = self.log.state
+        loan = state.loans.get(barcode)
+        return {
+            "barcode": barcode,
+            "loan": self.loan_json(loan) if loan else None,
+            "returned_by": state.returned.get(barcode),
+            "in_house_uses": state.in_house_uses.get(barcode, 0),
+            "conflicts": [c.id for c in state.open_conflicts() if c.item == barcode],
+        }
+
+    def outcome_rows(self) -> list[dict[str, Any]]:
+        """The upload report: the ILS's answer to every desk event, newest first."""
+        state, events = self.log.state, self.log.events
+        rows = []
+        for event in reversed(self.log.ordered()):
+            if event.problem is not None or event.kind not in DESK_KINDS or event.id in state.voided:
+                continue
+            outcome = state.outcomes.get(event.id)
+            answer = events.get(outcome.event) if outcome else None
+            ils_at = answer.body.get("ils_at") if answer else None  # a desk clock that was off, corrected
+            rows.append({
+                "event": event.id, "kind": event.kind, "desk": self.log.desk_of(event.node), "at": event.at,
+                "patron": event.body.get("patron"), "item": event.body.get("item"),
+                "amount": event.body.get("amount"),
+                "status": outcome.status if outcome else "pending",
+                "message": outcome.message if outcome else "",
+                "ils_at": ils_at,
+                "at_corrected_ms": ils_at - event.at if ils_at is not None else None,
+                "at_corrected_by": answer.body.get("ils_at_by") if ils_at is not None and answer else None,
+            })
+        return rows
+
