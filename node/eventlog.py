@@ -43,6 +43,10 @@ COMPACT_EVERY = 2000  # change chunks between full saves…
 COMPACT_INTERVAL = 60.0  # …and seconds: a healed partition brings thousands at once, a save costs O(log)
 BATCH_YIELD = 2000  # events built or put between two turns of the event loop in append_many
 RUN_BYTES = 4 * 1024 * 1024  # a journal run served in one frame holds about this much at most
+# A batch of local events larger than this (a big offline file) is put in no document: it is written with a
+# seal of its own, in the same transaction, and travels in journal runs. As one Automerge change it would
+# reach a peer as one sync message, and a link drops a message over its 64 MiB frame limit.
+SEALED_BATCH_BYTES = 4 * 1024 * 1024
 
 
 def wall_ms() -> int:
@@ -51,10 +55,6 @@ def wall_ms() -> int:
 
 class StorageFailure(RuntimeError):
     """The journal could not be written: nothing more may be acknowledged or sent."""
-
-
-class BatchTooLarge(ValueError):
-    """A batch whose events, encoded, exceed the bytes the caller allowed; nothing was written."""
 
 
 class RefusedSync(Exception):
@@ -231,24 +231,22 @@ class EventLog:
             self._wake()
         return event
 
-    async def append_many(self, entries: list[tuple[str, dict[str, Any], int | None]], staff: str, *,
-                          max_bytes: int | None = None) -> list[Event]:
+    async def append_many(self, entries: list[tuple[str, dict[str, Any], int | None]], staff: str) -> list[Event]:
         """Writes (kind, body, at) entries as one: all durable when it returns, or none ever written.
 
         An imported offline file must be all or nothing; appending its lines one by one would leave a
         prefix behind when one is refused or the disk fails. Every body is checked before anything is
         touched (EventError names the entry), then the events go to disk in one SQLite transaction.
-        Shielded: a caller that goes away (a client hanging up) cannot stop it half way. With `max_bytes`,
-        a batch whose encoded events come to more raises BatchTooLarge as soon as it is known, unwritten."""
+        Shielded: a caller that goes away (a client hanging up) cannot stop it half way.
+        A batch over SEALED_BATCH_BYTES is sealed as it is written (the seal is not among the events returned)."""
         for i, (kind, body, at) in enumerate(entries):
             try:
                 check_body(kind, body, at)
             except EventError as e:
                 raise EventError(f"entry {i + 1}: {e}") from None
-        return await asyncio.shield(asyncio.ensure_future(self._append_many(entries, staff, max_bytes)))
+        return await asyncio.shield(asyncio.ensure_future(self._append_many(entries, staff)))
 
-    async def _append_many(self, entries: list[tuple[str, dict[str, Any], int | None]], staff: str,
-                           max_bytes: int | None) -> list[Event]:
+    async def _append_many(self, entries: list[tuple[str, dict[str, Any], int | None]], staff: str) -> list[Event]:
         built: list[tuple[Event, bytes]] = []
         size = 0
         async with self._writing:  # no other local event may take a sequence number in between
@@ -262,8 +260,6 @@ class EventLog:
                                    staff=staff, seen=seen, sign=self.identity.sign, prev=prev)
                 raw = event.encode()
                 size += len(raw)
-                if max_bytes is not None and size > max_bytes:
-                    raise BatchTooLarge(f"more than {max_bytes} bytes of events after {len(built)} of {len(entries)}")
                 prev = chain_hash(raw)
                 built.append((event, raw))
                 if len(built) % BATCH_YIELD == 0:
@@ -271,34 +267,45 @@ class EventLog:
             if not built:
                 return []
             self._check_healthy()
+            sealed = size > SEALED_BATCH_BYTES
+            if sealed:
+                seq += 1
+                seen = {n: s for n, s in self.vector.items() if n != self.identity.node_id}
+                seal = make_event(node=self.identity.node_id, seq=seq, hlc=self.clock.tick(), at=self._physical_ms(),
+                                  kind="seal", body={"epoch": self.epoch.number + 1,
+                                                     "upto": {**seen, self.identity.node_id: seq}},
+                                  staff=staff, seen=seen, sign=self.identity.sign, prev=prev)
+                events = [*built, (seal, seal.encode())]
+            else:
+                events = built
             # From the first change put in the document until the commit, no sync message may leave.
             self._in_flight += 1
             self._idle.clear()
-            self._unintegrated.update((e.id, raw) for e, raw in built)
+            self._unintegrated.update((e.id, raw) for e, raw in events)
             chunks: list[bytes] = []
             try:
-                for start in range(0, len(built), BATCH_YIELD):
+                for start in range(0, 0 if sealed else len(built), BATCH_YIELD):
                     chunks += self.doc.put({e.id: raw for e, raw in built[start:start + BATCH_YIELD]})
                     await asyncio.sleep(0)
-                statements = ([db.journal_insert(e.id, raw) for e, raw in built]
+                statements = ([db.journal_insert_many([(e.id, raw) for e, raw in events])]
                               + [db.change_insert(c) for c in chunks])
                 written = self.store.submit(statements)
             except BaseException as e:
                 raise self._storage_failed(e) from e
             self.seq = seq
-            self._tip = built[-1][1]
+            self._tip = events[-1][1]
         try:
             await written
         except BaseException as e:
             raise self._storage_failed(e) from e
         try:
-            for event, raw in built:
+            for event, raw in events:
                 self._integrate(event, raw, local=True)
         finally:  # durable: sync goes on whatever happens while folding
-            for event, _ in built:
+            for event, _ in events:
                 self._unintegrated.pop(event.id, None)
             self._done_in_flight()
-            self.doc_events += len(built)
+            self.doc_events += 0 if sealed else len(built)
             self._count_change(len(chunks))
             self._advance()
             self._wake()

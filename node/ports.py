@@ -40,8 +40,7 @@ class EventWriter(Protocol):
 
     async def append(self, kind: str, body: dict[str, Any], staff: str, *, at: int | None = None) -> Event: ...
 
-    async def append_many(self, entries: list[tuple[str, dict[str, Any], int | None]], staff: str, *,
-                          max_bytes: int | None = None) -> list[Event]: ...
+    async def append_many(self, entries: list[tuple[str, dict[str, Any], int | None]], staff: str) -> list[Event]: ...
 
 
 class OrderKeys(Protocol):

@@ -21,8 +21,7 @@ from node.api.auth import STAFF
 from node.api.errors import ApiError
 from node.api.keys import CLOCKS, CONFIG, LOG
 from node.crdt.event import DESK_KINDS, EventError, check_body
-from node.discovery.frames import MAX_FRAME
-from node.eventlog import BatchTooLarge, StorageFailure
+from node.eventlog import StorageFailure
 from node.ilsbridge import formats
 from node.ilsbridge.bridge import sent_times
 from node.ilsbridge.mapping import body_of, ils_times, operation_of, utc_to_ms
@@ -30,10 +29,6 @@ from node.ilsbridge.mapping import body_of, ils_times, operation_of, utc_to_ms
 routes = web.RouteTableDef()
 MIB = 1024 * 1024
 MAX_IMPORT = 32 * MIB  # by default; a desk may take more or less (DeskConfig.max_import, --max-import-mib)
-# A file's events reach a peer that lacks them in one sync message, and a peer link drops a message over
-# MAX_FRAME (and with it every later one: the desk would never reach its peers again). Headroom is left
-# for other events the peer may lack. About 140,000 operations (a .koc of 6 MB).
-MAX_IMPORT_EVENT_BYTES = MAX_FRAME * 3 // 4
 FILENAMES = {"koc": "circmesh.koc", "offcirc": "OffCirc.dat", "evergreen": "pending.xacts"}
 
 
@@ -127,12 +122,7 @@ async def import_file(request: web.Request) -> web.Response:
                                              "skip_errors=true to record the good ones)"}, status=422)
     try:
         entries: list[tuple[str, dict[str, Any], int | None]] = [(k, b, at) for _, k, b, at in prepared.entries]
-        events = await request.app[LOG].append_many(entries, request[STAFF], max_bytes=MAX_IMPORT_EVENT_BYTES)
-    except BatchTooLarge:
-        raise ApiError(413, "too_many_operations",
-                       f"nothing recorded: the {len(prepared.entries)} operations of this file are more than a "
-                       f"desk can pass to its peers at once ({MAX_IMPORT_EVENT_BYTES // MIB} MiB of events); "
-                       "split the file and import the parts one after the other") from None
+        events = await request.app[LOG].append_many(entries, request[STAFF])
     except StorageFailure as e:
         raise ApiError(503, "storage_failure", f"this desk cannot save: {e}; nothing recorded") from None
     recorded = [e.id for e in events]

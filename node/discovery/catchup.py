@@ -3,7 +3,8 @@
 Events a sealed epoch covers (epochs.py) no longer travel in any document: a desk that lacks them asks a
 peer for them in runs (per desk, a contiguous range: its hash chain and one signature vouch for it). A
 desk behind in epochs (back after a week, or joining with an empty journal) asks for everything the peer
-holds; two desks in the same epoch only for what the epoch's `upto` covers, the rest comes in the
+holds, and so does a desk ahead of it (the one behind may hold what nobody else does, or a rival seal
+that wins); two desks in the same epoch only for what the epoch's `upto` covers, the rest comes in the
 document. Each desk's range is asked of one peer at a time, a window at a time, so that several links do
 not all send the same events (as several Automerge links do); a window is re-asked elsewhere if the link
 asked goes away.
@@ -29,9 +30,9 @@ class CatchUp:
     def plan(self, peer: str, peer_vector: Mapping[str, int], peer_epoch: EpochTag,
              vector: Mapping[str, int], epoch: Epoch) -> list[Range]:
         """What to ask `peer` for now (and claim for it)."""
-        if peer_epoch.number < epoch.number:
-            return []  # it is behind: it asks us; what it holds beyond our epoch's upto it will carry
-        same = peer_epoch == epoch.tag
+        same = peer_epoch == epoch.tag  # else no document is shared: what it holds comes in runs (even from a
+        # desk behind us: what only it holds it would carry into the new document once it moves, but a rival
+        # seal it holds may be the one that wins, and no seal moves it there but by a run)
         out: list[Range] = []
         for node, theirs in sorted(peer_vector.items()):
             limit = min(theirs, epoch.upto.get(node, 0)) if same else theirs
