@@ -8,8 +8,9 @@ appends, one event per Automerge change as scans at a desk are, a library's traf
 its own loans, returns of loans older than the log, renewals, payments, in-house uses) and, for every scan but
 the last M, the bridge's `applied` outcome with the body the bridge writes. EVENTS counts the journal: scans
 and outcomes together, so (EVENTS + M) / 2 scans and (EVENTS - M) / 2 outcomes. One desk wrote all of it (it
-was its own bridge), so the events' version vectors are empty; the build ends with a full save, as a desk
-that compacted just before it stopped. Built once per size and per version of node/, kept in
+was its own bridge, sealing the document every --seal-every events as the bridge does), so the events'
+version vectors are empty; the build ends with a full save, as a desk that compacted just before it stopped.
+Built once per size and per version of node/, kept in
 $TMPDIR/circmesh-bench-history/ (--rebuild builds again).
 
 Then, on a copy of it, a fresh `circmesh run` process: seconds from spawning it to its ready line (it serves)
@@ -65,6 +66,7 @@ from node.crdt.event import DESK_KINDS
 from node.crdt.order import OrderedLog
 from node.crdt.state import copy_state
 from node.eventlog import EventLog, wall_ms
+from node.ilsbridge.bridge import BridgeConfig
 from node.storage import db
 from node.trust.identity import load_or_create_identity
 from tests.procs import TEST_PASSWORD, TEST_USER, add_user, free_port, sign_in
@@ -77,6 +79,7 @@ DESK = "History desk"
 STAFF = "tester"
 LOAN_MS = 21 * 86_400_000
 ROUND = 500  # scans appended concurrently (group commit), then the bridge's outcomes for them
+SEAL_EVERY = BridgeConfig().seal_every  # the bridge seals the document this often (node/crdt/epochs.py)
 READY_WITHIN = 600.0  # seconds a desk may take to print its ready line
 MB = 1024 * 1024
 FRAMES = 12  # tracemalloc frames kept per allocation: enough to reach the log's code from any allocation in it
@@ -151,6 +154,8 @@ async def write_history(desk_dir: Path, events: int, unsettled: int) -> dict[str
             await asyncio.gather(*(log.append("applied", {"event": e.id, "status": "applied", "message": "Success.",
                                                           "term": 1}, "bridge") for e in answer))
             answered += len(answer)
+        if log.doc_events >= SEAL_EVERY:  # what Bridge._seal_if_due does on the bridge desk
+            await log.seal("bridge")
         done = (written + answered) / events
         if done >= next_report:
             print(f"  building: {written + answered:,} of {events:,} events, {time.perf_counter() - t0:.0f} s",

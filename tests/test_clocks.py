@@ -5,6 +5,7 @@ is ahead, and the ILS gets its times corrected — never a checkin dated before 
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import UTC
 
 import pytest
@@ -269,8 +270,8 @@ def test_a_forged_cycle_in_seen_vectors_is_ordered_the_same_whatever_the_arrival
     x = a.write("in_house_use", item="I1")
     y = b.write("in_house_use", item="I2")
     # x claims to have seen y, y claims to have seen x: only forged vectors do that
-    forged_x = Event(**{**x.__dict__, "seen": {b.node: 1}})
-    forged_y = Event(**{**y.__dict__, "seen": {a.node: 1}})
+    forged_x = replace(x, seen={b.node: 1})
+    forged_y = replace(y, seen={a.node: 1})
     assert {p for p in predecessors(forged_x)} == {(b.node, 1)}
     orders = {tuple(e.id for e in ordered(arrival)) for arrival in ([forged_x, forged_y], [forged_y, forged_x])}
     assert len(orders) == 1

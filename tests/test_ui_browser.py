@@ -8,10 +8,12 @@ test uses the library's real patrons and items."""
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from playwright.async_api import expect
 
+from node.api.sessions import FIRST_DELAY_S
 from tests import browser
 from tests.browser import ADMIN, CLERK, STEP_MS, VICTIM, close, open_desk, open_page, sign_in, text_of
 from tests.procs import get_json, post_json, wait_for
@@ -289,13 +291,17 @@ async def test_five_bad_passwords_then_sign_in_is_slowed_down(chromium, ui_clust
         await page.fill("#signin-password", f"wrong-{i}")
         await page.press("#signin-password", "Enter")
         await expect(error).to_have_text(text_of("en", "signin.wrong"))
+    fifth = time.monotonic()
     # the desk now makes the next attempt wait, and the page counts it down
     await expect(error).to_contain_text("Too many wrong passwords", timeout=STEP_MS)
     await expect(page.locator("#signin-submit")).to_be_disabled()
-    await page_.shot("16-sign-in-slowed-down")
     status, body = await post_json(ui_cluster.session, f"{ui_cluster.a.url}/api/v1/session",
                                    {"name": VICTIM[0], "password": VICTIM[1]})
-    assert status == 429 and body["error"]["code"] == "throttled"  # even the right password must wait
+    if status != 429:  # a slow machine: the wait (FIRST_DELAY_S) was over before the request went
+        assert status == 200 and time.monotonic() - fifth >= FIRST_DELAY_S, (status, body)
+    else:
+        assert body["error"]["code"] == "throttled"  # even the right password must wait
+    await page_.shot("16-sign-in-slowed-down")
     await expect(error).to_have_text(text_of("en", "signin.retry_now"), timeout=STEP_MS)
     await sign_in(page_, VICTIM)
     page_.assert_no_script_errors()

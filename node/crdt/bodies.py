@@ -145,6 +145,22 @@ BODY_TYPES: dict[str, type[Body]] = {
 }
 
 
+_STAFF_SEEN: dict[str, bool] = {}  # a desk has a few dozen staff names: each is checked once
+
+
+def _staff_ok(staff: object) -> bool:
+    if isinstance(staff, str) and (known := _STAFF_SEEN.get(staff)) is not None:
+        return known
+    try:
+        msgspec.convert(staff, Staff)
+        ok = True
+    except msgspec.ValidationError:
+        ok = False
+    if isinstance(staff, str) and len(_STAFF_SEEN) < 10_000:
+        _STAFF_SEEN[staff] = ok
+    return ok
+
+
 def body_problem(kind: object, body: object, at: object, staff: object) -> str | None:
     """Why an event's meaning cannot be read (None: it can). Depends on the event alone."""
     if not isinstance(kind, str) or kind not in BODY_TYPES:
@@ -152,9 +168,7 @@ def body_problem(kind: object, body: object, at: object, staff: object) -> str |
         return f"event kind {shown!r} is not known to this desk (written by a newer version?)"
     if not isinstance(at, int) or isinstance(at, bool) or not EARLIEST_MS <= at <= LATEST_MS:
         return "its time is not a date between 2000 and 2100"
-    try:
-        msgspec.convert(staff, Staff)
-    except msgspec.ValidationError:
+    if not _staff_ok(staff):
         return "its staff name is not short printable text"
     if not isinstance(body, dict) or not all(isinstance(k, str) for k in body):
         return "its body is not a map with text keys"
