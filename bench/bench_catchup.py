@@ -57,7 +57,10 @@ async def build(root: Path) -> tuple[EventLog, list[tuple[str, bytes]]]:
             peer.receive_run(node, first, raws, w.record_raw(node), w.desk)
             first += len(raws)
     await peer.store.commit([])
-    pairs = [(e.id, peer.raw[e.id]) for e in peer.ordered()]
+    raws = {}
+    for node, top in peer.vector.items():
+        raws.update({f"{node}:{i + 1}": raw for i, raw in enumerate(await peer.read_run(node, 1, top))})
+    pairs = [(e.id, raws[e.id]) for e in peer.ordered()]
     for w in writers:
         w.close()
     return peer, pairs

@@ -88,7 +88,11 @@ class EventLog:
         self.clock = HybridClock(physical_ms, max_drift_ms=max_drift_ms)  # peers push it at most this far ahead
         self.doc: LogDocument
         self.events: dict[str, Event] = {}
+        # Signed bytes of the events the current epoch does not cover (those a document may carry); older
+        # ones are read from the journal when asked for (runs). Plus every desk's latest, which the next
+        # run of its events must chain to.
         self.raw: dict[str, bytes] = {}
+        self._latest_raw: dict[str, bytes] = {}
         self.records: dict[str, NodeRecord] = {}
         self.records_raw: dict[str, bytes] = {}
         self.arrivals: list[Arrival] = []
@@ -130,7 +134,7 @@ class EventLog:
             self._integrate(event, raws[event.id], local=False, notify=False)
         self.seq = self.vector.get(self.identity.node_id, 0)
         self._doc_epoch = loaded.meta.get("epoch", "")
-        self.epochs.advance(self.vector)
+        self._forget_covered(self.epochs.advance(self.vector))
         self.doc_events = sum(1 for key in self.doc.keys() if not key.startswith("n:"))
         own = self.records.get(self.identity.node_id)
         if own is None or own.desk != self.desk or own.cert != self.cert:
@@ -322,7 +326,7 @@ class EventLog:
         if self.seq == 0:
             return GENESIS
         if self._tip is None:
-            self._tip = self.raw[f"{self.identity.node_id}:{self.seq}"]
+            self._tip = self._latest_raw[self.identity.node_id]
         return chain_hash(self._tip)
 
     def _done_in_flight(self) -> None:
@@ -408,7 +412,7 @@ class EventLog:
         if not raws:
             self._keep_records(records)
             return 0
-        before = self.raw.get(f"{node}:{held}") if held else None
+        before = self._latest_raw.get(node) if held else None
         verdict = verify_run(node, first, raws, before, signer, refuse_event=self._refuse_event)
         if verdict.refusals:
             return self._refuse_run(verdict.refusals[0], peer)
@@ -458,7 +462,7 @@ class EventLog:
         carried = 0
         for node, top in self.vector.items():
             for seq in range(target.upto.get(node, 0) + 1, top + 1):
-                raw = self.raw.get(f"{node}:{seq}")
+                raw = self.raw.get(f"{node}:{seq}") or self._journal_raw(f"{node}:{seq}")
                 if raw is not None:
                     entries[f"{node}:{seq}"] = raw
                     carried += 1
@@ -472,6 +476,7 @@ class EventLog:
         self.doc = doc
         self._doc_epoch = target.seal
         self.doc_events = carried
+        self._forget_covered(target)
         self._since_save = 0
         self.store.submit(db.rebase(doc.save(), target.seal)).add_done_callback(self._remote_committed)
         log.info("epoch %d (sealed by %s): a new document carrying %d event(s)", target.number,
@@ -516,14 +521,27 @@ class EventLog:
     def drop_waker(self, waker: asyncio.Event) -> None:
         self._wakers.discard(waker)
 
+    def _forget_covered(self, epoch: Epoch) -> None:
+        """Events the epoch covers travel in runs, read from the journal: their bytes leave memory."""
+        for event_id in [i for i in self.raw if epoch.covers(*_node_seq(i))]:
+            del self.raw[event_id]
+
+    def _journal_raw(self, event_id: str) -> bytes | None:
+        """An event's bytes from the journal, now (only when a rival seal moves this desk back: rare)."""
+        node, seq = _node_seq(event_id)
+        rows = self.store.read_now(lambda c: db.read_run(c, node, seq, seq, RUN_BYTES))
+        return rows[0] if rows else None
+
     # ---- internals
     def _integrate(self, event: Event, raw: bytes, *, local: bool, notify: bool = True) -> None:
         if event.id in self.events:
             return
         self.events[event.id] = event
-        self.raw[event.id] = raw
+        if not self.epochs.current.covers(event.node, event.seq):
+            self.raw[event.id] = raw
         if event.seq > self.vector.get(event.node, 0):
             self.vector[event.node] = event.seq
+            self._latest_raw[event.node] = raw
         self.ordered_log.add(event)
         if event.kind == "seal" and event.problem is None:
             self.epochs.offer(event)
@@ -550,3 +568,7 @@ class EventLog:
             self._last_compaction = now
             self.store.submit(db.compaction(self.doc.save()))
 
+
+def _node_seq(event_id: str) -> tuple[str, int]:
+    node, _, seq = event_id.partition(":")
+    return node, int(seq)

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from functools import cached_property
 from typing import Any
 
 import msgpack
@@ -81,8 +81,11 @@ def pack(value: Any) -> bytes:
     return packed
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Event:
+    """Slotted, with its id formatted once and its repeated text (node, kind, staff) interned: a desk holds
+    many of them (bench/bench_history.py measures how many bytes each)."""
+
     node: str
     seq: int
     hlc: Hlc
@@ -95,10 +98,14 @@ class Event:
     sig: bytes = b""
     # Why the body cannot be read (None: it can). Not signed: every desk derives it from the event alone.
     problem: str | None = field(default=None, compare=False)
+    _id: str = field(init=False, repr=False, compare=False)
 
-    @cached_property
-    def id(self) -> str:  # read a dozen times per event received: formatted once
-        return f"{self.node}:{self.seq}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_id", f"{self.node}:{self.seq}")
+
+    @property
+    def id(self) -> str:
+        return self._id
 
     @property
     def order_key(self) -> tuple[int, int, str, int]:
@@ -208,6 +215,11 @@ def decode_event(raw: bytes) -> Event:
     if not isinstance(prev, bytes) or len(prev) != 32 or (seq == 1) != (prev == GENESIS):
         raise EventError("prev must be the 32-byte hash of the desk's previous event")
     body = obj["body"]
+    node = sys.intern(node)
+    if isinstance(kind, str):
+        kind = sys.intern(kind)
+    if isinstance(staff, str) and len(staff) <= 200:
+        staff = sys.intern(staff)
     return Event(node=node, seq=seq, hlc=hlc, at=at, kind=kind, body=body, staff=staff, seen=seen,
                  prev=prev, sig=sig, problem=body_problem(kind, body, at, staff))
 

@@ -138,6 +138,11 @@ class Store:
                 return fn(self._conn)
         return await asyncio.get_running_loop().run_in_executor(self._executor, job)
 
+    def read_now(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A read on the caller's thread, waiting for a commit in progress: for rare paths that cannot await."""
+        with self._lock:
+            return fn(self._conn)
+
     def close(self) -> None:
         self._executor.shutdown(wait=True)
         self._conn.close()
