@@ -288,9 +288,10 @@ class EventLog:
             self._unintegrated.update((e.id, raw) for e, raw in events)
             chunks: list[bytes] = []
             try:
-                for start in range(0, 0 if sealed else len(built), BATCH_YIELD):
-                    chunks += self.doc.put({e.id: raw for e, raw in built[start:start + BATCH_YIELD]})
-                    await asyncio.sleep(0)
+                # No yield from the first put to the submit: an epoch moving in between would save a
+                # document holding events whose journal rows come after it (sealed batches are put nowhere).
+                if not sealed:
+                    chunks += self.doc.put({e.id: raw for e, raw in built})
                 statements = ([db.journal_insert_many([(e.id, raw) for e, raw in events])]
                               + [db.change_insert(c) for c in chunks])
                 written = self.store.submit(statements)
@@ -363,7 +364,7 @@ class EventLog:
                 # Changes that touched nothing visible (e.g. an empty change): persist them all the same.
                 self._persist_remote(before, [], [])
             return 0
-        verdict = verify_touched(touched.keys, self.doc.value, self.raw.get, self.records.get,
+        verdict = verify_touched(touched.keys, self.doc.value, self._held_raw, self.records.get,
                                  admitted=self.policy.admit, refuse_event=self._refuse_event)
         problems = [Refused(Refusal.MALFORMED, p) for p in touched.problems] + verdict.refusals
         if problems:
@@ -409,6 +410,8 @@ class EventLog:
         if signer is None:
             return self._refuse_run(Refused(Refusal.UNKNOWN_NODE, f"a run of {node[:12]}, a node without a record"),
                                     peer)
+        if not records and (reason := self.policy.admit(signer)):
+            return self._refuse_run(Refused(Refusal.NOT_A_MEMBER, f"a run of {node[:12]}: {reason}"), peer)
         if not raws:
             self._keep_records(records)
             return 0
@@ -419,8 +422,14 @@ class EventLog:
         self._keep_records(records)
         for event, raw in verdict.events:
             self._integrate(event, raw, local=False)
+        # What the epoch does not cover travels in its document: a peer in this epoch will not ask for it
+        # in runs (a desk back after a week sends its offline scans in runs to a desk ahead of it).
+        uncovered = {e.id: raw for e, raw in verdict.events if not self.epoch.covers(e.node, e.seq)}
+        chunks = self.doc.put({**self._records_for({node}), **uncovered}) if uncovered else []
+        self.doc_events += len(uncovered)
         self.store.submit([db.journal_insert_many([(e.id, raw) for e, raw in verdict.events])]
-                          ).add_done_callback(self._remote_committed)
+                          + [db.change_insert(c) for c in chunks]).add_done_callback(self._remote_committed)
+        self._count_change(len(chunks))
         self._advance()
         self._wake()
         return len(verdict.events)
@@ -458,19 +467,23 @@ class EventLog:
         if target.seal == self._doc_epoch:
             return
         doc = LogDocument(self.identity.actor_id)
-        entries = {record_key(node): raw for node, raw in self.records_raw.items()}
+        # Our own record, and those of the desks whose events it carries (see _records_for).
+        entries: dict[str, bytes] = {}
         carried = 0
         for node, top in self.vector.items():
             for seq in range(target.upto.get(node, 0) + 1, top + 1):
                 raw = self.raw.get(f"{node}:{seq}") or self._journal_raw(f"{node}:{seq}")
-                if raw is not None:
-                    entries[f"{node}:{seq}"] = raw
-                    carried += 1
+                if raw is None:  # only if a rival moved this desk back more than one epoch, before a commit
+                    log.error("epoch %d: %s:%d is not in the journal yet; not carried", target.number, node, seq)
+                    continue
+                entries[f"{node}:{seq}"] = raw
+                carried += 1
         for event_id, raw in self._unintegrated.items():
             writer, _, number = event_id.partition(":")
             if not target.covers(writer, int(number)):
                 entries[event_id] = raw
                 carried += 1
+        entries.update(self._records_for({self.identity.node_id} | {i.partition(":")[0] for i in entries}))
         if entries:
             doc.put(entries)
         self.doc = doc
@@ -522,9 +535,28 @@ class EventLog:
         self._wakers.discard(waker)
 
     def _forget_covered(self, epoch: Epoch) -> None:
-        """Events the epoch covers travel in runs, read from the journal: their bytes leave memory."""
-        for event_id in [i for i in self.raw if epoch.covers(*_node_seq(i))]:
+        """Events the epoch *before* this one covers travel in runs, read from the journal: their bytes leave
+        memory. Those of the last epoch stay: a rival of this epoch's seal, built on the same predecessor,
+        covers at least what that predecessor did, so moving to it never needs bytes from the journal
+        (which may not have committed them yet)."""
+        before = self.epochs.entered[-2] if len(self.epochs.entered) > 1 else None
+        if before is None:
+            return
+        for event_id in [i for i in self.raw if before.covers(*_node_seq(i))]:
             del self.raw[event_id]
+
+    def _records_for(self, nodes: set[str]) -> dict[str, bytes]:
+        """The node records a document needs beside these desks' events: each peer must be able to check them.
+        (Not every record held: a desk long gone, or one whose certificate expired, stays out.)"""
+        return {record_key(n): raw for n in nodes if (raw := self.records_raw.get(n)) is not None}
+
+    def _held_raw(self, event_id: str) -> bytes | None:
+        """The bytes of an event held here: from memory, or for one an epoch covers (which an honest desk
+        never puts in a document again) from the journal, so that a second version of it is still refused."""
+        raw = self.raw.get(event_id)
+        if raw is None and event_id in self.events:
+            raw = self._journal_raw(event_id)
+        return raw
 
     def _journal_raw(self, event_id: str) -> bytes | None:
         """An event's bytes from the journal, now (only when a rival seal moves this desk back: rare)."""

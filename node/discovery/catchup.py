@@ -12,7 +12,7 @@ asked goes away.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 
 from node.crdt.epochs import Epoch, EpochTag
 
@@ -25,11 +25,11 @@ Range = tuple[str, int, int]  # node, first seq, last seq
 class CatchUp:
     def __init__(self, window: int = WINDOW) -> None:
         self.window = window
-        self._claims: dict[str, tuple[str, int]] = {}  # node -> (peer asked, last seq asked)
+        self._claims: dict[str, tuple[Hashable, int]] = {}  # node -> (link asked, last seq asked)
 
-    def plan(self, peer: str, peer_vector: Mapping[str, int], peer_epoch: EpochTag,
+    def plan(self, peer: Hashable, peer_vector: Mapping[str, int], peer_epoch: EpochTag,
              vector: Mapping[str, int], epoch: Epoch) -> list[Range]:
-        """What to ask `peer` for now (and claim for it)."""
+        """What to ask `peer` (a link: two links to one desk ask apart) for now, and claim for it."""
         same = peer_epoch == epoch.tag  # else no document is shared: what it holds comes in runs (even from a
         # desk behind us: what only it holds it would carry into the new document once it moves, but a rival
         # seal it holds may be the one that wins, and no seal moves it there but by a run)
@@ -44,15 +44,15 @@ class CatchUp:
             out.append((node, have + 1, last))
         return out
 
-    def done(self, peer: str, node: str) -> None:
+    def done(self, peer: Hashable, node: str) -> None:
         """`peer` sent all it will of what it was asked for `node`."""
         if self._claims.get(node, ("",))[0] == peer:
             del self._claims[node]
 
-    def release(self, peer: str) -> None:
+    def release(self, peer: Hashable) -> None:
         """The link to `peer` went away: what it was asked may be asked of another."""
         for node in [n for n, (p, _) in self._claims.items() if p == peer]:
             del self._claims[node]
 
-    def asked_of(self, peer: str) -> dict[str, int]:
+    def asked_of(self, peer: Hashable) -> dict[str, int]:
         return {n: last for n, (p, last) in self._claims.items() if p == peer}

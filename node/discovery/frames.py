@@ -145,7 +145,7 @@ def decode(data: object) -> Frame:
             if not isinstance(r, list) or len(r) != 3 or not is_node_id(r[0]):
                 raise FrameError("want has a bad range")
             first, last = _int(r[1]), _int(r[2])
-            if not 1 <= first <= last:
+            if not 1 <= first <= last <= 2**53:
                 raise FrameError("want has an empty range")
             out.append((r[0], first, last))
         return Want(out)

@@ -24,6 +24,7 @@ from aiohttp import WSMsgType
 
 from node.crdt.document import SyncState
 from node.discovery import frames
+from node.discovery.catchup import WINDOW
 from node.discovery.link_machine import (
     Action,
     ApplyRun,
@@ -115,7 +116,6 @@ class PeerLink:
                     break
         finally:
             self.log.drop_waker(waker)
-            self.log.catchup.release(self.info.node)
             # not suppress(CancelledError): a stop must get through
             await reap(writer, server, within=CLOSE_TIMEOUT)
             await self.close()
@@ -142,17 +142,22 @@ class PeerLink:
         if self.info.peer_epoch == epoch.tag:
             if self._sync_epoch != epoch.seal:
                 self._sync_state, self._sync_epoch = self.log.new_sync_state(), epoch.seal
-            while (message := self.log.generate_sync(self._sync_state)) is not None:
-                await self._perform(self.machine.sync_message(message, epoch.seal))
+            while True:
+                await self.log.durable()  # again: a scan may have been put while the last message was sent
                 if self.log.epoch.seal != epoch.seal:
                     break  # the document moved on while this round was sending
+                message = self.log.generate_sync(self._sync_state)
+                if message is None:
+                    break
+                await self._perform(self.machine.sync_message(message, epoch.seal))
         await self._perform(self.machine.tip(dict(self.log.vector), self.bridge_state(), now(), self.log.epoch.tag))
 
     async def _serve(self) -> None:
         """Answers the peer's wants in order, a run (about RUN_BYTES) at a time, the last of each `done`."""
         while True:
             ranges = await self._wants.get()
-            for node, first, last in ranges:
+            for node, first, wanted in ranges:
+                last = min(wanted, first + WINDOW - 1)  # a peer is served a window at a time, as it asks
                 record = self.log.record_raw(node)
                 while True:
                     raws = await self.log.read_run(node, first, last) if first <= last else []
@@ -183,7 +188,7 @@ class PeerLink:
                     round_due |= await self._perform(self._apply_run(run))
                 case CatchUp():
                     assert self.info is not None
-                    ranges = self.log.catchup.plan(self.info.node, self.info.peer_vector, self.info.peer_epoch,
+                    ranges = self.log.catchup.plan(self, self.info.peer_vector, self.info.peer_epoch,
                                                    self.log.vector, self.log.epoch)
                     round_due |= await self._perform(self.machine.want(ranges))
                 case ServeRuns(ranges):
@@ -213,7 +218,7 @@ class PeerLink:
         except RefusedSync as e:
             return self.machine.sync_refused(e.refused)
         if run.done:
-            self.log.catchup.done(self.info.node, run.node)
+            self.log.catchup.done(self, run.node)
         return self.machine.run_applied(run, n)
 
     async def _receive(self) -> bytes | str:
@@ -232,6 +237,7 @@ class PeerLink:
         if self._closing:
             return
         self._closing = True
+        self.log.catchup.release(self)  # a link turned away after its hello may have asked already
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT):
                 await self.ws.close()
