@@ -9,7 +9,8 @@ Invariants:
   counted and reported to the link (which drops the peer); a journal run (the bulk path) is kept whole
   or not at all, the same way;
 - the document is the current epoch's (epochs.py): once this node holds everything a seal covers, it
-  starts the next epoch's document holding the node records and every event the seal does not cover.
+  starts the next epoch's document holding its record and every event the seal does not cover (with the
+  records of their desks).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The journal holds every event; a document only carries events between desks. Lef
 all of history (an Automerge document never forgets a change), so the bridge now and then *seals* the
 current one: a signed `seal {epoch, upto}` event. `upto` is the bridge's version vector when it sealed,
 the seal included. Every desk that holds everything `upto` covers moves to the next epoch: a new, empty
-document into which it puts the node records and every event it holds that `upto` does not cover (those
+document into which it puts its node record and every event it holds that `upto` does not cover (those
 written while the seal travelled, or on a desk cut off from it). From then on, events covered by `upto`
 travel only in journal runs (the bulk path), events after it in the new document.
 
