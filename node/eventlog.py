@@ -27,7 +27,7 @@ from typing import Any
 from node.cluster import TrustPolicy
 from node.crdt.document import DocumentError, LogDocument, SyncState
 from node.crdt.epochs import Epoch, Epochs
-from node.crdt.event import GENESIS, Event, EventError, chain_hash, check_body, decode_event, make_event
+from node.crdt.event import GENESIS, Event, EventError, chain_hash, check_body, decode_kept, make_event
 from node.crdt.hlc import DEFAULT_MAX_DRIFT_MS, Hlc, HybridClock
 from node.crdt.order import OrderedLog, causal_sequence
 from node.crdt.records import NodeRecord, decode_record, make_record, record_key
@@ -128,7 +128,7 @@ class EventLog:
         for node, raw in loaded.records.items():
             self.records[node] = decode_record(raw, node)
             self.records_raw[node] = raw
-        journal = [(decode_event(raw), raw) for raw in loaded.journal]
+        journal = [(decode_kept(raw, meaning), raw) for raw, meaning in loaded.journal]
         raws = {event.id: raw for event, raw in journal}
         # Journals written before order stamps existed may not be in causal order: causal_sequence puts them so.
         for event in causal_sequence(event for event, _ in journal):
@@ -215,7 +215,7 @@ class EventLog:
             self._unintegrated[event.id] = raw
             try:
                 chunks = self.doc.put({event.id: raw})
-                statements = [db.journal_insert(event.id, raw)] + [db.change_insert(c) for c in chunks]
+                statements = [db.journal_insert(event.id, raw, event.problem)] + [db.change_insert(c) for c in chunks]
                 written = self.store.submit(statements)
             except BaseException as e:
                 raise self._storage_failed(e) from e
@@ -293,7 +293,7 @@ class EventLog:
                 # document holding events whose journal rows come after it (sealed batches are put nowhere).
                 if not sealed:
                     chunks += self.doc.put({e.id: raw for e, raw in built})
-                statements = ([db.journal_insert_many([(e.id, raw) for e, raw in events])]
+                statements = ([db.journal_insert_many([(e.id, raw, e.problem) for e, raw in events])]
                               + [db.change_insert(c) for c in chunks])
                 written = self.store.submit(statements)
             except BaseException as e:
@@ -428,7 +428,7 @@ class EventLog:
         uncovered = {e.id: raw for e, raw in verdict.events if not self.epoch.covers(e.node, e.seq)}
         chunks = self.doc.put({**self._records_for({node}), **uncovered}) if uncovered else []
         self.doc_events += len(uncovered)
-        self.store.submit([db.journal_insert_many([(e.id, raw) for e, raw in verdict.events])]
+        self.store.submit([db.journal_insert_many([(e.id, raw, e.problem) for e, raw in verdict.events])]
                           + [db.change_insert(c) for c in chunks]).add_done_callback(self._remote_committed)
         self._count_change(len(chunks))
         self._advance()
@@ -502,7 +502,7 @@ class EventLog:
         """Remote entries exist on other nodes too, so their commit is not awaited: group commit batches."""
         chunks = self.doc.changes_since(before)
         statements = ([db.record_upsert(r.node, raw) for r, raw in records]
-                      + [db.journal_insert(e.id, raw) for e, raw in events]
+                      + [db.journal_insert(e.id, raw, e.problem) for e, raw in events]
                       + [db.change_insert(c) for c in chunks])
         self.store.submit(statements).add_done_callback(self._remote_committed)
         self._count_change(len(chunks))

@@ -186,3 +186,24 @@ async def test_a_batch_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
     [a2] = make_logs(tmp_path, 1)
     assert a2.seq == 3 and len(a2.events) == 3
     a2.close()
+
+
+async def test_a_journal_kept_before_meanings_and_chains_were_stored_is_read_in_full(tmp_path: Path) -> None:
+    """Journals written by earlier versions lack (node, seq) and `meaning`: both are added at start, and
+    their rows are decoded and checked in full, as they were."""
+    import sqlite3
+
+    [log] = make_logs(tmp_path, 1)
+    await log.start()
+    written = [await log.append("checkout", {"patron": "P1", "item": f"I{k}"}, "staff") for k in range(5)]
+    await log.store.commit([])
+    log.close()
+    with sqlite3.connect(tmp_path / "d0" / "circmesh.sqlite") as conn:  # as an older desk left it
+        conn.execute("DROP INDEX journal_chain")
+        conn.execute("CREATE TABLE old AS SELECT pos, id, raw FROM journal")
+        conn.execute("DROP TABLE journal")
+        conn.execute("ALTER TABLE old RENAME TO journal")
+    [again] = make_logs(tmp_path, 1)
+    assert [e.id for e in again.ordered()] == [e.id for e in written]
+    assert (await again.read_run(written[0].node, 2, 3)) == [e.encode() for e in written[1:3]]
+    again.close()

@@ -99,7 +99,14 @@ def test_odd_events_replicate_are_quarantined_and_never_raise(tmp_path_factory, 
         assert fold(reader.ordered()).quarantined == fold(writer.ordered()).quarantined == state.quarantined
         _everything_is_printable(reader)
         for log in (writer, reader):
+            await log.store.commit([])
             log.close()
+        # read back from the journal at start, without checking again: the same events, meanings and state
+        again = node.eventlog.EventLog(reader.identity, reader.store.path.parent, reader.desk)
+        again.open()
+        assert [(e.encode(), e.problem) for e in again.ordered()] == [(e.encode(), e.problem) for e in reader.ordered()]
+        assert again.state.quarantined == state.quarantined
+        again.close()
 
     asyncio.run(scenario())
 

@@ -224,6 +224,20 @@ def decode_event(raw: bytes) -> Event:
                  prev=prev, sig=sig, problem=body_problem(kind, body, at, staff))
 
 
+def decode_kept(raw: bytes, meaning: str | None) -> Event:
+    """An event from this desk's own journal, read back at start. Every row there was verified before it
+    was written, and its meaning judged then (`meaning`: "" readable, else the problem): nothing is checked
+    again. Rows written before meanings were kept (None) are decoded in full."""
+    if meaning is None:
+        return decode_event(raw)
+    obj = msgpack.unpackb(raw, raw=False, strict_map_key=False, unicode_errors="surrogateescape")
+    kind, staff = obj["kind"], obj["staff"]
+    return Event(node=sys.intern(obj["node"]), seq=obj["seq"], hlc=Hlc(*obj["hlc"]), at=obj["at"],
+                 kind=sys.intern(kind) if isinstance(kind, str) else kind, body=obj["body"],
+                 staff=sys.intern(staff) if isinstance(staff, str) and len(staff) <= 200 else staff,
+                 seen=obj["seen"], prev=obj["prev"], sig=obj["sig"], problem=meaning or None)
+
+
 def json_safe(value: Any, depth: int = 0) -> Any:
     """Any decoded msgpack value as something JSON can print, bounded in depth and length."""
     if value is None or isinstance(value, bool):

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal (pos INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, raw BLOB NOT NULL,
-                                    node TEXT, seq INTEGER);
+                                    node TEXT, seq INTEGER, meaning TEXT);
 CREATE TABLE IF NOT EXISTS records (node TEXT PRIMARY KEY, raw BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS changes (pos INTEGER PRIMARY KEY AUTOINCREMENT, bytes BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS saved (id INTEGER PRIMARY KEY CHECK (id = 1), bytes BLOB NOT NULL,
@@ -38,7 +38,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Loaded:
-    journal: list[bytes]
+    journal: list[tuple[bytes, str | None]]  # each event as kept, and its `meaning` (see journal_insert)
     records: dict[str, bytes]
     document: bytes | None  # the last save followed by every change chunk since
     meta: dict[str, str]
@@ -65,6 +65,8 @@ class Store:
         if "node" not in columns:
             self._conn.execute("ALTER TABLE journal ADD COLUMN node TEXT")
             self._conn.execute("ALTER TABLE journal ADD COLUMN seq INTEGER")
+        if "meaning" not in columns:  # rows written before it are read in full at start, as they were
+            self._conn.execute("ALTER TABLE journal ADD COLUMN meaning TEXT")
         self._conn.execute("UPDATE journal SET node = substr(id, 1, 32), "
                            "seq = CAST(substr(id, 34) AS INTEGER) WHERE node IS NULL")
         self._conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS journal_chain ON journal (node, seq)")
@@ -72,7 +74,7 @@ class Store:
     def load(self) -> Loaded:
         """Everything needed to start; called once before serving."""
         c = self._conn
-        journal = [row[0] for row in c.execute("SELECT raw FROM journal ORDER BY pos")]
+        journal = list(c.execute("SELECT raw, meaning FROM journal ORDER BY pos"))
         records = dict(c.execute("SELECT node, raw FROM records"))
         saved = c.execute("SELECT bytes, upto FROM saved WHERE id = 1").fetchone()
         upto = saved[1] if saved else 0
@@ -148,18 +150,22 @@ class Store:
         self._conn.close()
 
 
-def journal_insert(event_id: str, raw: bytes) -> Statement:
+def journal_insert(event_id: str, raw: bytes, problem: str | None) -> Statement:
+    """`meaning`: "" for an event whose body was read, else why it could not be (the fold quarantines it).
+    Every row is an event verified before it was written, so a desk starting reads it back without checking
+    it again (event.decode_kept): at 300,000 events the checks were most of the start."""
     node, _, seq = event_id.partition(":")
-    return ("INSERT OR IGNORE INTO journal (id, raw, node, seq) VALUES (?, ?, ?, ?)", (event_id, raw, node, int(seq)))
+    return ("INSERT OR IGNORE INTO journal (id, raw, node, seq, meaning) VALUES (?, ?, ?, ?, ?)",
+            (event_id, raw, node, int(seq), problem or ""))
 
 
-def journal_insert_many(rows: list[tuple[str, bytes]]) -> Statement:
+def journal_insert_many(rows: list[tuple[str, bytes, str | None]]) -> Statement:
     """A run of events in one statement (the bulk path)."""
     params = []
-    for event_id, raw in rows:
+    for event_id, raw, problem in rows:
         node, _, seq = event_id.partition(":")
-        params.append((event_id, raw, node, int(seq)))
-    return ("INSERT OR IGNORE INTO journal (id, raw, node, seq) VALUES (?, ?, ?, ?)", params)
+        params.append((event_id, raw, node, int(seq), problem or ""))
+    return ("INSERT OR IGNORE INTO journal (id, raw, node, seq, meaning) VALUES (?, ?, ?, ?, ?)", params)
 
 
 def read_run(conn: sqlite3.Connection, node: str, first: int, last: int, max_bytes: int) -> list[bytes]:
