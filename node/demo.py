@@ -218,7 +218,7 @@ def run_demo(args: argparse.Namespace) -> int:
               f"-d '{sign_in}' {url}/api/v1/session"
               " | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"token\"])')")
         print("      curl -s -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' "
-              f"-d '{{\"patron\":\"23000000001\",\"item\":\"39000000001\"}}' {url}/api/v1/checkouts")
+              f"-d '{{\"patron\":\"23000000000003\",\"item\":\"39000000000007\"}}' {url}/api/v1/checkouts")
         with children.interruptible():
             patron, item = example_barcodes(ils_info)
         if patron and item:

@@ -118,6 +118,8 @@ class Bridge:
         self.counters = {"applied": 0, "refused": 0, "transient": 0, "reconciled": 0}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._sealer: asyncio.Task[None] | None = None
+        self._seal_due = asyncio.Event()
         self._attempted: set[str] = set()
         self._before_restart: set[str] = set()
         self._renewal_patrons: dict[str, str | None] = {}
@@ -128,10 +130,12 @@ class Bridge:
         self._attempted = set(rows)
         self._before_restart = set(rows)
         self.log.subscribe(lambda arrival: self._wake.set())
+        self.log.subscribe(lambda arrival: self._seal_due.set() if self._due_to_seal() else None)
         self._task = asyncio.create_task(self._run(), name="bridge")
+        self._sealer = asyncio.create_task(self._seal_loop(), name="bridge-seals")
 
     async def stop(self) -> None:
-        await reap(self._task)  # lets a cancel of this stop through, unlike suppress(CancelledError)
+        await reap(self._task, self._sealer)  # lets a cancel of this stop through, unlike suppress(CancelledError)
         await self.adapter.close()
 
     @property
@@ -142,7 +146,6 @@ class Bridge:
     async def _run(self) -> None:
         while True:
             try:
-                await self._seal_if_due()
                 await self._probe()
                 if self.reachable and asyncio.get_running_loop().time() >= self._auth_retry_at:
                     finished = await self._upload_round()
@@ -159,10 +162,25 @@ class Bridge:
                 log.exception("bridge loop error; retrying")
                 await asyncio.sleep(PROBE_INTERVAL)
 
-    async def _seal_if_due(self) -> None:
-        """Keeps the document small: its size, not the ILS, decides (a seal only changes how events travel)."""
-        if self.config.seal_every > 0 and self.log.doc_events >= self.config.seal_every:
-            seal = await self.log.seal()
+    def _due_to_seal(self) -> bool:
+        return self.config.seal_every > 0 and self.log.doc_events >= self.config.seal_every
+
+    async def _seal_loop(self) -> None:
+        """Keeps the document small: its size, not the ILS, decides (a seal only changes how events travel).
+        A task of its own, woken by arrivals: an upload round of 30,000 events (whose outcomes fill the
+        document) must not hold the seal back until it ends."""
+        if self._due_to_seal():
+            self._seal_due.set()
+        while True:
+            await self._seal_due.wait()
+            self._seal_due.clear()
+            if not self._due_to_seal():
+                continue
+            try:
+                seal = await self.log.seal()
+            except Exception:
+                log.exception("sealing failed; trying again at the next event")
+                continue
             log.info("sealed epoch %d at %d events in its document", seal.body["epoch"] - 1, self.config.seal_every)
 
     async def _probe(self) -> None:
