@@ -46,7 +46,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="ILS requests in flight at once while uploading (default 16)")
     p.add_argument("--seal-every", type=int, default=20_000, metavar="EVENTS",
                    help="on the bridge desk: seal the replicated document once it carries this many events, so "
-                        "that memory and start-up follow recent work, not all history (default 20000; 0: never)")
+                        "that it (and its saves) stays small; older events travel between desks in journal runs "
+                        "(default 20000; 0: never)")
     p.add_argument("--max-payment", default="10000.00", metavar="AMOUNT",
                    help="the largest payment staff may record in one scan (default 10000.00)")
     p.add_argument("--unicode-barcodes", action="store_true",
