@@ -277,9 +277,8 @@ class EventLog:
                 seq += 1
                 seen = {n: s for n, s in self.vector.items() if n != self.identity.node_id}
                 seal = make_event(node=self.identity.node_id, seq=seq, hlc=self.clock.tick(), at=self._physical_ms(),
-                                  kind="seal", body={"epoch": self.epoch.number + 1,
-                                                     "upto": {**seen, self.identity.node_id: seq}},
-                                  staff=staff, seen=seen, sign=self.identity.sign, prev=prev)
+                                  kind="seal", body=self._seal_body(seq, seen), staff=staff, seen=seen,
+                                  sign=self.identity.sign, prev=prev)
                 events = [*built, (seal, seal.encode())]
             else:
                 events = built
@@ -458,9 +457,11 @@ class EventLog:
     async def seal(self, staff: str = "bridge") -> Event:
         """Closes the current epoch's document (the bridge does, now and then): see epochs.py. Its `upto` is
         exactly its causal past, the seal included."""
-        number = self.epoch.number + 1
-        return await self._append(
-            "seal", lambda seq, seen: {"epoch": number, "upto": {**seen, self.identity.node_id: seq}}, staff, None)
+        return await self._append("seal", self._seal_body, staff, None)
+
+    def _seal_body(self, seq: int, seen: dict[str, int]) -> dict[str, Any]:
+        """The next epoch, and `upto` = exactly the seal's causal past: what it has seen, and itself."""
+        return {"epoch": self.epoch.number + 1, "upto": {**seen, self.identity.node_id: seq}}
 
     def _advance(self) -> None:
         """Moves the document to the epoch the seals held say, if it is not there."""
@@ -480,8 +481,7 @@ class EventLog:
                 entries[f"{node}:{seq}"] = raw
                 carried += 1
         for event_id, raw in self._unintegrated.items():
-            writer, _, number = event_id.partition(":")
-            if not target.covers(writer, int(number)):
+            if not target.covers(*_node_seq(event_id)):
                 entries[event_id] = raw
                 carried += 1
         entries.update(self._records_for({self.identity.node_id} | {i.partition(":")[0] for i in entries}))

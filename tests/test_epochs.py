@@ -295,7 +295,6 @@ async def test_a_new_desk_gets_the_history_by_runs_and_the_same_state(tmp_path: 
         logs[-1] = again
         assert again.epoch == logs[0].epoch and len(again.ordered()) == 908
         assert doc_events(again) == set(tail)
-        assert doc_events(again) == doc_events(logs[1]) or set(tail) <= doc_events(again)
         same_everywhere(logs)
     finally:
         close_all(logs)

@@ -53,6 +53,3 @@ class CatchUp:
         """The link to `peer` went away: what it was asked may be asked of another."""
         for node in [n for n, (p, _) in self._claims.items() if p == peer]:
             del self._claims[node]
-
-    def asked_of(self, peer: Hashable) -> dict[str, int]:
-        return {n: last for n, (p, last) in self._claims.items() if p == peer}

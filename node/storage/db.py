@@ -154,18 +154,20 @@ def journal_insert(event_id: str, raw: bytes, problem: str | None) -> Statement:
     """`meaning`: "" for an event whose body was read, else why it could not be (the fold quarantines it).
     Every row is an event verified before it was written, so a desk starting reads it back without checking
     it again (event.decode_kept): at 300,000 events the checks were most of the start."""
-    node, _, seq = event_id.partition(":")
-    return ("INSERT OR IGNORE INTO journal (id, raw, node, seq, meaning) VALUES (?, ?, ?, ?, ?)",
-            (event_id, raw, node, int(seq), problem or ""))
+    return (_JOURNAL_INSERT, _journal_row(event_id, raw, problem))
 
 
 def journal_insert_many(rows: list[tuple[str, bytes, str | None]]) -> Statement:
     """A run of events in one statement (the bulk path)."""
-    params = []
-    for event_id, raw, problem in rows:
-        node, _, seq = event_id.partition(":")
-        params.append((event_id, raw, node, int(seq), problem or ""))
-    return ("INSERT OR IGNORE INTO journal (id, raw, node, seq, meaning) VALUES (?, ?, ?, ?, ?)", params)
+    return (_JOURNAL_INSERT, [_journal_row(*row) for row in rows])
+
+
+_JOURNAL_INSERT = "INSERT OR IGNORE INTO journal (id, raw, node, seq, meaning) VALUES (?, ?, ?, ?, ?)"
+
+
+def _journal_row(event_id: str, raw: bytes, problem: str | None) -> tuple[str, bytes, str, int, str]:
+    node, _, seq = event_id.partition(":")
+    return (event_id, raw, node, int(seq), problem or "")
 
 
 def read_run(conn: sqlite3.Connection, node: str, first: int, last: int, max_bytes: int) -> list[bytes]:
