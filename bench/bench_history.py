@@ -163,10 +163,11 @@ async def write_history(desk_dir: Path, events: int, unsettled: int) -> dict[str
             next_report += 0.1
     await log.store.commit(db.compaction(log.doc.save()))
     state = log.state
-    pending = sum(1 for e in log.events.values() if e.kind in DESK_KINDS and e.id not in state.outcomes)
-    info = {"events": len(log.events), "scans": written, "applied": answered, "unsettled": pending,
+    every = list(log.in_order())
+    pending = sum(1 for e in every if e.kind in DESK_KINDS and e.id not in state.outcomes)
+    info = {"events": log.event_count, "scans": written, "applied": answered, "unsettled": pending,
             "open_loans": len(state.loans), "conflicts": len(state.conflicts),
-            "kinds": dict(Counter(e.kind for e in log.events.values())),
+            "in_memory": len(log.ordered_log), "kinds": dict(Counter(e.kind for e in every)),
             "build_seconds": round(time.perf_counter() - t0, 1)}
     log.close()
     return info
@@ -373,8 +374,7 @@ def line_range(fn: Any) -> tuple[str, range]:
 def integrate_lines() -> dict[int, str]:
     """Line numbers in EventLog._integrate -> the part of the log that line grows."""
     lines, first = inspect.getsourcelines(EventLog._integrate)
-    parts = {"self.events[": "EventLog.events", "self.raw[": "EventLog.raw", "self.ordered_log.add(": "ordered_log",
-             "Arrival(": "EventLog.arrivals", "self.arrivals.append": "EventLog.arrivals"}
+    parts = {"self._note(": "EventLog.raw", "self.ordered_log.add(": "ordered_log"}
     out = {}
     for offset, text in enumerate(lines):
         for needle, part in parts.items():
@@ -453,13 +453,12 @@ def breakdown(data: Path) -> None:
     parts: Counter[str] = Counter()
     for stat in snapshot.statistics("traceback"):
         parts[attribution.part(stat.traceback)] += stat.size
-    n = len(log.events)
+    n = log.event_count
     raw_bytes = sum(len(r) for r in log.raw.values())
     ordered = log.ordered_log
     counts = {
-        "EventLog.events": f"{n:,} events",
-        "EventLog.raw": f"{n:,} signed events, {raw_bytes / n:.0f} B each as stored",
-        "EventLog.arrivals": f"{len(log.arrivals):,} arrivals",
+        "EventLog.events": f"{len(ordered):,} events in memory",
+        "EventLog.raw": f"{len(log.raw):,} signed events, {raw_bytes / max(1, len(log.raw)):.0f} B each as stored",
         "ordered_log": f"{len(ordered):,} keys (ids, stamps, by key, by id)",
         "ordered_log checkpoints (copies of the state)": f"{len(ordered._checkpoints)} checkpoints",
         "CirculationState (the folded state)": f"{len(state.loans):,} loans, {len(state.outcomes):,} outcomes, "

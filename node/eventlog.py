@@ -16,20 +16,22 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from node.cluster import TrustPolicy
+from node.crdt import checkpoint
 from node.crdt.document import DocumentError, LogDocument, SyncState
 from node.crdt.epochs import Epoch, Epochs
-from node.crdt.event import GENESIS, Event, EventError, chain_hash, check_body, decode_kept, make_event
+from node.crdt.event import DESK_KINDS, GENESIS, Event, EventError, chain_hash, check_body, decode_kept, make_event
 from node.crdt.hlc import DEFAULT_MAX_DRIFT_MS, Hlc, HybridClock
-from node.crdt.order import OrderedLog, causal_sequence
+from node.crdt.order import OrderedLog, OrderKey, causal_sequence
 from node.crdt.records import NodeRecord, decode_record, make_record, record_key
 from node.crdt.refusals import Refusal, Refused
 from node.crdt.state import CirculationState
@@ -48,6 +50,10 @@ RUN_BYTES = 4 * 1024 * 1024  # a journal run served in one frame holds about thi
 # seal of its own, in the same transaction, and travels in journal runs. As one Automerge change it would
 # reach a peer as one sync message, and a link drops a message over its 64 MiB frame limit.
 SEALED_BATCH_BYTES = 4 * 1024 * 1024
+# The fold's base moves (order.py) once this many events sit in memory after it, to leave the last
+# BASE_TAIL_KEPT there: history leaves memory, and a desk starts from the base, not from its whole journal.
+BASE_EVERY = 10_000
+BASE_TAIL_KEPT = 2_000
 
 
 def wall_ms() -> int:
@@ -76,6 +82,58 @@ class Arrival:
     local: bool
 
 
+class JournalHistory:
+    """The events the fold's base holds, read back from the journal (order.py `History`)."""
+
+    def __init__(self, reader: db.Reader) -> None:
+        self._reader = reader
+
+    def event(self, event_id: str) -> Event | None:
+        row = self._row(event_id)
+        return decode_kept(row.raw, row.meaning) if row is not None else None
+
+    def key(self, event_id: str) -> OrderKey | None:
+        row = self._row(event_id)
+        return row.key if row is not None else None
+
+    def _row(self, event_id: str) -> db.Row | None:
+        node, _, seq = event_id.partition(":")
+        return self._reader.event(node, int(seq)) if seq.isdigit() else None
+
+    def upto(self, key: OrderKey) -> Iterator[tuple[OrderKey, Event]]:
+        for row in self._reader.upto(key):
+            if row.key is not None:
+                yield row.key, decode_kept(row.raw, row.meaning)
+
+
+class HeldEvents(Mapping[str, Event]):
+    """Every event this desk holds, by id: from memory, or from the journal for those that left it (the
+    history a fold base holds). Its length is what the desk holds; iterating reads the whole journal."""
+
+    def __init__(self, log: EventLog) -> None:
+        self._log = log
+
+    def __getitem__(self, event_id: str) -> Event:
+        event = self._log.event(event_id)
+        if event is None:
+            raise KeyError(event_id)
+        return event
+
+    def __contains__(self, event_id: object) -> bool:
+        return isinstance(event_id, str) and self._log.holds(event_id)
+
+    def __len__(self) -> int:
+        return self._log.event_count
+
+    def __iter__(self) -> Iterator[str]:
+        memory = self._log.ordered_log.by_id
+        yield from memory
+        for row in self._log.reader.page(0, 1 << 62):
+            event_id = decode_kept(row.raw, row.meaning).id
+            if event_id not in memory:
+                yield event_id
+
+
 class EventLog:
     def __init__(self, identity: NodeIdentity, data_dir: Path, desk: str,
                  physical_ms: Callable[[], int] = wall_ms, *, policy: TrustPolicy | None = None,
@@ -88,7 +146,10 @@ class EventLog:
         self._physical_ms = physical_ms
         self.clock = HybridClock(physical_ms, max_drift_ms=max_drift_ms)  # peers push it at most this far ahead
         self.doc: LogDocument
-        self.events: dict[str, Event] = {}
+        self.reader: db.Reader  # reads on the event loop's thread (the history, /events pages)
+        self.events = HeldEvents(self)
+        self.event_count = 0
+        self._next_pos = 1  # the next arrival position (the journal's `pos`, the /events cursor)
         # Signed bytes of the events the current epoch does not cover (those a document may carry); older
         # ones are read from the journal when asked for (runs). Plus every desk's latest, which the next
         # run of its events must chain to.
@@ -96,10 +157,13 @@ class EventLog:
         self._latest_raw: dict[str, bytes] = {}
         self.records: dict[str, NodeRecord] = {}
         self.records_raw: dict[str, bytes] = {}
-        self.arrivals: list[Arrival] = []
         self.ordered_log = OrderedLog()
+        self._restamps = 0
+        self._remote_pending = 0  # journal writes of received events not yet committed
+        self._base_task: asyncio.Task[None] | None = None
         self.vector: dict[str, int] = {}  # node -> highest seq held (a prefix: Automerge delivers in order)
         self.revoked: dict[str, int] = {}  # node -> last seq accepted from it (kept as events arrive)
+        self.revoked_by: dict[str, str] = {}  # node -> the revoke event whose `upto` stands
         self.seq = 0
         self._tip: bytes | None = None  # this desk's latest event as stored
         self.failed: str | None = None
@@ -124,15 +188,27 @@ class EventLog:
     # ---- start
     def open(self) -> None:
         loaded = self.store.load()
+        self.reader = db.Reader(self.store.path)
+        self.ordered_log = OrderedLog(history=JournalHistory(self.reader))
         self.doc = LogDocument(self.identity.actor_id, loaded.document)
         for node, raw in loaded.records.items():
             self.records[node] = decode_record(raw, node)
             self.records_raw[node] = raw
-        journal = [(decode_kept(raw, meaning), raw) for raw, meaning in loaded.journal]
-        raws = {event.id: raw for event, raw in journal}
-        # Journals written before order stamps existed may not be in causal order: causal_sequence puts them so.
-        for event in causal_sequence(event for event, _ in journal):
-            self._integrate(event, raws[event.id], local=False, notify=False)
+        base = None
+        if loaded.base is not None:
+            try:
+                base = checkpoint.decode(loaded.base.data)
+            except checkpoint.CheckpointError as e:
+                log.warning("the fold's checkpoint cannot be read (%s): folding the whole journal", e)
+                loaded = self.store.load(with_base=False)
+        self.event_count = 0
+        self._next_pos = loaded.last_pos + 1
+        if base is not None and loaded.base is not None:
+            self._open_from_base(loaded, base, loaded.base)
+        else:
+            self._open_whole(loaded)
+        self.event_count = loaded.count
+        self._restamps = self.ordered_log.restamps  # those of the start are in _stamps_due
         self.seq = self.vector.get(self.identity.node_id, 0)
         self._doc_epoch = loaded.meta.get("epoch", "")
         self._forget_covered(self.epochs.advance(self.vector))
@@ -145,9 +221,44 @@ class EventLog:
         else:
             self._pending_record = None
 
+    def _open_whole(self, loaded: db.Loaded) -> None:
+        """Every event of the journal into memory (no base yet); stamps missing or changed are written back."""
+        journal = [(decode_kept(row.raw, row.meaning), row) for row in loaded.journal]
+        rows = {event.id: row for event, row in journal}
+        # Journals written before order stamps existed may not be in causal order: causal_sequence puts them so.
+        for event in causal_sequence(event for event, _ in journal):
+            row = rows[event.id]
+            self._integrate(event, row.raw, local=False, notify=False, pos=row.pos)
+        self._stamps_due = [(event.id, key, event.kind) for event, row in journal
+                            if row.key != (key := self.ordered_log.key_of(event.id))]
+
+    def _open_from_base(self, loaded: db.Loaded, base: tuple[OrderKey, Any], saved: db.SavedBase) -> None:
+        """The fold's base, and from the journal only what memory must hold beside it (see db.Store.load)."""
+        kept = [decode_kept(row.raw, row.meaning) for row in loaded.kept or ()]
+        self.ordered_log.restore_base(base, [e for e in kept if e.kind in ("void", "resolve")])
+        for event in kept:
+            self._remember(event)
+        held = set(saved.held)
+        for row in loaded.journal:
+            event = decode_kept(row.raw, row.meaning)
+            if event.id in held and row.key is not None and row.key <= saved.key and row.pos <= saved.pos:
+                self.ordered_log.hold(event, row.key)  # in the base already: kept in memory as open work
+                self._note(event, row.raw)
+            else:
+                self._integrate(event, row.raw, local=False, notify=False, pos=row.pos)
+        for node, raw in (loaded.tips or {}).items():
+            seq = int(decode_kept(raw, "").seq)
+            if seq > self.vector.get(node, 0):
+                self.vector[node] = seq
+                self._latest_raw[node] = raw
+        self._stamps_due = []
+
     async def start(self) -> None:
         """Publishes this node's record (its key and desk name) if the document lacks it, and moves the
         document to the epoch the journal says (a crash may have come between a seal and the move)."""
+        if self._stamps_due:  # a journal from before order stamps were kept: written once
+            self.store.submit([db.journal_stamps(self._stamps_due)]).add_done_callback(self._remote_committed)
+            self._stamps_due = []
         self._advance()
         record = self._pending_record
         if record is not None:
@@ -168,6 +279,7 @@ class EventLog:
 
     def close(self) -> None:
         self.store.close()
+        self.reader.close()
 
     # ---- reading
     @property
@@ -179,7 +291,41 @@ class EventLog:
         return self.ordered_log.state
 
     def ordered(self) -> list[Event]:
+        """The events in memory, in order: every event until the fold's base first moves, then those after
+        it and the open work before it (history: `in_order`)."""
         return list(self.ordered_log)
+
+    def event(self, event_id: str) -> Event | None:
+        """An event held here, from memory or from the journal."""
+        event = self.ordered_log.by_id.get(event_id)
+        if event is None and self.holds(event_id):
+            event = self.ordered_log.history.event(event_id)
+        return event
+
+    def holds(self, event_id: str) -> bool:
+        if event_id in self.ordered_log.by_id:
+            return True
+        node, _, seq = event_id.partition(":")
+        return seq.isdigit() and 0 < int(seq) <= self.vector.get(node, 0)
+
+    def in_order(self) -> Iterator[Event]:
+        """Every event held, in the log's order, the history read from the journal (exports)."""
+        memory = self.ordered_log.by_id
+        journal = ((row.key, decode_kept(row.raw, row.meaning)) for row in self.reader.in_order()
+                   if row.key is not None)
+        merged = heapq.merge(((self.ordered_log.key_of(i), e) for i, e in
+                              sorted(memory.items(), key=lambda ie: self.ordered_log.key_of(ie[0]))),
+                             ((k, e) for k, e in journal if e.id not in memory), key=lambda pair: pair[0])
+        return (e for _, e in merged)
+
+    def page(self, after: int, limit: int) -> list[tuple[int, Event, OrderKey]]:
+        """Events written to the journal after arrival position `after` (the /events cursor), by position."""
+        out = []
+        for row in self.reader.page(after, limit):
+            event = decode_kept(row.raw, row.meaning)
+            key = self.ordered_log.known_key(event.id) or row.key or event.order_key
+            out.append((row.pos, event, key))
+        return out
 
     def desk_of(self, node: str) -> str:
         record = self.records.get(node)
@@ -213,10 +359,11 @@ class EventLog:
             self._in_flight += 1
             self._idle.clear()
             self._unintegrated[event.id] = raw
+            pos = self._take_pos()
             try:
                 chunks = self.doc.put({event.id: raw})
-                statements = [db.journal_insert(event.id, raw, event.problem)] + [db.change_insert(c) for c in chunks]
-                written = self.store.submit(statements)
+                statements = [db.journal_insert([_entry(event, raw, pos, _own_key(event))])]
+                written = self.store.submit(statements + [db.change_insert(c) for c in chunks])
             except BaseException as e:
                 raise self._storage_failed(e) from e
         try:
@@ -224,7 +371,8 @@ class EventLog:
         except BaseException as e:
             raise self._storage_failed(e) from e
         try:
-            self._integrate(event, raw, local=True)
+            self._integrate(event, raw, local=True, pos=pos)
+            self._write_stamps([event])
         finally:
             # The event is durable: whatever happens while folding it, sync must go on (a stuck gate
             # would silence this desk while its links still looked connected).
@@ -292,7 +440,9 @@ class EventLog:
                 # document holding events whose journal rows come after it (sealed batches are put nowhere).
                 if not sealed:
                     chunks += self.doc.put({e.id: raw for e, raw in built})
-                statements = ([db.journal_insert_many([(e.id, raw, e.problem) for e, raw in events])]
+                positions = [self._take_pos() for _ in events]
+                statements = ([db.journal_insert([_entry(e, raw, pos, _own_key(e))
+                                                  for (e, raw), pos in zip(events, positions, strict=True)])]
                               + [db.change_insert(c) for c in chunks])
                 written = self.store.submit(statements)
             except BaseException as e:
@@ -304,8 +454,9 @@ class EventLog:
         except BaseException as e:
             raise self._storage_failed(e) from e
         try:
-            for event, raw in events:
-                self._integrate(event, raw, local=True)
+            for (event, raw), pos in zip(events, positions, strict=True):
+                self._integrate(event, raw, local=True, pos=pos)
+            self._write_stamps([e for e, _ in events])
         finally:  # durable: sync goes on whatever happens while folding
             for event, _ in events:
                 self._unintegrated.pop(event.id, None)
@@ -378,9 +529,9 @@ class EventLog:
         raws = {event.id: raw for event, raw in verdict.events}
         arrived = [(event, raws[event.id]) for event in
                    causal_sequence(sorted((event for event, _ in verdict.events), key=lambda e: e.order_key))]
-        for event, raw in arrived:
-            self._integrate(event, raw, local=False)
-        self._persist_remote(before, arrived, verdict.records)  # the journal stays in causal order too
+        entries = [self._entry_of(arrival, raw) for event, raw in arrived
+                   if (arrival := self._integrate(event, raw, local=False)) is not None]
+        self._persist_remote(before, entries, verdict.records)  # the journal stays in causal order too
         self.doc_events += len(arrived)
         self._advance()
         self._wake()
@@ -420,15 +571,15 @@ class EventLog:
         if verdict.refusals:
             return self._refuse_run(verdict.refusals[0], peer)
         self._keep_records(records)
-        for event, raw in verdict.events:
-            self._integrate(event, raw, local=False)
+        entries = [self._entry_of(arrival, raw) for event, raw in verdict.events
+                   if (arrival := self._integrate(event, raw, local=False)) is not None]
         # What the epoch does not cover travels in its document: a peer in this epoch will not ask for it
         # in runs (a desk back after a week sends its offline scans in runs to a desk ahead of it).
         uncovered = {e.id: raw for e, raw in verdict.events if not self.epoch.covers(e.node, e.seq)}
         chunks = self.doc.put({**self._records_for({node}), **uncovered}) if uncovered else []
         self.doc_events += len(uncovered)
-        self.store.submit([db.journal_insert_many([(e.id, raw, e.problem) for e, raw in verdict.events])]
-                          + [db.change_insert(c) for c in chunks]).add_done_callback(self._remote_committed)
+        self._submit_remote([db.journal_insert(entries)] + [db.change_insert(c) for c in chunks])
+        self._write_stamps([])
         self._count_change(len(chunks))
         self._advance()
         self._wake()
@@ -439,8 +590,7 @@ class EventLog:
             self.records[record.node] = record
             self.records_raw[record.node] = raw
         if records:
-            self.store.submit([db.record_upsert(r.node, raw) for r, raw in records]
-                              ).add_done_callback(self._remote_committed)
+            self._submit_remote([db.record_upsert(r.node, raw) for r, raw in records])
 
     def _refuse_run(self, refused: Refused, peer: str) -> int:
         self.refuse(refused.kind, f"{peer}: {refused.message}")
@@ -492,22 +642,29 @@ class EventLog:
         self.doc_events = carried
         self._forget_covered(target)
         self._since_save = 0
-        self.store.submit(db.rebase(doc.save(), target.seal)).add_done_callback(self._remote_committed)
+        self._submit_remote(db.rebase(doc.save(), target.seal))
         log.info("epoch %d (sealed by %s): a new document carrying %d event(s)", target.number,
                  self.desk_of(target.seal.partition(":")[0]), carried)
         self._wake()
 
-    def _persist_remote(self, before: list[bytes], events: list[tuple[Event, bytes]],
+    def _persist_remote(self, before: list[bytes], entries: list[db.JournalEntry],
                         records: list[tuple[NodeRecord, bytes]]) -> None:
         """Remote entries exist on other nodes too, so their commit is not awaited: group commit batches."""
         chunks = self.doc.changes_since(before)
         statements = ([db.record_upsert(r.node, raw) for r, raw in records]
-                      + [db.journal_insert(e.id, raw, e.problem) for e, raw in events]
+                      + ([db.journal_insert(entries)] if entries else [])
                       + [db.change_insert(c) for c in chunks])
-        self.store.submit(statements).add_done_callback(self._remote_committed)
+        self._submit_remote(statements)
+        self._write_stamps([])
         self._count_change(len(chunks))
 
+    def _submit_remote(self, statements: list[db.Statement]) -> None:
+        """Written without waiting (see _persist_remote); counted until committed, for the fold's base."""
+        self._remote_pending += 1
+        self.store.submit(statements).add_done_callback(self._remote_committed)
+
     def _remote_committed(self, future: asyncio.Future[None]) -> None:
+        self._remote_pending = max(0, self._remote_pending - 1)
         if not future.cancelled() and future.exception() is not None:
             self.failed = f"storage failure: {future.exception()}"
             log.error("%s; this desk stops taking scans", self.failed)
@@ -555,7 +712,7 @@ class EventLog:
         """The bytes of an event held here: from memory, or for one an epoch covers (which an honest desk
         never puts in a document again) from the journal, so that a second version of it is still refused."""
         raw = self.raw.get(event_id)
-        if raw is None and event_id in self.events:
+        if raw is None and self.holds(event_id):
             raw = self._journal_raw(event_id)
         return raw
 
@@ -566,32 +723,95 @@ class EventLog:
         return rows[0] if rows else None
 
     # ---- internals
-    def _integrate(self, event: Event, raw: bytes, *, local: bool, notify: bool = True) -> None:
-        if event.id in self.events:
-            return
-        self.events[event.id] = event
-        if not self.epochs.current.covers(event.node, event.seq):
-            self.raw[event.id] = raw
-        if event.seq > self.vector.get(event.node, 0):
-            self.vector[event.node] = event.seq
-            self._latest_raw[event.node] = raw
+    def _integrate(self, event: Event, raw: bytes, *, local: bool, notify: bool = True,
+                   pos: int | None = None) -> Arrival | None:
+        """Takes a verified event in (None: held already). `pos`: its arrival position, if already given."""
+        if self.holds(event.id):
+            return None
+        self.event_count += 1
+        self._note(event, raw)
         self.ordered_log.add(event)
-        if event.kind == "seal" and event.problem is None:
-            self.epochs.offer(event)
-        if event.kind == "revoke" and event.problem is None:
-            # Read on every TLS handshake and every verified batch: kept here so that reading it never
-            # refolds the whole log (as `state` would while a healed partition pours events in).
-            self.revoked.setdefault(event.body["node"], event.body["upto"])
+        self._remember(event)
         key = self.ordered_log.key_of(event.id)
         self.clock.observe(Hlc(key[0], key[1]))  # its order stamp: bounded by the clock, as far as it goes
-        arrival = Arrival(len(self.arrivals) + 1, event, local)
-        self.arrivals.append(arrival)
+        arrival = Arrival(self._take_pos() if pos is None else pos, event, local)
         if notify:
             for listener in list(self._listeners):
                 try:
                     listener(arrival)
                 except Exception:
                     log.exception("event listener failed")
+        if self.ordered_log.after_base >= BASE_EVERY and self._base_task is None and notify:
+            self._base_task = asyncio.get_running_loop().create_task(self._move_base())
+        return arrival
+
+    def _note(self, event: Event, raw: bytes) -> None:
+        if not self.epochs.current.covers(event.node, event.seq):
+            self.raw[event.id] = raw
+        if event.seq > self.vector.get(event.node, 0):
+            self.vector[event.node] = event.seq
+            self._latest_raw[event.node] = raw
+
+    def _remember(self, event: Event) -> None:
+        """What the log keeps of a seal or a revocation, however old (db.KEPT_KINDS)."""
+        if event.kind == "seal" and event.problem is None:
+            self.epochs.offer(event)
+        if event.kind == "revoke" and event.problem is None and event.body["node"] not in self.revoked:
+            # Read on every TLS handshake and every verified batch: kept here so that reading it never
+            # refolds the whole log (as `state` would while a healed partition pours events in).
+            self.revoked[event.body["node"]] = event.body["upto"]
+            self.revoked_by[event.body["node"]] = event.id
+
+    def _take_pos(self) -> int:
+        pos = self._next_pos
+        self._next_pos += 1
+        return pos
+
+    def _entry_of(self, arrival: Arrival, raw: bytes) -> db.JournalEntry:
+        return _entry(arrival.event, raw, arrival.pos, self.ordered_log.key_of(arrival.event.id))
+
+    def _write_stamps(self, local: list[Event]) -> None:
+        """Local events were written with their hlc as their order key, which it is unless a peer's clock ran
+        ahead; and a restamp (order.py) changes keys already written: the journal gets the keys memory has."""
+        fixes = [(e.id, key, e.kind) for e in local if (key := self.ordered_log.key_of(e.id)) != _own_key(e)]
+        if self.ordered_log.restamps != self._restamps:
+            self._restamps = self.ordered_log.restamps
+            fixes = [(e.id, self.ordered_log.key_of(e.id), e.kind) for e in self.ordered_log.by_id.values()]
+        if fixes:
+            self._submit_remote([db.journal_stamps(fixes)])
+
+    async def _move_base(self) -> None:
+        """Moves the fold's base to leave BASE_TAIL_KEPT events after it (open work stays in memory too) and
+        saves it. Only when every event held is committed: the saved base must hold exactly the journal's
+        events up to its position, and the history it reads back must be in the journal."""
+        try:
+            await self.store.commit([])  # everything submitted so far is durable
+            if self._in_flight or self._remote_pending or self.failed:
+                return
+            if self.ordered_log.after_base < BASE_EVERY:
+                return
+            limit = self.ordered_log.tail_key(-BASE_TAIL_KEPT)
+            state = self.state
+            voided, outcomes = state.voided, state.outcomes
+
+            def open_work(e: Event) -> bool:
+                return (e.problem is None and e.kind in DESK_KINDS and e.id not in voided
+                        and e.id not in outcomes)
+
+            base = self.ordered_log.advance_base(limit, open_work)
+            if base is None:
+                return
+            data = checkpoint.encode(*base)
+            held = sorted(self.ordered_log.held_ids)
+            self.store.submit([db.base_save(data, base[0], held, self._next_pos - 1)]
+                              ).add_done_callback(self._remote_committed)
+            self._remote_pending += 1
+            log.info("fold base moved: %d events in memory, %d of them open work before it",
+                     len(self.ordered_log), len(held))
+        except Exception:
+            log.exception("the fold's base could not be moved")
+        finally:
+            self._base_task = None
 
     def _count_change(self, n: int) -> None:
         self._since_save += n
@@ -600,6 +820,14 @@ class EventLog:
             self._since_save = 0
             self._last_compaction = now
             self.store.submit(db.compaction(self.doc.save()))
+
+
+def _own_key(event: Event) -> OrderKey:
+    return (event.hlc.wall, event.hlc.counter, event.node, event.seq)
+
+
+def _entry(event: Event, raw: bytes, pos: int, key: OrderKey) -> db.JournalEntry:
+    return db.JournalEntry(event.id, raw, event.problem, event.kind, pos, key)
 
 
 def _node_seq(event_id: str) -> tuple[str, int]:

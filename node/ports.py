@@ -9,7 +9,7 @@ next to it: the bridge's `UploadLog` (node/ilsbridge/bridge.py), the peer table'
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 from node.crdt.event import Event
@@ -17,18 +17,17 @@ from node.crdt.order import OrderKey
 from node.crdt.records import NodeRecord
 from node.crdt.state import CirculationState
 from node.discovery.link_machine import LinkInfo
-from node.eventlog import Arrival
 
 
 class CirculationView(Protocol):
-    """What the desk's views read of the log: the folded state, events by id, their causal order, and the
-    name of the desk each node is."""
+    """What the desk's views read of the log: the folded state, events by id (from memory or the journal),
+    the events in memory in causal order (all of them until the fold's base moves: then those after it and
+    the open work before it), and the name of the desk each node is."""
 
     @property
     def state(self) -> CirculationState: ...
 
-    @property
-    def events(self) -> Mapping[str, Event]: ...
+    def event(self, event_id: str) -> Event | None: ...
 
     def ordered(self) -> list[Event]: ...
 
@@ -43,14 +42,11 @@ class EventWriter(Protocol):
     async def append_many(self, entries: list[tuple[str, dict[str, Any], int | None]], staff: str) -> list[Event]: ...
 
 
-class OrderKeys(Protocol):
-    def key_of(self, event_id: str) -> OrderKey: ...
-
-
 class DeskLog(CirculationView, EventWriter, Protocol):
     """What the desk API (node/api/) reads and writes of the log, beyond its views: what each node has
-    written (`vector`), the node records (desk names, certificates), and arrivals in local order (the
-    `/events` cursor), sorted by where each event sits in the causal order."""
+    written (`vector`), the node records (desk names, certificates), pages of events in local arrival order
+    (the `/events` cursor) with where each sits in the causal order, every event in order (exports), and how
+    many events the desk holds."""
 
     @property
     def vector(self) -> Mapping[str, int]: ...
@@ -59,10 +55,11 @@ class DeskLog(CirculationView, EventWriter, Protocol):
     def records(self) -> Mapping[str, NodeRecord]: ...
 
     @property
-    def arrivals(self) -> Sequence[Arrival]: ...
+    def event_count(self) -> int: ...
 
-    @property
-    def ordered_log(self) -> OrderKeys: ...
+    def page(self, after: int, limit: int) -> list[tuple[int, Event, OrderKey]]: ...
+
+    def in_order(self) -> Iterator[Event]: ...
 
 
 class LinkedPeers(Protocol):

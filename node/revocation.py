@@ -1,7 +1,8 @@
 """Which desks are revoked: one fact, kept in one place, and asked for through `Revocations`.
 
-The owner is the log: `EventLog.revoked` (node -> the last seq accepted from it), set as each readable
-`revoke` event is integrated, the first one for a node standing. Why the log and not the fold or the TLS
+The owner is the log: `EventLog.revoked` (node -> the last seq accepted from it) and `revoked_by` (node -> that
+revoke event), set as each readable `revoke` event is integrated, the first one for a node standing (kept
+however old: the journal keeps revocations in memory at start, db.KEPT_KINDS). Why the log and not the fold or the TLS
 layer: revocation decides what the log *accepts* — a revoked desk's events past `upto` are refused while a
 peer's sync message is verified (`TrustPolicy.refuse_event`), before anything reaches the fold — and every
 TLS handshake asks it too. Both must read it at once and cheaply; the log keeps it as events arrive, so
@@ -12,20 +13,18 @@ is revoked and by which event, and the desk drops a revoked peer's link when the
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Protocol
-
-from node.eventlog import Arrival
 
 
 class RevocationSource(Protocol):
-    """The owner (EventLog): who is revoked up to which seq, and the events in the order it kept them."""
+    """The owner (EventLog): who is revoked up to which seq, and by which event."""
 
     @property
     def revoked(self) -> Mapping[str, int]: ...
 
     @property
-    def arrivals(self) -> Sequence[Arrival]: ...
+    def revoked_by(self) -> Mapping[str, str]: ...
 
 
 class Revocations:
@@ -41,13 +40,4 @@ class Revocations:
 
     def revoked_by(self) -> dict[str, str]:
         """node -> the `revoke` event whose `upto` the log keeps: the first readable one to arrive."""
-        wanted = set(self._source.revoked)
-        found: dict[str, str] = {}
-        for arrival in self._source.arrivals:
-            if not wanted:
-                break
-            event = arrival.event
-            if event.kind == "revoke" and event.problem is None and event.body["node"] in wanted:
-                wanted.discard(event.body["node"])
-                found[event.body["node"]] = event.id
-        return found
+        return dict(self._source.revoked_by)

@@ -43,6 +43,11 @@ class StatusLog(CirculationView, Protocol):
     @property
     def doc_events(self) -> int: ...
 
+    @property
+    def event_count(self) -> int: ...
+
+    def holds(self, event_id: str) -> bool: ...
+
 
 class PeerReport(Protocol):
     """What `/status` reads of the peer table (node/discovery/peers.py)."""
@@ -94,14 +99,14 @@ class DeskStatus:
 
     def report(self) -> dict[str, Any]:
         state = self.log.state
-        pending = applied = refused = 0
-        for event in self.log.events.values():
-            if event.problem is not None or event.kind not in DESK_KINDS or event.id in state.voided:
+        # Open work is in memory (the fold's base keeps it there); outcomes are in the state, history's too.
+        pending = sum(1 for e in self.log.ordered() if e.problem is None and e.kind in DESK_KINDS
+                      and e.id not in state.voided and e.id not in state.outcomes)
+        applied = refused = 0
+        for target, outcome in state.outcomes.items():
+            if target in state.voided or not self.log.holds(target):
                 continue
-            outcome = state.outcomes.get(event.id)
-            if outcome is None:
-                pending += 1
-            elif outcome.status == "applied":
+            if outcome.status == "applied":
                 applied += 1
             else:
                 refused += 1
@@ -109,7 +114,7 @@ class DeskStatus:
         uploading = bool(bridge.pop("uploading"))
         return {
             "node": {
-                "id": self.node_id, "desk": self.desk, "events": len(self.log.events),
+                "id": self.node_id, "desk": self.desk, "events": self.log.event_count,
                 "seq": self.log.seq, "hlc": self.log.clock.last.to_wire(), "wall": wall_ms(),
                 "storage": "failed" if self.log.failed else "ok", "failure": self.log.failed,
             },

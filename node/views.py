@@ -28,9 +28,8 @@ class CirculationViews:
         return out
 
     def conflict_json(self, conflict: Conflict) -> dict[str, Any]:
-        events = self.log.events
         out = conflict.to_json()
-        out["detail"] = [self.event_json(events[e]) for e in conflict.events if e in events]
+        out["detail"] = [self.event_json(e) for i in conflict.events if (e := self.log.event(i)) is not None]
         about = self.log.state.conflicts.get(conflict.about) if conflict.about else None
         if about is not None:  # the admins' answers disagree: show what they answered, and about what
             out["about_conflict"] = self.conflict_json(about)
@@ -50,7 +49,8 @@ class CirculationViews:
     def patron_json(self, barcode: str) -> dict[str, Any]:
         state = self.log.state
         registration = state.registrations.get(barcode)
-        name = self.log.events[registration].body["name"] if registration else None
+        event = self.log.event(registration) if registration else None
+        name = event.body["name"] if event is not None else None
         paid = state.payments.get(barcode)
         return {
             "barcode": barcode,
@@ -65,7 +65,8 @@ class CirculationViews:
         """Patrons registered offline whose name contains `q` (casefolded by the caller)."""
         hits = []
         for barcode, event_id in self.log.state.registrations.items():
-            name = self.log.events[event_id].body["name"]
+            event = self.log.event(event_id)
+            name = event.body["name"] if event is not None else ""
             if q in name.casefold():
                 hits.append({"barcode": barcode, "name": name, "source": "registered offline"})
         return hits
@@ -82,14 +83,15 @@ class CirculationViews:
         }
 
     def outcome_rows(self) -> list[dict[str, Any]]:
-        """The upload report: the ILS's answer to every desk event, newest first."""
-        state, events = self.log.state, self.log.events
+        """The upload report: the ILS's answer to every desk event in memory (the open work, and everything
+        since the fold's base last moved), newest first."""
+        state = self.log.state
         rows = []
         for event in reversed(self.log.ordered()):
             if event.problem is not None or event.kind not in DESK_KINDS or event.id in state.voided:
                 continue
             outcome = state.outcomes.get(event.id)
-            answer = events.get(outcome.event) if outcome else None
+            answer = self.log.event(outcome.event) if outcome else None
             ils_at = answer.body.get("ils_at") if answer else None  # a desk clock that was off, corrected
             rows.append({
                 "event": event.id, "kind": event.kind, "desk": self.log.desk_of(event.node), "at": event.at,

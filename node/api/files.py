@@ -55,9 +55,10 @@ async def export(request: web.Request) -> web.Response:
     log = request.app[LOG]
     fmt = _format(request)
     state = log.state
-    ordered = [e for e in log.ordered()
-               if e.problem is None and e.kind in DESK_KINDS and e.id not in state.voided]
-    times = ils_times(ordered, request.app[CLOCKS].offset, sent_times(log, state))  # as the bridge would send them
+    history = list(log.in_order())  # the whole log, history read from the journal
+    by_id = {e.id: e for e in history}
+    ordered = [e for e in history if e.problem is None and e.kind in DESK_KINDS and e.id not in state.voided]
+    times = ils_times(ordered, request.app[CLOCKS].offset, sent_times(by_id.get, state))  # as the bridge sends
     operations = [operation_of(e, times[e.id].at) for e in ordered]
     data, skipped = formats.export_report(fmt, operations, tz=_zone(request), generator="circmesh",
                                           generator_version=__version__)

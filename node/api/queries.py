@@ -58,16 +58,16 @@ async def item(request: web.Request) -> web.Response:
 @routes.get("/api/v1/events")
 async def events(request: web.Request) -> web.Response:
     """Events that arrived after the cursor (a local arrival position, so a late event from a healed
-    partition is never skipped), sorted in causal order; `next` is the cursor for the following call."""
+    partition is never skipped), sorted in causal order; `next` is the cursor for the following call. Read
+    from the journal: the whole history, once written (`total`: every event this desk holds)."""
     log, views = request.app[LOG], request.app[VIEWS]
     after = _int_param(request, "after", 0, 1 << 62)
     limit = _int_param(request, "limit", 1000, PAGE_MAX)
-    page = log.arrivals[after:after + limit]
-    ordered = sorted(page, key=lambda a: log.ordered_log.key_of(a.event.id))
+    page = log.page(after, limit)
     body: dict[str, Any] = {
-        "events": [views.event_json(a.event) for a in ordered],
-        "next": page[-1].pos if page else after,
-        "total": len(log.arrivals),
+        "events": [views.event_json(event) for _, event, _ in sorted(page, key=lambda row: row[2])],
+        "next": page[-1][0] if page else after,
+        "total": log.event_count,
     }
     return web.json_response(body)
 

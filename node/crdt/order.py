@@ -30,10 +30,19 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Protocol
 
 from node.crdt.event import Event
-from node.crdt.state import CirculationState, apply_event, begin_fold, copy_state, end_fold
+from node.crdt.state import (
+    CirculationState,
+    Settlements,
+    apply_event,
+    begin_with,
+    copy_state,
+    end_fold,
+    settlements_in,
+)
 
 OrderKey = tuple[int, int, str, int]  # (stamp wall, stamp counter, node, seq)
 Ref = tuple[str, int]  # (node, seq)
@@ -114,68 +123,174 @@ def _cycle_start(refs: list[Ref], unique: Mapping[Ref, Event], emitted: set[Ref]
     return min(cycle, key=position.__getitem__)
 
 
+class History(Protocol):
+    """The events a log's base holds and its memory no longer does: the journal, read back (eventlog.py)."""
+
+    def event(self, event_id: str) -> Event | None: ...
+
+    def key(self, event_id: str) -> OrderKey | None: ...
+
+    def upto(self, key: OrderKey) -> Iterable[tuple[OrderKey, Event]]:
+        """Every event sorting at or before `key`, in order, with its order key."""
+        ...
+
+
+class NoHistory:
+    """A log that keeps everything in memory (tests, the first start of an old journal)."""
+
+    def event(self, event_id: str) -> Event | None:
+        return None
+
+    def key(self, event_id: str) -> OrderKey | None:
+        return None
+
+    def upto(self, key: OrderKey) -> Iterable[tuple[OrderKey, Event]]:
+        return ()
+
+
+Base = tuple[OrderKey, CirculationState]  # every event sorting up to the key, folded (before end_fold)
+
+
 class OrderedLog:
+    """The log's order and state. With a *base* (a checkpoint moved out of memory, `advance_base`), memory
+    holds only the events after it, those before it that are kept on purpose (open work: `keep`), the late
+    ones that sort before it, and every admin's answer (few; each can change the whole log). Whatever sits in
+    memory, the state is the fold of every event held, in order: a late event or an answer that changes an
+    event before the base refolds the base from the history (the journal) merged with memory."""
+
     def __init__(self, baseline: Mapping[str, tuple[str, int | None]] | None = None, *,
-                 checkpoint_every: int = CHECKPOINT_EVERY, checkpoints_kept: int = CHECKPOINTS_KEPT) -> None:
+                 checkpoint_every: int = CHECKPOINT_EVERY, checkpoints_kept: int = CHECKPOINTS_KEPT,
+                 history: History | None = None) -> None:
         self._every = max(1, checkpoint_every)
         self._kept = checkpoints_kept  # 0: none (every stale read refolds from the start)
-        self._keys: list[OrderKey] = []
+        self._history: History = history or NoHistory()
+        self._keys: list[OrderKey] = []  # the events after the base, in order
         self._by_key: dict[OrderKey, Event] = {}
-        self._key_of: dict[str, OrderKey] = {}  # event id -> its order key, stamp included
+        self._key_of: dict[str, OrderKey] = {}  # event id -> its order key, stamp included (all in memory)
         self._missing: set[str] = set()  # ids some event named as its predecessor, not here (yet)
-        self.by_id: dict[str, Event] = {}
+        self.by_id: dict[str, Event] = {}  # every event in memory
         self._baseline = baseline
         self._state: CirculationState | None = None
         # (key of the last event folded, the state then), oldest first; each is the fold of exactly the
         # events sorting up to its key, before `end_fold`. Never handed out: restored as a copy.
-        self._checkpoints: list[tuple[OrderKey, CirculationState]] = []
+        self._checkpoints: list[Base] = []
         self._since_checkpoint = 0  # events folded since the latest checkpoint (or since the fold began)
         self._cyclic = False  # a forged cycle of `seen` vectors was seen: no checkpoints (copy_state)
+        self._base: Base | None = None  # never mutated: resumed from as a copy
+        self._base_stale = False  # an event or an answer changes what the base holds: refold it first
+        self._held: set[str] = set()  # events in memory that sort at or before the base
+        self._answers: dict[str, Event] = {}  # every void and resolve, in memory or not
+        self._settlements = Settlements({}, {}, {})
         self.refolds = 0
         self.resumes = 0  # folds resumed from a checkpoint
         self.restamps = 0
+        self.base_refolds = 0  # bases refolded from the history
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self.by_id)
 
     def __contains__(self, event_id: object) -> bool:
         return event_id in self.by_id
 
     def __iter__(self) -> Iterator[Event]:
-        return (self._by_key[k] for k in self._keys)
+        """The events in memory, in order: the whole log until a base is taken (see `advance_base`)."""
+        held = sorted((self._key_of[i], self.by_id[i]) for i in self._held)
+        yield from (e for _, e in held)
+        yield from (self._by_key[k] for k in self._keys)
+
+    @property
+    def base_key(self) -> OrderKey | None:
+        return self._base[0] if self._base is not None else None
+
+    @property
+    def after_base(self) -> int:
+        """Events in memory that sort after the base (all of them, without one)."""
+        return len(self._keys)
+
+    @property
+    def held_ids(self) -> frozenset[str]:
+        """Events in memory that sort at or before the base."""
+        return frozenset(self._held)
+
+    @property
+    def history(self) -> History:
+        return self._history
+
+    def tail_key(self, index: int) -> OrderKey:
+        """The key of the index-th event after the base (negative: from the end)."""
+        return self._keys[index]
+
+    def known_key(self, event_id: str) -> OrderKey | None:
+        """The key of an event in memory (None for one that is not)."""
+        return self._key_of.get(event_id)
 
     def key_of(self, event_id: str) -> OrderKey:
         """Where the event sorts: (stamp wall, stamp counter, node, seq)."""
-        return self._key_of[event_id]
+        key = self._key_of.get(event_id) or self._history.key(event_id)
+        if key is None:
+            raise KeyError(event_id)
+        return key
 
     def add(self, event: Event) -> bool:
-        """Adds an event once; returns False for a duplicate."""
+        """Adds an event once; returns False for a duplicate (of one in memory: the caller knows the rest)."""
         event_id = event.id
         if event_id in self.by_id:
             return False
         self.by_id[event_id] = event
+        answer = event.kind in ("void", "resolve")
+        if answer:
+            self._answers[event_id] = event
         if event_id in self._missing:  # a latecomer some stamp was computed without: recompute them all
             self._restamp()
+            if self._answers:  # their order may have changed too
+                self._answers_changed()
             return True
         key = self._stamp(event, event_id)
+        if self._base is not None and key <= self._base[0]:  # late: it changes what the base holds
+            self._held.add(event_id)
+            self._base_stale = True
+            self._state = None
+            self._checkpoints.clear()
+            if answer:
+                self._answers_changed()
+            return True
         at_end = not self._keys or key > self._keys[-1]
         self._by_key[key] = event
         if at_end:
             self._keys.append(key)
         else:
             bisect.insort(self._keys, key)
-        if event.kind in ("void", "resolve"):  # answers change what is voided and settled everywhere
-            self._state = None
-            self._checkpoints.clear()
+        if answer:  # answers change what is voided and settled everywhere
+            self._answers_changed()
         elif not at_end:
             self._state = None
             while self._checkpoints and self._checkpoints[-1][0] > key:
                 self._checkpoints.pop()  # folded events that sort after this one
         elif self._state is not None:
-            apply_event(self._state, event)
+            apply_event(self._state, event, self._lookup)
             # the state has been through end_fold: the same as before it only if no answers disagree
             self._folded(key, self._state, checkpoint=not self._state.disputed)
         return True
+
+    def _lookup(self, event_id: str) -> Event | None:
+        return self.by_id.get(event_id) or self._history.event(event_id)
+
+    def _answers_changed(self) -> None:
+        keys = {i: self._key_of.get(i) or self._history.key(i) for i in self._answers}
+        ordered = sorted(self._answers.values(), key=lambda e: keys[e.id] or e.order_key)
+        self._settlements = settlements_in(ordered)
+        self._state = None
+        self._checkpoints.clear()
+        if self._base is not None and not self._base_stale:
+            base_key, base = self._base
+            new = self._settlements
+            changed = ((base.voided.keys() ^ new.voided.keys())
+                       | (set(base.settled.values()) ^ set(new.settled.values())))
+            for event_id in changed:
+                key = self._key_of.get(event_id) or self._history.key(event_id)
+                if key is not None and key <= base_key:
+                    self._base_stale = True
+                    break
 
     def _folded(self, key: OrderKey, state: CirculationState, checkpoint: bool = True) -> None:
         """One more event folded into `state`; every `checkpoint_every`, a copy of it is kept."""
@@ -199,12 +314,14 @@ class OrderedLog:
             pred_id = f"{pred_node}:{pred_seq}"
             pred = self._key_of.get(pred_id)
             if pred is None:
-                if pred_id not in self.by_id:
-                    self._missing.add(pred_id)
-                else:  # this event will sort before its predecessor: checkpoints would see the latter
+                if pred_id in self.by_id:  # this event will sort before its predecessor: checkpoints would see it
                     self._cyclic = True
                     self._checkpoints.clear()
-                continue  # absent, or on a forged cycle
+                    continue
+                pred = self._history.key(pred_id)
+                if pred is None:
+                    self._missing.add(pred_id)
+                    continue  # absent (yet)
             if (pred[0], pred[1]) >= (wall, counter):
                 wall, counter = pred[0], pred[1] + 1
         key = (wall, counter, node, seq)
@@ -212,36 +329,133 @@ class OrderedLog:
         return key
 
     def _restamp(self) -> None:
-        """Every stamp again, from the set of events alone (their arrival order plays no part)."""
+        """Every stamp in memory again, from the set of events alone (their arrival order plays no part).
+        The history's stamps stand: a base is only ever taken while no predecessor is missing."""
         self.restamps += 1
         events = sorted(self.by_id.values(), key=lambda e: e.order_key)
         self._key_of.clear()
         self._missing.clear()
-        self._by_key = {self._stamp(e, e.id): e for e in causal_sequence(events)}
+        stamped = {self._stamp(e, e.id): e for e in causal_sequence(events)}
+        self._held.clear()
+        self._by_key = {}
+        for key, e in stamped.items():
+            if self._base is not None and key <= self._base[0]:
+                self._held.add(e.id)
+            else:
+                self._by_key[key] = e
         self._keys = sorted(self._by_key)
         self._state = None
         self._checkpoints.clear()
+        if self._base is not None:
+            self._base_stale = True
 
     def set_baseline(self, baseline: Mapping[str, tuple[str, int | None]] | None) -> None:
         self._baseline = baseline
         self._state = None
         self._checkpoints.clear()
+        if self._base is not None:
+            self._base_stale = True
+
+    # ---- the base
+    def restore_base(self, base: Base, answers: Iterable[Event]) -> None:
+        """Starts from a base read back (before any event is added): `answers` are those it holds."""
+        self._base = base
+        for e in answers:
+            self._answers[e.id] = e
+        self._answers_changed()
+
+    def hold(self, event: Event, key: OrderKey) -> None:
+        """An event the restored base holds, kept in memory (open work) with the key it was given."""
+        self.by_id[event.id] = event
+        self._key_of[event.id] = key
+        self._held.add(event.id)
+
+    def advance_base(self, limit: OrderKey, keep: Callable[[Event], bool]) -> Base | None:
+        """Moves the base to the latest checkpoint at or before `limit`; the events up to it leave memory
+        unless `keep` says otherwise (open work: the bridge still needs them). Returns the new base, to be
+        saved, or None when none can be taken now (no checkpoint, a refold due, a predecessor missing)."""
+        self.state  # noqa: B018 - brings the checkpoints up to date
+        if self._base_stale or self._missing or self._cyclic:
+            return None
+        cut = bisect.bisect_right(self._keys, limit)
+        if cut == 0:
+            return None
+        key = self._keys[cut - 1]
+        # The fold up to `key`: from the latest checkpoint before it (or the base), on to it.
+        candidates = [cp for cp in self._checkpoints if cp[0] <= key]
+        if candidates:
+            start, state = candidates[-1][0], copy_state(candidates[-1][1])
+            first = bisect.bisect_right(self._keys, start)
+        else:
+            state, first = self._resumed(), 0
+        for k in self._keys[first:cut]:
+            apply_event(state, self._by_key[k], self._lookup)
+        self._base = (key, state)
+        cut = bisect.bisect_right(self._keys, key)
+        for k in self._keys[:cut]:
+            self._held.add(self._by_key.pop(k).id)
+        del self._keys[:cut]
+        self._checkpoints = [cp for cp in self._checkpoints if cp[0] > key]
+        self.release(keep)
+        return self._base
+
+    def release(self, keep: Callable[[Event], bool]) -> None:
+        """Events before the base that need not stay in memory any more leave it (unless a refold is due)."""
+        if self._base_stale:
+            return
+        for event_id in [i for i in self._held if not keep(self.by_id[i])]:
+            self._held.discard(event_id)
+            del self.by_id[event_id], self._key_of[event_id]
+
+    def _refold_base(self) -> None:
+        """The base again, from the history merged with what memory holds before it (late events)."""
+        assert self._base is not None
+        base_key = self._base[0]
+        self.base_refolds += 1
+        state = begin_with(self._settlements, self._baseline)
+        recent: dict[str, Event] = {}  # the latest events folded: the clock rules look their predecessors up
+
+        def lookup(event_id: str) -> Event | None:
+            return recent.get(event_id) or self._lookup(event_id)
+
+        memory = sorted((self._key_of[i], self.by_id[i]) for i in self._held)
+        journal = ((k, e) for k, e in self._history.upto(base_key) if e.id not in self.by_id)
+        for _, event in heapq.merge(memory, journal, key=lambda pair: pair[0]):
+            apply_event(state, event, lookup)
+            recent[event.id] = event
+            if len(recent) > 512:
+                del recent[next(iter(recent))]
+        self._base = (base_key, state)
+        self._base_stale = False
+
+    def _resumed(self) -> CirculationState:
+        """The state before the first event after the base: the base's (with the answers as they are now), or
+        the start of a fold."""
+        if self._base is None:
+            self.refolds += 1
+            return begin_with(self._settlements, self._baseline)
+        self.resumes += 1
+        state = copy_state(self._base[1])
+        answers = self._settlements
+        state.voided, state.settled = dict(answers.voided), dict(answers.settled)
+        state.disputed = dict(answers.disputed)
+        return state
 
     @property
     def state(self) -> CirculationState:
         if self._state is None:
+            if self._base_stale:
+                self._refold_base()
             if self._checkpoints:
                 last, checkpoint = self._checkpoints[-1]
                 state = copy_state(checkpoint)
                 start = bisect.bisect_right(self._keys, last)
                 self.resumes += 1
             else:
-                state = begin_fold(list(self), self._baseline)
-                start = 0
-                self.refolds += 1
+                state, start = self._resumed(), 0
             self._since_checkpoint = 0
             for key in self._keys[start:]:
-                apply_event(state, self._by_key[key])
+                apply_event(state, self._by_key[key], self._lookup)
                 self._folded(key, state)
             end_fold(state)
             self._state = state

@@ -13,7 +13,8 @@ the item was most likely lent before the outage — only the ILS can tell.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 
@@ -23,7 +24,7 @@ from node.crdt.conflicts import Conflict
 from node.crdt.event import Event
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Loan:
     item: str
     patron: str
@@ -37,8 +38,11 @@ class Loan:
                 "node": self.node, "at": self.at}
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Outcome:
+    """What the ILS answered for an event. Every answer ever recorded stays in the state (history too):
+    slotted, and its words shared, it costs about 200 bytes."""
+
     status: str
     message: str
     term: int
@@ -61,7 +65,6 @@ class CirculationState:
     disputed: dict[str, tuple[str, ...]] = field(default_factory=dict)  # conflict -> disagreeing resolves
     clocks: ClockEvidence = field(default_factory=ClockEvidence)  # desks whose clocks the log shows ahead
     events_seen: int = 0
-    _by_id: dict[str, Event] = field(default_factory=dict, repr=False)
     _baseline_known: bool = False
 
     def loans_of(self, patron: str) -> list[Loan]:
@@ -71,8 +74,25 @@ class CirculationState:
         return [k for k in self.conflicts.values() if k.id not in self.settled]
 
 
+Lookup = Callable[[str], Event | None]  # an event folded earlier, by id (the clock rules read predecessors)
+
+
+def shared(text: str) -> str:
+    """One copy of a short text many events repeat (the ILS's "Success."), kept once in memory."""
+    return sys.intern(text) if len(text) <= 64 else text
+
+
 def _conflict(state: CirculationState, conflict: Conflict) -> None:
     state.conflicts.setdefault(conflict.id, conflict)
+
+
+def _lent_before(loan: Loan, e: Event) -> bool:
+    """Whether the writer of `e` held the checkout that made `loan` (read from the ids alone: the checkout
+    may be long out of memory, folded into a checkpoint)."""
+    node, _, seq = (loan.event or "").partition(":")
+    if not seq.isdigit():
+        return True
+    return int(seq) < e.seq if node == e.node else e.seen.get(node, 0) >= int(seq)
 
 
 def _checkout(state: CirculationState, e: Event) -> None:
@@ -80,8 +100,7 @@ def _checkout(state: CirculationState, e: Event) -> None:
     loan = Loan(item, patron, e.body.get("due"), e.id, e.node, e.at)
     current = state.loans.get(item)
     if current is not None and current.patron != patron:
-        prior = state._by_id.get(current.event) if current.event else None
-        if prior is None or prior.happened_before(e):
+        if current.event is None or _lent_before(current, e):
             _conflict(state, c.make_conflict(
                 c.LENT_WHILE_ON_LOAN, item=item, patrons=(current.patron, patron),
                 events=tuple(x for x in (current.event, e.id) if x), needs_admin=not e.body.get("override"),
@@ -89,7 +108,7 @@ def _checkout(state: CirculationState, e: Event) -> None:
         else:
             _conflict(state, c.make_conflict(
                 c.CONCURRENT_CHECKOUT, item=item, patrons=(current.patron, patron),
-                events=(prior.id, e.id), needs_admin=True,
+                events=(current.event, e.id), needs_admin=True,
             ))
     state.loans[item] = loan
     state.returned.pop(item, None)
@@ -155,7 +174,8 @@ def _away(state: CirculationState, e: Event) -> None:
 def _applied(state: CirculationState, e: Event) -> None:
     target = e.body["event"]
     if target not in state.outcomes:
-        state.outcomes[target] = Outcome(e.body["status"], e.body["message"], e.body["term"], e.id)
+        state.outcomes[target] = Outcome(sys.intern(e.body["status"]), shared(e.body["message"]), e.body["term"],
+                                         e.id)
 
 
 def _seal(state: CirculationState, e: Event) -> None:
@@ -233,12 +253,12 @@ def _quarantine(state: CirculationState, event: Event, reason: str) -> None:
                                      needs_admin=True, reason=reason))
 
 
-def apply_event(state: CirculationState, event: Event) -> None:
-    """Folds one more event, which must sort after every event folded so far. Never raises."""
-    state._by_id[event.id] = event
+def apply_event(state: CirculationState, event: Event, lookup: Lookup) -> None:
+    """Folds one more event, which must sort after every event folded so far. Never raises. `lookup` finds
+    events folded before this one (in memory, or in the journal for those a checkpoint holds)."""
     state.events_seen += 1
     if event.problem is None:
-        state.clocks.take(event, state._by_id.get, state.conflicts)  # a voided scan still shows its desk's clock
+        state.clocks.take(event, lookup, state.conflicts)  # a voided scan still shows its desk's clock
     if event.id in state.voided:
         return
     if event.problem is not None:
@@ -271,9 +291,14 @@ def begin_fold(events: list[Event], baseline: Mapping[str, tuple[str, int | None
                ) -> CirculationState:
     """The state before the first of `events` (the whole log, in order) is applied: what the admins' answers
     settle and void, and the baseline's loans. `fold` = this, `apply_event` for each event, `end_fold`."""
-    answers = settlements_in(events)
-    state = CirculationState(voided=answers.voided, settled=answers.settled, disputed=answers.disputed,
-                             _baseline_known=baseline is not None)
+    return begin_with(settlements_in(events), baseline)
+
+
+def begin_with(answers: Settlements, baseline: Mapping[str, tuple[str, int | None]] | None = None
+               ) -> CirculationState:
+    """The state before the first event is applied, the admins' answers (all of them) being `answers`."""
+    state = CirculationState(voided=dict(answers.voided), settled=dict(answers.settled),
+                             disputed=dict(answers.disputed), _baseline_known=baseline is not None)
     for item, (patron, due) in (baseline or {}).items():
         state.loans[item] = Loan(item, patron, due, None, None, None)
     return state
@@ -290,22 +315,21 @@ def fold(
     """The state of the log. `ordered` must be in the log's order (order.py); voids apply wherever they sit."""
     events = list(ordered)
     state = begin_fold(events, baseline)
+    by_id: dict[str, Event] = {}
     for event in events:
-        apply_event(state, event)
+        apply_event(state, event, by_id.get)
+        by_id[event.id] = event
     end_fold(state)
     return state
 
 
 def copy_state(state: CirculationState) -> CirculationState:
     """A copy that applying events to never changes `state` (a checkpoint of the fold, order.py). Every dict
-    is copied (their values are immutable, or never changed once stored), the clock evidence deeply, except
-    `_by_id`, which is shared: events are only ever added to it, and it is only asked for events that sort
-    before the one being applied (its predecessors, a loan's event), so later events in it change nothing.
-    The one exception, a forged cycle of `seen` vectors, is the caller's to rule out (order.py does)."""
+    is copied (their values are immutable, or never changed once stored), the clock evidence deeply."""
     copied = copy.copy(state)
     for f in fields(state):
         value = getattr(state, f.name)
-        if isinstance(value, dict) and f.name != "_by_id":
+        if isinstance(value, dict):
             setattr(copied, f.name, dict(value))
     copied.clocks = state.clocks.copy()
     return copied

@@ -89,11 +89,13 @@ def log_clock_offset(eventlog: CirculationView) -> Callable[[str], tuple[int, st
     return offset
 
 
-def sent_times(eventlog: CirculationView, state: CirculationState) -> dict[str, int]:
-    """The time the ILS was given for every event it answered (`ils_at` of its `applied` event, else `at`)."""
+def sent_times(lookup: Callable[[str], Event | None], state: CirculationState) -> dict[str, int]:
+    """The time the ILS was given for every event it answered that `lookup` finds (`ils_at` of its `applied`
+    event, else `at`)."""
     out = {}
     for target, outcome in state.outcomes.items():
-        event, applied = eventlog.events.get(target), eventlog.events.get(outcome.event)
+        event = lookup(target)
+        applied = lookup(outcome.event) if event is not None else None
         if event is not None:
             recorded = applied.body.get("ils_at") if applied is not None else None
             out[target] = event.at if recorded is None else recorded
@@ -194,14 +196,16 @@ class Bridge:
     async def _upload_round(self) -> bool:
         """Uploads what is pending now. True when nothing is left that could go; False when the ILS went away."""
         state = self.log.state
-        ordered = [e for e in self.log.ordered() if e.id not in state.voided]
+        in_memory = self.log.ordered()  # every pending event is: the fold's base keeps open work in memory
+        ordered = [e for e in in_memory if e.id not in state.voided]
         pending = pending_events(ordered, state)
         if not pending:
             return True
-        self._times = ils_times(ordered, self.clock_offset, sent_times(self.log, state))
+        by_id = {e.id: e for e in in_memory}
+        self._times = ils_times(ordered, self.clock_offset, sent_times(by_id.get, state))
         schedule = UploadSchedule(pending, held=held_events(state))
         if any(e.kind == "renew" and not e.body.get("patron") for e in pending):
-            self._renewal_patrons = renewal_patrons(self.log.ordered(), state.voided)
+            self._renewal_patrons = renewal_patrons(in_memory, state.voided)
         in_flight: dict[asyncio.Task[tuple[Event, Outcome]], Event] = {}
         failures: Counter[str] = Counter()
         self.uploading = True

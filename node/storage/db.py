@@ -23,25 +23,61 @@ from typing import Any, TypeVar
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal (pos INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, raw BLOB NOT NULL,
-                                    node TEXT, seq INTEGER, meaning TEXT);
+                                    node TEXT, seq INTEGER, meaning TEXT, wall INTEGER, counter INTEGER,
+                                    kind TEXT);
 CREATE TABLE IF NOT EXISTS records (node TEXT PRIMARY KEY, raw BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS changes (pos INTEGER PRIMARY KEY AUTOINCREMENT, bytes BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS saved (id INTEGER PRIMARY KEY CHECK (id = 1), bytes BLOB NOT NULL,
                                   upto INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS attempts (event TEXT PRIMARY KEY, at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS base (id INTEGER PRIMARY KEY CHECK (id = 1), bytes BLOB NOT NULL, held TEXT NOT NULL,
+                                 pos INTEGER NOT NULL, wall INTEGER NOT NULL, counter INTEGER NOT NULL,
+                                 node TEXT NOT NULL, seq INTEGER NOT NULL);
 """
+# Kinds a desk keeps in memory for its whole history, however old (few, and each matters to every later event):
+# admins' answers (the fold's settlements), seals (epochs), revocations and desks marked away.
+KEPT_KINDS = ("void", "resolve", "seal", "revoke")
 
 Statement = tuple[str, tuple[Any, ...] | list[tuple[Any, ...]]]  # a list of rows: one executemany
 T = TypeVar("T")
+OrderKey = tuple[int, int, str, int]
+
+
+@dataclass(frozen=True)
+class Row:
+    """A journal row as read back: the event as kept, its `meaning` (see journal_insert), its arrival position,
+    and its order key (None in a journal from before order stamps were kept)."""
+
+    raw: bytes
+    meaning: str | None
+    pos: int
+    key: OrderKey | None
+
+
+@dataclass(frozen=True)
+class SavedBase:
+    """The fold checkpoint a desk starts from (order.py `Base`): its bytes, its order key, the events before
+    it that stay in memory (open work), and the last journal position it had seen: a row after that position
+    sorting before the key is a late event the checkpoint does not hold."""
+
+    data: bytes
+    key: OrderKey
+    held: list[str]
+    pos: int
 
 
 @dataclass(frozen=True)
 class Loaded:
-    journal: list[tuple[bytes, str | None]]  # each event as kept, and its `meaning` (see journal_insert)
+    journal: list[Row]  # with a base: the events after it (and late ones, and `held`), in order; else every event
     records: dict[str, bytes]
     document: bytes | None  # the last save followed by every change chunk since
     meta: dict[str, str]
+    base: SavedBase | None = None
+    kept: list[Row] | None = None  # with a base: the events of KEPT_KINDS it holds
+    tips: dict[str, bytes] | None = None  # with a base: each desk's latest event as kept
+    count: int = 0  # events in the journal
+    last_pos: int = 0
 
 
 class Store:
@@ -67,14 +103,42 @@ class Store:
             self._conn.execute("ALTER TABLE journal ADD COLUMN seq INTEGER")
         if "meaning" not in columns:  # rows written before it are read in full at start, as they were
             self._conn.execute("ALTER TABLE journal ADD COLUMN meaning TEXT")
+        if "wall" not in columns:  # order stamps and kinds: written by the first start that folds them all
+            for column in ("wall INTEGER", "counter INTEGER", "kind TEXT"):
+                self._conn.execute(f"ALTER TABLE journal ADD COLUMN {column}")
         self._conn.execute("UPDATE journal SET node = substr(id, 1, 32), "
                            "seq = CAST(substr(id, 34) AS INTEGER) WHERE node IS NULL")
         self._conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS journal_chain ON journal (node, seq)")
+        self._conn.execute("CREATE INDEX IF NOT EXISTS journal_order ON journal (wall, counter, node, seq)")
+        self._conn.execute("CREATE INDEX IF NOT EXISTS journal_kind ON journal (kind)")
 
-    def load(self) -> Loaded:
-        """Everything needed to start; called once before serving."""
+    def load(self, with_base: bool = True) -> Loaded:
+        """Everything needed to start; called once before serving. With a saved base (and every row stamped),
+        only what sorts after it, what it says stays in memory, and the kept kinds; else the whole journal."""
         c = self._conn
-        journal = list(c.execute("SELECT raw, meaning FROM journal ORDER BY pos"))
+        count, last_pos = c.execute("SELECT COUNT(*), COALESCE(MAX(pos), 0) FROM journal").fetchone()
+        saved_base = self._saved_base() if with_base else None
+        if saved_base is not None and c.execute("SELECT 1 FROM journal WHERE wall IS NULL LIMIT 1").fetchone():
+            saved_base = None
+        kept = tips = None
+        if saved_base is None:
+            journal = [_row(r) for r in c.execute(f"SELECT {_COLUMNS} FROM journal ORDER BY pos")]
+        else:
+            k = saved_base.key
+            journal = [_row(r) for r in c.execute(
+                f"SELECT {_COLUMNS} FROM journal WHERE (wall, counter, node, seq) > (?, ?, ?, ?) OR pos > ? "
+                "ORDER BY wall, counter, node, seq", (*k, saved_base.pos))]
+            held = [c.execute(f"SELECT {_COLUMNS} FROM journal WHERE id = ?", (i,)).fetchone()
+                    for i in saved_base.held]
+            journal += [_row(r) for r in held
+                        if r is not None and (r[3], r[4], r[5], r[6]) <= k and r[2] <= saved_base.pos]
+            marks = ", ".join("?" * len(KEPT_KINDS))
+            kept = [_row(r) for r in c.execute(
+                f"SELECT {_COLUMNS} FROM journal WHERE kind IN ({marks}) "
+                "AND (wall, counter, node, seq) <= (?, ?, ?, ?) AND pos <= ? ORDER BY wall, counter, node, seq",
+                (*KEPT_KINDS, *k, saved_base.pos))]
+            tips = dict(c.execute("SELECT j.node, j.raw FROM journal j JOIN (SELECT node, MAX(seq) AS seq "
+                                  "FROM journal GROUP BY node) t ON j.node = t.node AND j.seq = t.seq"))
         records = dict(c.execute("SELECT node, raw FROM records"))
         saved = c.execute("SELECT bytes, upto FROM saved WHERE id = 1").fetchone()
         upto = saved[1] if saved else 0
@@ -82,7 +146,14 @@ class Store:
         chunks = [row[0] for row in rows]
         document = (saved[0] if saved else b"") + b"".join(chunks)
         meta = dict(c.execute("SELECT key, value FROM meta"))
-        return Loaded(journal, records, document or None, meta)
+        return Loaded(journal, records, document or None, meta, saved_base, kept, tips, count, last_pos)
+
+    def _saved_base(self) -> SavedBase | None:
+        row = self._conn.execute("SELECT bytes, held, pos, wall, counter, node, seq FROM base WHERE id = 1").fetchone()
+        if row is None:
+            return None
+        data, held, pos, *key = row
+        return SavedBase(data, (key[0], key[1], key[2], key[3]), [i for i in held.split(",") if i], pos)
 
     def submit(self, statements: list[Statement]) -> asyncio.Future[None]:
         """Queues statements at once (commits keep submission order); the future resolves when durable."""
@@ -150,24 +221,78 @@ class Store:
         self._conn.close()
 
 
-def journal_insert(event_id: str, raw: bytes, problem: str | None) -> Statement:
-    """`meaning`: "" for an event whose body was read, else why it could not be (the fold quarantines it).
-    Every row is an event verified before it was written, so a desk starting reads it back without checking
-    it again (event.decode_kept): at 300,000 events the checks were most of the start."""
-    return (_JOURNAL_INSERT, _journal_row(event_id, raw, problem))
+_COLUMNS = "raw, meaning, pos, wall, counter, node, seq"
 
 
-def journal_insert_many(rows: list[tuple[str, bytes, str | None]]) -> Statement:
-    """A run of events in one statement (the bulk path)."""
-    return (_JOURNAL_INSERT, [_journal_row(*row) for row in rows])
+def _row(r: tuple[Any, ...]) -> Row:
+    return Row(r[0], r[1], r[2], None if r[3] is None else (r[3], r[4], r[5], r[6]))
 
 
-_JOURNAL_INSERT = "INSERT OR IGNORE INTO journal (id, raw, node, seq, meaning) VALUES (?, ?, ?, ?, ?)"
+@dataclass(frozen=True)
+class JournalEntry:
+    """An event to write: `meaning` is "" for an event whose body was read, else why it could not be (the
+    fold quarantines it). Every row is an event verified before it was written, so a desk starting reads it
+    back without checking it again (event.decode_kept): at 300,000 events the checks were most of the start.
+    `pos`: its arrival position (the /events cursor); `key`: where it sorts (order.py)."""
+
+    id: str
+    raw: bytes
+    problem: str | None
+    kind: str
+    pos: int
+    key: OrderKey
 
 
-def _journal_row(event_id: str, raw: bytes, problem: str | None) -> tuple[str, bytes, str, int, str]:
-    node, _, seq = event_id.partition(":")
-    return (event_id, raw, node, int(seq), problem or "")
+def journal_insert(entries: list[JournalEntry]) -> Statement:
+    """Events in one statement (one executemany: a run of the bulk path is one)."""
+    return ("INSERT OR IGNORE INTO journal (pos, id, raw, node, seq, meaning, wall, counter, kind) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(e.pos, e.id, e.raw, e.key[2], e.key[3], e.problem or "", e.key[0], e.key[1], e.kind) for e in entries])
+
+
+def journal_stamps(stamps: list[tuple[str, OrderKey, str]]) -> Statement:
+    """Order keys (and kinds) of events already written: a stamp recomputed (order.py), or a journal from
+    before stamps were kept."""
+    return ("UPDATE journal SET wall = ?, counter = ?, kind = ? WHERE id = ?",
+            [(key[0], key[1], kind, event_id) for event_id, key, kind in stamps])
+
+
+def base_save(data: bytes, key: OrderKey, held: list[str], pos: int) -> Statement:
+    """The fold's new base (see SavedBase): it holds every event up to `key` among rows up to `pos`."""
+    return ("INSERT OR REPLACE INTO base (id, bytes, held, pos, wall, counter, node, seq) "
+            "VALUES (1, ?, ?, ?, ?, ?, ?, ?)", (data, ",".join(held), pos, *key))
+
+
+class Reader:
+    """A second connection, read-only, for reads on the event loop's thread: the events a fold base holds
+    (order.py History), pages of /events. WAL lets it read while the writer thread commits: it sees what is
+    committed, which is all it is asked for (memory holds what is not yet)."""
+
+    def __init__(self, path: Path) -> None:
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA query_only=1")
+
+    def event(self, node: str, seq: int) -> Row | None:
+        r = self._conn.execute(f"SELECT {_COLUMNS} FROM journal WHERE node = ? AND seq = ?", (node, seq)).fetchone()
+        return _row(r) if r is not None else None
+
+    def upto(self, key: OrderKey) -> Iterable[Row]:
+        rows = self._conn.execute(f"SELECT {_COLUMNS} FROM journal WHERE (wall, counter, node, seq) <= (?, ?, ?, ?) "
+                                  "ORDER BY wall, counter, node, seq", key)
+        return (_row(r) for r in rows)
+
+    def in_order(self) -> Iterable[Row]:
+        """Every event, in the log's order (exports)."""
+        rows = self._conn.execute(f"SELECT {_COLUMNS} FROM journal ORDER BY wall, counter, node, seq")
+        return (_row(r) for r in rows)
+
+    def page(self, after: int, limit: int) -> list[Row]:
+        """Events by arrival position, after `after` (the /events cursor)."""
+        return [_row(r) for r in self._conn.execute(
+            f"SELECT {_COLUMNS} FROM journal WHERE pos > ? ORDER BY pos LIMIT ?", (after, limit))]
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 def read_run(conn: sqlite3.Connection, node: str, first: int, last: int, max_bytes: int) -> list[bytes]:

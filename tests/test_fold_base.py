@@ -1,0 +1,160 @@
+"""The fold's base: history leaves memory, a desk starts from a checkpoint, and the state is still the fold of
+every event it holds. Real EventLogs on real SQLite journals and Automerge documents, without sockets
+(tests/test_epochs.py `settle` moves events between them as the links do)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import node.eventlog as eventlog
+from node.crdt.state import CirculationState, fold
+from node.eventlog import EventLog
+from tests.test_epochs import make_log, settle
+from tests.test_state import summary
+
+EVERY, KEPT = 60, 15
+
+
+@pytest.fixture(autouse=True)
+def small_bases(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(eventlog, "BASE_EVERY", EVERY)
+    monkeypatch.setattr(eventlog, "BASE_TAIL_KEPT", KEPT)
+
+
+async def quiet(log: EventLog) -> None:
+    """Until the base has moved if it was due, and everything is written."""
+    for _ in range(10):
+        if log._base_task is not None:
+            await log._base_task
+        await log.store.commit([])
+        await asyncio.sleep(0)
+
+
+def whole(log: EventLog) -> tuple:
+    """The state folded from every event the journal (and memory) holds, in order: what the base must equal."""
+    return full_summary(fold(log.in_order()))
+
+
+def full_summary(state: CirculationState) -> tuple:
+    return (*summary(state), sorted((t, o.status, o.event) for t, o in state.outcomes.items()),
+            sorted(state.in_house_uses.items()), sorted(state.registrations.items()), state.events_seen)
+
+
+async def traffic(log: EventLog, n: int, rng: random.Random, *, answer: float = 0.9, prefix: str = "I") -> list[str]:
+    """Scans as a desk makes them (loans, returns, in-house uses), most of them answered by the ILS."""
+    written = []
+    for _ in range(n):
+        item = f"{prefix}{rng.randrange(40)}"
+        kind = rng.choice(["checkout", "checkout", "checkin", "in_house_use"])
+        body = {"item": item, "patron": f"P{rng.randrange(9)}"} if kind == "checkout" else {"item": item}
+        event = await log.append(kind, body, "staff")
+        written.append(event.id)
+        if rng.random() < answer:
+            await log.append("applied", {"event": event.id, "status": "applied", "message": "", "term": 1}, "bridge")
+    return written
+
+
+async def test_history_leaves_memory_and_a_desk_restarts_from_its_base(tmp_path: Path) -> None:
+    log = make_log(tmp_path, "a")
+    await log.start()
+    rng = random.Random(1)
+    written = await traffic(log, 400, rng)
+    await quiet(log)
+    assert log.ordered_log.base_key is not None
+    assert len(log.ordered_log) < log.event_count / 2  # most of the history is only in the journal now
+    assert log.event_count == len(list(log.in_order()))
+    assert full_summary(log.state) == whole(log)
+    unanswered = {e.id for e in log.ordered() if e.kind != "applied" and e.id not in log.state.outcomes}
+    assert unanswered and unanswered <= set(log.ordered_log.by_id)  # open work stays in memory
+    before = full_summary(log.state)
+    log.close()
+
+    again = make_log(tmp_path, "a")
+    await again.start()
+    assert again.ordered_log.base_key is not None  # started from the base…
+    assert len(again.ordered_log) < again.event_count / 2  # …reading back only what follows it and open work
+    assert full_summary(again.state) == before == whole(again)
+    assert again.vector == log.vector and again.seq == log.seq
+    assert {e.id for e in again.ordered() if e.kind != "applied" and e.id not in again.state.outcomes} == unanswered
+    assert again.event(written[0]) is not None and written[0] in again.events  # history read from the journal
+    more = await traffic(again, 30, rng)  # it goes on writing, chained to what it wrote before
+    assert again.event(more[-1]) is not None and full_summary(again.state) == whole(again)
+    again.close()
+
+
+async def test_a_late_desk_sorting_before_the_base_refolds_it_on_every_desk(tmp_path: Path) -> None:
+    """A desk cut off for a while, its clock behind: its scans sort before the others' bases. Every desk ends
+    with the fold of all events, before and after a restart."""
+    a, b, late = (make_log(tmp_path, n) for n in ("a", "b", "late"))
+    for log in (a, b, late):
+        await log.start()
+    await settle([a, b, late])
+    rng = random.Random(2)
+    offline = await traffic(late, 40, rng, answer=0, prefix="I")  # on items the others lend too
+    for _ in range(3):
+        await traffic(a, 60, rng)
+        await settle([a, b])
+        await traffic(b, 60, rng)
+        await settle([a, b])
+    for log in (a, b):
+        await quiet(log)
+        assert log.ordered_log.base_key is not None
+    assert min(late.ordered_log.key_of(i) for i in offline) < a.ordered_log.base_key  # it sorts inside history
+    refolds = a.ordered_log.base_refolds
+    await settle([a, b, late])
+    for log in (a, b, late):
+        await quiet(log)
+    states = [full_summary(log.state) for log in (a, b, late)]
+    assert a.ordered_log.base_refolds > refolds
+    assert states[0] == states[1] == states[2] == whole(a)
+    assert set(offline) <= set(a.ordered_log.by_id)  # unanswered: open work, in memory for the bridge
+    for name, log in zip(("a", "b", "late"), (a, b, late), strict=True):
+        log.close()
+        again = make_log(tmp_path, name)
+        await again.start()
+        assert full_summary(again.state) == states[0]
+        again.close()
+
+
+async def test_an_answer_about_history_refolds_the_base(tmp_path: Path) -> None:
+    log = make_log(tmp_path, "a")
+    await log.start()
+    first = await log.append("checkout", {"item": "OLD", "patron": "P1"}, "staff")
+    await log.append("applied", {"event": first.id, "status": "applied", "message": "", "term": 1}, "bridge")
+    await traffic(log, 200, random.Random(3))
+    await quiet(log)
+    assert log.ordered_log.base_key is not None and first.id not in log.ordered_log.by_id
+    assert log.state.loans.get("OLD") is not None
+    refolds = log.ordered_log.base_refolds
+    await log.append("void", {"event": first.id}, "admin")
+    assert "OLD" not in log.state.loans and log.ordered_log.base_refolds == refolds + 1
+    assert full_summary(log.state) == whole(log)
+    await log.append("checkout", {"item": "NEW", "patron": "P2"}, "staff")
+    assert log.ordered_log.base_refolds == refolds + 1  # an event after the base folds on from it
+    before = full_summary(log.state)
+    log.close()
+    again = make_log(tmp_path, "a")
+    await again.start()
+    assert full_summary(again.state) == before
+    again.close()
+
+
+async def test_a_base_that_cannot_be_read_is_not_used(tmp_path: Path) -> None:
+    log = make_log(tmp_path, "a")
+    await log.start()
+    await traffic(log, 200, random.Random(4))
+    await quiet(log)
+    before = full_summary(log.state)
+    log.close()
+    with sqlite3.connect(tmp_path / "a" / "circmesh.sqlite") as c:
+        c.execute("UPDATE base SET bytes = ?", (b"\x93garbage",))
+    again = make_log(tmp_path, "a")
+    await again.start()
+    assert again.ordered_log.base_key is None and len(again.ordered_log) == again.event_count
+    assert full_summary(again.state) == before
+    again.close()
