@@ -159,8 +159,9 @@ class EventLog:
         self.records_raw: dict[str, bytes] = {}
         self.ordered_log = OrderedLog()
         self._restamps = 0
-        self._remote_pending = 0  # journal writes of received events not yet committed
-        self._base_task: asyncio.Task[None] | None = None
+        self._uncommitted: set[str] = set()  # received events integrated, their journal rows not yet committed
+        self._in_flight_keys: dict[str, OrderKey] = {}  # local events being written, not yet integrated
+        self._base_due = BASE_EVERY  # when the fold's base is next tried (events after it)
         self.vector: dict[str, int] = {}  # node -> highest seq held (a prefix: Automerge delivers in order)
         self.revoked: dict[str, int] = {}  # node -> last seq accepted from it (kept as events arrive)
         self.revoked_by: dict[str, str] = {}  # node -> the revoke event whose `upto` stands
@@ -359,6 +360,7 @@ class EventLog:
             self._in_flight += 1
             self._idle.clear()
             self._unintegrated[event.id] = raw
+            self._in_flight_keys[event.id] = _own_key(event)
             pos = self._take_pos()
             try:
                 chunks = self.doc.put({event.id: raw})
@@ -377,6 +379,7 @@ class EventLog:
             # The event is durable: whatever happens while folding it, sync must go on (a stuck gate
             # would silence this desk while its links still looked connected).
             self._unintegrated.pop(event.id, None)
+            self._in_flight_keys.pop(event.id, None)
             self._done_in_flight()
             self.doc_events += 1
             self._count_change(len(chunks))
@@ -434,6 +437,7 @@ class EventLog:
             self._in_flight += 1
             self._idle.clear()
             self._unintegrated.update((e.id, raw) for e, raw in events)
+            self._in_flight_keys.update((e.id, _own_key(e)) for e, _ in events)
             chunks: list[bytes] = []
             try:
                 # No yield from the first put to the submit: an epoch moving in between would save a
@@ -460,6 +464,7 @@ class EventLog:
         finally:  # durable: sync goes on whatever happens while folding
             for event, _ in events:
                 self._unintegrated.pop(event.id, None)
+                self._in_flight_keys.pop(event.id, None)
             self._done_in_flight()
             self.doc_events += 0 if sealed else len(built)
             self._count_change(len(chunks))
@@ -578,7 +583,8 @@ class EventLog:
         uncovered = {e.id: raw for e, raw in verdict.events if not self.epoch.covers(e.node, e.seq)}
         chunks = self.doc.put({**self._records_for({node}), **uncovered}) if uncovered else []
         self.doc_events += len(uncovered)
-        self._submit_remote([db.journal_insert(entries)] + [db.change_insert(c) for c in chunks])
+        self._submit_remote([db.journal_insert(entries)] + [db.change_insert(c) for c in chunks],
+                            [e.id for e in entries])
         self._write_stamps([])
         self._count_change(len(chunks))
         self._advance()
@@ -654,17 +660,20 @@ class EventLog:
         statements = ([db.record_upsert(r.node, raw) for r, raw in records]
                       + ([db.journal_insert(entries)] if entries else [])
                       + [db.change_insert(c) for c in chunks])
-        self._submit_remote(statements)
+        self._submit_remote(statements, [e.id for e in entries])
         self._write_stamps([])
         self._count_change(len(chunks))
 
-    def _submit_remote(self, statements: list[db.Statement]) -> None:
-        """Written without waiting (see _persist_remote); counted until committed, for the fold's base."""
-        self._remote_pending += 1
-        self.store.submit(statements).add_done_callback(self._remote_committed)
+    def _submit_remote(self, statements: list[db.Statement], events: list[str] | None = None) -> None:
+        """Written without waiting (see _persist_remote). `events` written stay in memory until committed:
+        the fold's base never lets go of one the journal cannot give back yet."""
+        future = self.store.submit(statements)
+        if events:
+            self._uncommitted.update(events)
+            future.add_done_callback(lambda _: self._uncommitted.difference_update(events))
+        future.add_done_callback(self._remote_committed)
 
     def _remote_committed(self, future: asyncio.Future[None]) -> None:
-        self._remote_pending = max(0, self._remote_pending - 1)
         if not future.cancelled() and future.exception() is not None:
             self.failed = f"storage failure: {future.exception()}"
             log.error("%s; this desk stops taking scans", self.failed)
@@ -741,8 +750,8 @@ class EventLog:
                     listener(arrival)
                 except Exception:
                     log.exception("event listener failed")
-        if self.ordered_log.after_base >= BASE_EVERY and self._base_task is None and notify:
-            self._base_task = asyncio.get_running_loop().create_task(self._move_base())
+        if notify and self.ordered_log.after_base >= self._base_due:
+            self._move_base()
         return arrival
 
     def _note(self, event: Event, raw: bytes) -> None:
@@ -780,38 +789,34 @@ class EventLog:
         if fixes:
             self._submit_remote([db.journal_stamps(fixes)])
 
-    async def _move_base(self) -> None:
-        """Moves the fold's base to leave BASE_TAIL_KEPT events after it (open work stays in memory too) and
-        saves it. Only when every event held is committed: the saved base must hold exactly the journal's
-        events up to its position, and the history it reads back must be in the journal."""
+    def _move_base(self) -> None:
+        """Moves the fold's base to leave BASE_TAIL_KEPT events after it and saves it. The events up to it
+        leave memory, except open work, and those whose journal rows are not committed yet (the history
+        reads the journal). Local events being written sort after it: the saved base holds exactly the
+        journal's rows up to its key, among those up to its position, and a restart finds any other."""
+        self._base_due = self.ordered_log.after_base + BASE_TAIL_KEPT  # tried again later if it cannot move
+        if self.failed:
+            return
         try:
-            await self.store.commit([])  # everything submitted so far is durable
-            if self._in_flight or self._remote_pending or self.failed:
-                return
-            if self.ordered_log.after_base < BASE_EVERY:
-                return
-            limit = self.ordered_log.tail_key(-BASE_TAIL_KEPT)
             state = self.state
-            voided, outcomes = state.voided, state.outcomes
+            voided, outcomes, uncommitted = state.voided, state.outcomes, self._uncommitted
 
-            def open_work(e: Event) -> bool:
-                return (e.problem is None and e.kind in DESK_KINDS and e.id not in voided
-                        and e.id not in outcomes)
+            def kept(e: Event) -> bool:
+                return e.id in uncommitted or (e.problem is None and e.kind in DESK_KINDS and e.id not in voided
+                                               and e.id not in outcomes)
 
-            base = self.ordered_log.advance_base(limit, open_work)
+            before = min(self._in_flight_keys.values(), default=None)
+            base = self.ordered_log.advance_base(self.ordered_log.tail_key(-BASE_TAIL_KEPT), kept, before=before)
             if base is None:
                 return
-            data = checkpoint.encode(*base)
             held = sorted(self.ordered_log.held_ids)
-            self.store.submit([db.base_save(data, base[0], held, self._next_pos - 1)]
+            self.store.submit([db.base_save(checkpoint.encode(*base), base[0], held, self._next_pos - 1)]
                               ).add_done_callback(self._remote_committed)
-            self._remote_pending += 1
-            log.info("fold base moved: %d events in memory, %d of them open work before it",
+            self._base_due = BASE_EVERY
+            log.info("the fold's base moved: %d events in memory (%d of them before it: open work)",
                      len(self.ordered_log), len(held))
-        except Exception:
+        except Exception:  # memory stays as it was: a fold from the start is still right
             log.exception("the fold's base could not be moved")
-        finally:
-            self._base_task = None
 
     def _count_change(self, n: int) -> None:
         self._since_save += n

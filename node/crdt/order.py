@@ -370,14 +370,17 @@ class OrderedLog:
         self._key_of[event.id] = key
         self._held.add(event.id)
 
-    def advance_base(self, limit: OrderKey, keep: Callable[[Event], bool]) -> Base | None:
-        """Moves the base to the latest checkpoint at or before `limit`; the events up to it leave memory
-        unless `keep` says otherwise (open work: the bridge still needs them). Returns the new base, to be
-        saved, or None when none can be taken now (no checkpoint, a refold due, a predecessor missing)."""
+    def advance_base(self, limit: OrderKey, keep: Callable[[Event], bool], before: OrderKey | None = None
+                     ) -> Base | None:
+        """Moves the base to the last event at or before `limit` (and before `before`); the events up to it
+        leave memory unless `keep` says otherwise (open work: the bridge still needs them). Returns the new
+        base, to be saved, or None when none can be taken now (a refold due, a predecessor missing)."""
         self.state  # noqa: B018 - brings the checkpoints up to date
         if self._base_stale or self._missing or self._cyclic:
             return None
         cut = bisect.bisect_right(self._keys, limit)
+        if before is not None:
+            cut = min(cut, bisect.bisect_left(self._keys, before))
         if cut == 0:
             return None
         key = self._keys[cut - 1]
