@@ -20,7 +20,7 @@ import heapq
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from node.crdt.hlc import DEFAULT_MAX_DRIFT_MS, Hlc, HybridClock
 from node.crdt.order import OrderedLog, OrderKey, causal_sequence
 from node.crdt.records import NodeRecord, decode_record, make_record, record_key
 from node.crdt.refusals import Refusal, Refused
-from node.crdt.state import CirculationState
+from node.crdt.state import CirculationState, Outcome, answered
 from node.crdt.verify import verify_run, verify_touched
 from node.discovery.catchup import CatchUp
 from node.storage import db
@@ -104,6 +104,13 @@ class JournalHistory:
         for row in self._reader.upto(key):
             if row.key is not None:
                 yield row.key, decode_kept(row.raw, row.meaning)
+
+    def answer(self, target: str, upto: OrderKey, voided: Container[str]) -> Event | None:
+        for row in self._reader.answers(target, upto):
+            event = decode_kept(row.raw, row.meaning)
+            if event.id not in voided:
+                return event
+        return None
 
 
 class HeldEvents(Mapping[str, Event]):
@@ -230,7 +237,7 @@ class EventLog:
         for event in causal_sequence(event for event, _ in journal):
             row = rows[event.id]
             self._integrate(event, row.raw, local=False, notify=False, pos=row.pos)
-        self._stamps_due = [(event.id, key, event.kind) for event, row in journal
+        self._stamps_due = [(event.id, key, event.kind, _target(event)) for event, row in journal
                             if row.key != (key := self.ordered_log.key_of(event.id))]
 
     def _open_from_base(self, loaded: db.Loaded, base: tuple[OrderKey, Any], saved: db.SavedBase) -> None:
@@ -302,6 +309,18 @@ class EventLog:
         if event is None and self.holds(event_id):
             event = self.ordered_log.history.event(event_id)
         return event
+
+    def answered(self, event_id: str) -> bool:
+        """Whether the ILS answered the event (its outcome in the state, or retired with the history)."""
+        return answered(self.state, self.ordered_log, event_id)
+
+    def outcome(self, event_id: str) -> Outcome | None:
+        """The ILS's answer to the event, from the state or, once retired, from its `applied` in the journal."""
+        outcome = self.state.outcomes.get(event_id)
+        if outcome is None and (applied := self.ordered_log.answer(event_id)) is not None:
+            body = applied.body
+            outcome = Outcome(body["status"], body["message"], body["term"], applied.id)
+        return outcome
 
     def holds(self, event_id: str) -> bool:
         if event_id in self.ordered_log.by_id:
@@ -782,10 +801,12 @@ class EventLog:
     def _write_stamps(self, local: list[Event]) -> None:
         """Local events were written with their hlc as their order key, which it is unless a peer's clock ran
         ahead; and a restamp (order.py) changes keys already written: the journal gets the keys memory has."""
-        fixes = [(e.id, key, e.kind) for e in local if (key := self.ordered_log.key_of(e.id)) != _own_key(e)]
+        fixes = [(e.id, key, e.kind, _target(e)) for e in local
+                 if (key := self.ordered_log.key_of(e.id)) != _own_key(e)]
         if self.ordered_log.restamps != self._restamps:
             self._restamps = self.ordered_log.restamps
-            fixes = [(e.id, self.ordered_log.key_of(e.id), e.kind) for e in self.ordered_log.by_id.values()]
+            fixes = [(e.id, self.ordered_log.key_of(e.id), e.kind, _target(e))
+                     for e in self.ordered_log.by_id.values()]
         if fixes:
             self._submit_remote([db.journal_stamps(fixes)])
 
@@ -798,12 +819,11 @@ class EventLog:
         if self.failed:
             return
         try:
-            state = self.state
-            voided, outcomes, uncommitted = state.voided, state.outcomes, self._uncommitted
+            voided, uncommitted = self.state.voided, self._uncommitted
 
             def kept(e: Event) -> bool:
                 return e.id in uncommitted or (e.problem is None and e.kind in DESK_KINDS and e.id not in voided
-                                               and e.id not in outcomes)
+                                               and not self.answered(e.id))
 
             before = min(self._in_flight_keys.values(), default=None)
             base = self.ordered_log.advance_base(self.ordered_log.tail_key(-BASE_TAIL_KEPT), kept, before=before)
@@ -832,7 +852,13 @@ def _own_key(event: Event) -> OrderKey:
 
 
 def _entry(event: Event, raw: bytes, pos: int, key: OrderKey) -> db.JournalEntry:
-    return db.JournalEntry(event.id, raw, event.problem, event.kind, pos, key)
+    return db.JournalEntry(event.id, raw, event.problem, event.kind, pos, key, _target(event))
+
+
+def _target(event: Event) -> str | None:
+    """The event an `applied` answers (journal column `target`)."""
+    target = event.body.get("event") if event.kind == "applied" and event.problem is None else None
+    return target if isinstance(target, str) else None
 
 
 def _node_seq(event_id: str) -> tuple[str, int]:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from node.crdt.event import Event
 from node.crdt.order import OrderKey
 from node.crdt.records import NodeRecord
-from node.crdt.state import CirculationState
+from node.crdt.state import CirculationState, Outcome
 from node.discovery.link_machine import LinkInfo
 
 
@@ -28,6 +28,10 @@ class CirculationView(Protocol):
     def state(self) -> CirculationState: ...
 
     def event(self, event_id: str) -> Event | None: ...
+
+    def answered(self, event_id: str) -> bool: ...
+
+    def outcome(self, event_id: str) -> Outcome | None: ...
 
     def ordered(self) -> list[Event]: ...
 

@@ -99,10 +99,11 @@ class DeskStatus:
 
     def report(self) -> dict[str, Any]:
         state = self.log.state
-        # Open work is in memory (the fold's base keeps it there); outcomes are in the state, history's too.
+        # Open work is in memory (the fold's base keeps it there); history's outcomes are counted in the state.
         pending = sum(1 for e in self.log.ordered() if e.problem is None and e.kind in DESK_KINDS
-                      and e.id not in state.voided and e.id not in state.outcomes)
-        applied = refused = 0
+                      and e.id not in state.voided and not self.log.answered(e.id))
+        applied = state.retired.get("applied", 0)
+        refused = sum(n for status, n in state.retired.items() if status != "applied")
         for target, outcome in state.outcomes.items():
             if target in state.voided or not self.log.holds(target):
                 continue

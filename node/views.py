@@ -90,7 +90,7 @@ class CirculationViews:
         for event in reversed(self.log.ordered()):
             if event.problem is not None or event.kind not in DESK_KINDS or event.id in state.voided:
                 continue
-            outcome = state.outcomes.get(event.id)
+            outcome = self.log.outcome(event.id)
             answer = self.log.event(outcome.event) if outcome else None
             ils_at = answer.body.get("ils_at") if answer else None  # a desk clock that was off, corrected
             rows.append({

@@ -51,6 +51,7 @@ def encode(key: OrderKey, state: CirculationState) -> bytes:
         "voided": state.voided,
         "away": {n: list(a) for n, a in state.away.items()},
         "outcomes": {t: [o.status, o.message, o.term, o.event] for t, o in state.outcomes.items()},
+        "retired": state.retired,
         "quarantined": state.quarantined,
         "disputed": {k: list(v) for k, v in state.disputed.items()},
         "bounds": {n: {m: [b.ms, b.ahead, b.behind] for m, b in theirs.items()}
@@ -85,6 +86,7 @@ def decode(data: bytes) -> tuple[OrderKey, CirculationState]:
             voided=o["voided"],
             away={n: (a[0], a[1]) for n, a in o["away"].items()},
             outcomes={t: Outcome(sys.intern(v[0]), shared(v[1]), v[2], v[3]) for t, v in o["outcomes"].items()},
+            retired=o["retired"],
             quarantined=o["quarantined"],
             disputed={k: tuple(v) for k, v in o["disputed"].items()},
             clocks=clocks,

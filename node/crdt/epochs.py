@@ -81,6 +81,10 @@ class Epochs:
         self.entered: list[Epoch] = [FIRST]  # entered[n] opened epoch n
         self._seals: dict[int, dict[str, Event]] = {}  # epoch number -> seal id -> seal
         self.ignored: dict[str, str] = {}  # seal id -> why it opens nothing
+        # Seals whose `upto` this desk did not hold at the last look: only a new seal, or one of these becoming
+        # covered, can change the answer (advance runs after every event; seals pile up over the years).
+        self._uncovered: list[Event] = []
+        self._dirty = False
 
     @property
     def current(self) -> Epoch:
@@ -93,12 +97,18 @@ class Epochs:
             self.ignored[seal.id] = problem
             return
         self._seals.setdefault(seal.body["epoch"], {})[seal.id] = seal
+        self._dirty = True
 
     def advance(self, vector: Mapping[str, int]) -> Epoch:
         """The epoch this desk should be in, holding `vector`; entering it (and leaving a rival's epoch
         for the winner) as a side effect."""
+        if not self._dirty and not any(_covered(s.body["upto"], vector) for s in self._uncovered):
+            return self.current
         while self._step(vector):
             pass
+        self._dirty = False
+        self._uncovered = [s for seals in self._seals.values() for s in seals.values()
+                           if not _covered(s.body["upto"], vector)]
         return self.current
 
     def _step(self, vector: Mapping[str, int]) -> bool:

@@ -30,17 +30,19 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from typing import Protocol
 
 from node.crdt.event import Event
 from node.crdt.state import (
     CirculationState,
+    InMemory,
     Settlements,
     apply_event,
     begin_with,
     copy_state,
     end_fold,
+    retire_outcomes,
     settlements_in,
 )
 
@@ -134,6 +136,10 @@ class History(Protocol):
         """Every event sorting at or before `key`, in order, with its order key."""
         ...
 
+    def answer(self, target: str, upto: OrderKey, voided: Container[str]) -> Event | None:
+        """The first readable `applied` event about `target` sorting at or before `upto`, not voided."""
+        ...
+
 
 class NoHistory:
     """A log that keeps everything in memory (tests, the first start of an old journal)."""
@@ -146,6 +152,9 @@ class NoHistory:
 
     def upto(self, key: OrderKey) -> Iterable[tuple[OrderKey, Event]]:
         return ()
+
+    def answer(self, target: str, upto: OrderKey, voided: Container[str]) -> Event | None:
+        return None
 
 
 Base = tuple[OrderKey, CirculationState]  # every event sorting up to the key, folded (before end_fold)
@@ -181,6 +190,7 @@ class OrderedLog:
         self._held: set[str] = set()  # events in memory that sort at or before the base
         self._answers: dict[str, Event] = {}  # every void and resolve, in memory or not
         self._settlements = Settlements({}, {}, {})
+        self._answered: dict[str, bool] = {}  # target -> answered before the base (see `answered`)
         self.refolds = 0
         self.resumes = 0  # folds resumed from a checkpoint
         self.restamps = 0
@@ -267,7 +277,7 @@ class OrderedLog:
             while self._checkpoints and self._checkpoints[-1][0] > key:
                 self._checkpoints.pop()  # folded events that sort after this one
         elif self._state is not None:
-            apply_event(self._state, event, self._lookup)
+            apply_event(self._state, event, self)
             # the state has been through end_fold: the same as before it only if no answers disagree
             self._folded(key, self._state, checkpoint=not self._state.disputed)
         return True
@@ -275,10 +285,34 @@ class OrderedLog:
     def _lookup(self, event_id: str) -> Event | None:
         return self.by_id.get(event_id) or self._history.event(event_id)
 
+    # ---- the past, as the fold reads it (state.Past)
+    def event(self, event_id: str) -> Event | None:
+        return self._lookup(event_id)
+
+    def answered(self, target: str) -> bool:
+        """Whether an outcome for `target` left memory with the base (its `applied` sorts before it).
+        Remembered until the base or the answers change: open work before the base is asked about often."""
+        if self._base is None:
+            return False
+        key = self._key_of.get(target)
+        if key is not None and key > self._base[0]:  # answered after it, if at all: not retired
+            return False
+        known = self._answered.get(target)
+        if known is None:
+            known = self._answered[target] = self.answer(target) is not None
+        return known
+
+    def answer(self, target: str) -> Event | None:
+        """The `applied` event, before the base, that answered `target` (the outcome the state retired)."""
+        if self._base is None:
+            return None
+        return self._history.answer(target, self._base[0], self._settlements.voided)
+
     def _answers_changed(self) -> None:
         keys = {i: self._key_of.get(i) or self._history.key(i) for i in self._answers}
         ordered = sorted(self._answers.values(), key=lambda e: keys[e.id] or e.order_key)
         self._settlements = settlements_in(ordered)
+        self._answered.clear()
         self._state = None
         self._checkpoints.clear()
         if self._base is not None and not self._base_stale:
@@ -360,6 +394,7 @@ class OrderedLog:
     def restore_base(self, base: Base, answers: Iterable[Event]) -> None:
         """Starts from a base read back (before any event is added): `answers` are those it holds."""
         self._base = base
+        self._answered.clear()
         for e in answers:
             self._answers[e.id] = e
         self._answers_changed()
@@ -392,8 +427,10 @@ class OrderedLog:
         else:
             state, first = self._resumed(), 0
         for k in self._keys[first:cut]:
-            apply_event(state, self._by_key[k], self._lookup)
+            apply_event(state, self._by_key[k], self)
+        retire_outcomes(state)
         self._base = (key, state)
+        self._answered.clear()
         cut = bisect.bisect_right(self._keys, key)
         for k in self._keys[:cut]:
             self._held.add(self._by_key.pop(k).id)
@@ -417,18 +454,18 @@ class OrderedLog:
         self.base_refolds += 1
         state = begin_with(self._settlements, self._baseline)
         recent: dict[str, Event] = {}  # the latest events folded: the clock rules look their predecessors up
-
-        def lookup(event_id: str) -> Event | None:
-            return recent.get(event_id) or self._lookup(event_id)
+        past = _Refolding(recent, self._lookup)
 
         memory = sorted((self._key_of[i], self.by_id[i]) for i in self._held)
         journal = ((k, e) for k, e in self._history.upto(base_key) if e.id not in self.by_id)
         for _, event in heapq.merge(memory, journal, key=lambda pair: pair[0]):
-            apply_event(state, event, lookup)
+            apply_event(state, event, past)
             recent[event.id] = event
             if len(recent) > 512:
                 del recent[next(iter(recent))]
+        retire_outcomes(state)
         self._base = (base_key, state)
+        self._answered.clear()
         self._base_stale = False
 
     def _resumed(self) -> CirculationState:
@@ -458,8 +495,21 @@ class OrderedLog:
                 state, start = self._resumed(), 0
             self._since_checkpoint = 0
             for key in self._keys[start:]:
-                apply_event(state, self._by_key[key], self._lookup)
+                apply_event(state, self._by_key[key], self)
                 self._folded(key, state)
             end_fold(state)
             self._state = state
         return self._state
+
+
+class _Refolding(InMemory):
+    """The past while a base is refolded from the start: the latest events folded, else memory or the journal
+    (nothing retired yet: every outcome is in the state being built)."""
+
+    def __init__(self, recent: Mapping[str, Event], lookup: Callable[[str], Event | None]) -> None:
+        super().__init__(recent)
+        self._recent = recent
+        self._lookup = lookup
+
+    def event(self, event_id: str) -> Event | None:
+        return self._recent.get(event_id) or self._lookup(event_id)

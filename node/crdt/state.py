@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
+from typing import Protocol
 
 from node.crdt import conflicts as c
 from node.crdt.clocks import ClockEvidence
@@ -60,7 +61,8 @@ class CirculationState:
     settled: dict[str, str] = field(default_factory=dict)  # conflict id -> resolve event id
     voided: dict[str, str] = field(default_factory=dict)  # event id -> void event id
     away: dict[str, tuple[int, str]] = field(default_factory=dict)  # node -> (seq it had reached, away event)
-    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    outcomes: dict[str, Outcome] = field(default_factory=dict)  # those not retired (see retire_outcomes)
+    retired: dict[str, int] = field(default_factory=dict)  # status -> outcomes retired (not voided then)
     quarantined: dict[str, str] = field(default_factory=dict)  # event id -> why it cannot be read
     disputed: dict[str, tuple[str, ...]] = field(default_factory=dict)  # conflict -> disagreeing resolves
     clocks: ClockEvidence = field(default_factory=ClockEvidence)  # desks whose clocks the log shows ahead
@@ -75,6 +77,29 @@ class CirculationState:
 
 
 Lookup = Callable[[str], Event | None]  # an event folded earlier, by id (the clock rules read predecessors)
+
+
+class Past(Protocol):
+    """What the fold reads of the events before the one it applies: one of them by id (the clock rules read
+    predecessors), and whether an event's outcome was retired (retire_outcomes: the ILS answered it, and that
+    answer left memory with the history a fold base holds)."""
+
+    def event(self, event_id: str) -> Event | None: ...
+
+    def answered(self, target: str) -> bool: ...
+
+
+class InMemory:
+    """The past as a dict of the events folded so far, nothing retired (a fold of the whole log)."""
+
+    def __init__(self, by_id: Mapping[str, Event]) -> None:
+        self._by_id = by_id
+
+    def event(self, event_id: str) -> Event | None:
+        return self._by_id.get(event_id)
+
+    def answered(self, target: str) -> bool:
+        return False
 
 
 def shared(text: str) -> str:
@@ -253,12 +278,12 @@ def _quarantine(state: CirculationState, event: Event, reason: str) -> None:
                                      needs_admin=True, reason=reason))
 
 
-def apply_event(state: CirculationState, event: Event, lookup: Lookup) -> None:
-    """Folds one more event, which must sort after every event folded so far. Never raises. `lookup` finds
+def apply_event(state: CirculationState, event: Event, past: Past) -> None:
+    """Folds one more event, which must sort after every event folded so far. Never raises. `past` finds
     events folded before this one (in memory, or in the journal for those a checkpoint holds)."""
     state.events_seen += 1
     if event.problem is None:
-        state.clocks.take(event, lookup, state.conflicts)  # a voided scan still shows its desk's clock
+        state.clocks.take(event, past.event, state.conflicts)  # a voided scan still shows its desk's clock
     if event.id in state.voided:
         return
     if event.problem is not None:
@@ -267,6 +292,8 @@ def apply_event(state: CirculationState, event: Event, lookup: Lookup) -> None:
     if event.kind == "resolve" and state.settled.get(event.body["conflict"]) == event.id:
         state.clocks.settled(event.body["conflict"])  # an acknowledged clock: only later events count
     if event.kind in ("void", "resolve"):  # taken into account before the fold (settlements_in)
+        return
+    if event.kind == "applied" and past.answered(event.body["event"]):  # the first answer stands, retired or not
         return
     rule = _RULES.get(event.kind)
     if rule is None:  # pragma: no cover - body_problem already refuses unknown kinds
@@ -316,11 +343,27 @@ def fold(
     events = list(ordered)
     state = begin_fold(events, baseline)
     by_id: dict[str, Event] = {}
+    past = InMemory(by_id)
     for event in events:
-        apply_event(state, event, by_id.get)
+        apply_event(state, event, past)
         by_id[event.id] = event
     end_fold(state)
     return state
+
+
+def answered(state: CirculationState, past: Past, event_id: str) -> bool:
+    """Whether the ILS answered the event: an outcome in the state, or one retired with the history."""
+    return event_id in state.outcomes or past.answered(event_id)
+
+
+def retire_outcomes(state: CirculationState) -> None:
+    """Outcomes leave the state, counted by status (a voided event's not counted): a fold base does this to
+    what it holds, since every outcome ever recorded is history a busy desk need not keep in memory. Whether
+    an event was answered is then read from the journal (Past.answered)."""
+    for target, outcome in state.outcomes.items():
+        if target not in state.voided:
+            state.retired[outcome.status] = state.retired.get(outcome.status, 0) + 1
+    state.outcomes = {}
 
 
 def copy_state(state: CirculationState) -> CirculationState:

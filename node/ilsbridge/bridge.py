@@ -198,7 +198,7 @@ class Bridge:
         state = self.log.state
         in_memory = self.log.ordered()  # every pending event is: the fold's base keeps open work in memory
         ordered = [e for e in in_memory if e.id not in state.voided]
-        pending = pending_events(ordered, state)
+        pending = pending_events(ordered, state, self.log.answered)
         if not pending:
             return True
         by_id = {e.id: e for e in in_memory}

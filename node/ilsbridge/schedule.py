@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from node.crdt.event import DESK_KINDS, Event
 from node.crdt.state import CirculationState
@@ -27,11 +27,12 @@ def keys_of(event: Event) -> tuple[str, ...]:
     return tuple(keys)
 
 
-def pending_events(ordered: Iterable[Event], state: CirculationState) -> list[Event]:
-    """Desk events, in causal order, that are neither voided nor answered by the ILS yet."""
+def pending_events(ordered: Iterable[Event], state: CirculationState, answered: Callable[[str], bool]
+                   ) -> list[Event]:
+    """Desk events, in causal order, that are neither voided nor answered by the ILS yet (`answered`: the
+    state's outcomes, and those retired with the history)."""
     return [e for e in ordered
-            if e.problem is None and e.kind in DESK_KINDS and e.id not in state.voided
-            and e.id not in state.outcomes]
+            if e.problem is None and e.kind in DESK_KINDS and e.id not in state.voided and not answered(e.id)]
 
 
 def renewal_patrons(ordered: Iterable[Event], voided: Mapping[str, str]) -> dict[str, str | None]:

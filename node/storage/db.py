@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal (pos INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, raw BLOB NOT NULL,
                                     node TEXT, seq INTEGER, meaning TEXT, wall INTEGER, counter INTEGER,
-                                    kind TEXT);
+                                    kind TEXT, target TEXT);
 CREATE TABLE IF NOT EXISTS records (node TEXT PRIMARY KEY, raw BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS changes (pos INTEGER PRIMARY KEY AUTOINCREMENT, bytes BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS saved (id INTEGER PRIMARY KEY CHECK (id = 1), bytes BLOB NOT NULL,
@@ -104,13 +104,14 @@ class Store:
         if "meaning" not in columns:  # rows written before it are read in full at start, as they were
             self._conn.execute("ALTER TABLE journal ADD COLUMN meaning TEXT")
         if "wall" not in columns:  # order stamps and kinds: written by the first start that folds them all
-            for column in ("wall INTEGER", "counter INTEGER", "kind TEXT"):
+            for column in ("wall INTEGER", "counter INTEGER", "kind TEXT", "target TEXT"):
                 self._conn.execute(f"ALTER TABLE journal ADD COLUMN {column}")
         self._conn.execute("UPDATE journal SET node = substr(id, 1, 32), "
                            "seq = CAST(substr(id, 34) AS INTEGER) WHERE node IS NULL")
         self._conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS journal_chain ON journal (node, seq)")
         self._conn.execute("CREATE INDEX IF NOT EXISTS journal_order ON journal (wall, counter, node, seq)")
         self._conn.execute("CREATE INDEX IF NOT EXISTS journal_kind ON journal (kind)")
+        self._conn.execute("CREATE INDEX IF NOT EXISTS journal_target ON journal (target) WHERE target IS NOT NULL")
 
     def load(self, with_base: bool = True) -> Loaded:
         """Everything needed to start; called once before serving. With a saved base (and every row stamped),
@@ -233,7 +234,8 @@ class JournalEntry:
     """An event to write: `meaning` is "" for an event whose body was read, else why it could not be (the
     fold quarantines it). Every row is an event verified before it was written, so a desk starting reads it
     back without checking it again (event.decode_kept): at 300,000 events the checks were most of the start.
-    `pos`: its arrival position (the /events cursor); `key`: where it sorts (order.py)."""
+    `pos`: its arrival position (the /events cursor); `key`: where it sorts (order.py); `target`: the event an
+    `applied` answers (whether an event was answered is read from here once its outcome is retired)."""
 
     id: str
     raw: bytes
@@ -241,20 +243,22 @@ class JournalEntry:
     kind: str
     pos: int
     key: OrderKey
+    target: str | None = None
 
 
 def journal_insert(entries: list[JournalEntry]) -> Statement:
     """Events in one statement (one executemany: a run of the bulk path is one)."""
-    return ("INSERT OR IGNORE INTO journal (pos, id, raw, node, seq, meaning, wall, counter, kind) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(e.pos, e.id, e.raw, e.key[2], e.key[3], e.problem or "", e.key[0], e.key[1], e.kind) for e in entries])
+    return ("INSERT OR IGNORE INTO journal (pos, id, raw, node, seq, meaning, wall, counter, kind, target) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(e.pos, e.id, e.raw, e.key[2], e.key[3], e.problem or "", e.key[0], e.key[1], e.kind, e.target)
+             for e in entries])
 
 
-def journal_stamps(stamps: list[tuple[str, OrderKey, str]]) -> Statement:
-    """Order keys (and kinds) of events already written: a stamp recomputed (order.py), or a journal from
-    before stamps were kept."""
-    return ("UPDATE journal SET wall = ?, counter = ?, kind = ? WHERE id = ?",
-            [(key[0], key[1], kind, event_id) for event_id, key, kind in stamps])
+def journal_stamps(stamps: list[tuple[str, OrderKey, str, str | None]]) -> Statement:
+    """Order keys (with kinds and targets) of events already written: a stamp recomputed (order.py), or a
+    journal from before stamps were kept."""
+    return ("UPDATE journal SET wall = ?, counter = ?, kind = ?, target = ? WHERE id = ?",
+            [(key[0], key[1], kind, target, event_id) for event_id, key, kind, target in stamps])
 
 
 def base_save(data: bytes, key: OrderKey, held: list[str], pos: int) -> Statement:
@@ -284,6 +288,13 @@ class Reader:
     def in_order(self) -> Iterable[Row]:
         """Every event, in the log's order (exports)."""
         rows = self._conn.execute(f"SELECT {_COLUMNS} FROM journal ORDER BY wall, counter, node, seq")
+        return (_row(r) for r in rows)
+
+    def answers(self, target: str, upto: OrderKey) -> Iterable[Row]:
+        """The readable `applied` events about `target` sorting at or before `upto`, in order."""
+        rows = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM journal WHERE target = ? AND kind = 'applied' AND meaning = '' "
+            "AND (wall, counter, node, seq) <= (?, ?, ?, ?) ORDER BY wall, counter, node, seq", (target, *upto))
         return (_row(r) for r in rows)
 
     def page(self, after: int, limit: int) -> list[Row]:
