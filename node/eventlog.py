@@ -50,10 +50,11 @@ RUN_BYTES = 4 * 1024 * 1024  # a journal run served in one frame holds about thi
 # seal of its own, in the same transaction, and travels in journal runs. As one Automerge change it would
 # reach a peer as one sync message, and a link drops a message over its 64 MiB frame limit.
 SEALED_BATCH_BYTES = 4 * 1024 * 1024
-# The fold's base moves (order.py) once this many events sit in memory after it, to leave the last
-# BASE_TAIL_KEPT there: history leaves memory, and a desk starts from the base, not from its whole journal.
+# The fold's base moves (order.py) once this many events sit in memory after it, to leave about the last
+# BASE_TAIL_KEPT there (it moves to an in-memory checkpoint, which costs a copy, not a fold): history leaves
+# memory, and a desk starts from the base, not from its whole journal.
 BASE_EVERY = 10_000
-BASE_TAIL_KEPT = 2_000
+BASE_TAIL_KEPT = 1_000
 
 
 def wall_ms() -> int:

@@ -318,11 +318,12 @@ class OrderedLog:
         if self._base is not None and not self._base_stale:
             base_key, base = self._base
             new = self._settlements
-            changed = ((base.voided.keys() ^ new.voided.keys())
-                       | (set(base.settled.values()) ^ set(new.settled.values())))
-            for event_id in changed:
+            voids = base.voided.keys() ^ new.voided.keys()
+            for event_id in voids | (set(base.settled.values()) ^ set(new.settled.values())):
                 key = self._key_of.get(event_id) or self._history.key(event_id)
-                if key is not None and key <= base_key:
+                # An event answered before the base has its outcome counted there, wherever the event sorts
+                # (or if it is not held at all: an answer can arrive before what it answers).
+                if (key is not None and key <= base_key) or (event_id in voids and self.answer(event_id)):
                     self._base_stale = True
                     break
 
@@ -419,18 +420,27 @@ class OrderedLog:
         if cut == 0:
             return None
         key = self._keys[cut - 1]
-        # The fold up to `key`: from the latest checkpoint before it (or the base), on to it.
         candidates = [cp for cp in self._checkpoints if cp[0] <= key]
-        if candidates:
-            start, state = candidates[-1][0], copy_state(candidates[-1][1])
-            first = bisect.bisect_right(self._keys, start)
-        else:
-            state, first = self._resumed(), 0
-        for k in self._keys[first:cut]:
-            apply_event(state, self._by_key[k], self)
+        if candidates:  # the base goes to that checkpoint: nothing is folded again
+            key, checkpoint = candidates[-1]
+            state = copy_state(checkpoint)
+        else:  # the fold up to `key`, from the base
+            state = self._resumed()
+            for k in self._keys[:cut]:
+                apply_event(state, self._by_key[k], self)
         retire_outcomes(state)
+        live = self._state
         self._base = (key, state)
-        self._answered.clear()
+        # Not answered before the old base: answered before the new one only by an answer in between, which
+        # the live state (folded on from the old base, or from before it) holds.
+        answers = live.outcomes if live is not None else {}
+
+        def answered_since(target: str) -> bool:
+            outcome = answers.get(target)
+            at = self._key_of.get(outcome.event) if outcome is not None else None
+            return at is not None and at <= key
+
+        self._answered = {t: known or answered_since(t) for t, known in self._answered.items()}
         cut = bisect.bisect_right(self._keys, key)
         for k in self._keys[:cut]:
             self._held.add(self._by_key.pop(k).id)
