@@ -55,6 +55,12 @@ SEALED_BATCH_BYTES = 4 * 1024 * 1024
 # memory, and a desk starts from the base, not from its whole journal.
 BASE_EVERY = 10_000
 BASE_TAIL_KEPT = 1_000
+# Nor while events may still arrive that sort before it: not while a peer holds events this desk lacks, nor
+# for BULK_SETTLE_S after a journal run (catch-up brings one desk's events at a time, not in order), nor over
+# events younger than SETTLE_MS (a live peer's concurrent scans). An event that sorts before the base is still
+# right (the base is refolded from the journal), but a refold costs a pass over history.
+BULK_SETTLE_S = 5.0
+SETTLE_MS = 10_000
 
 
 def wall_ms() -> int:
@@ -170,6 +176,7 @@ class EventLog:
         self._uncommitted: set[str] = set()  # received events integrated, their journal rows not yet committed
         self._in_flight_keys: dict[str, OrderKey] = {}  # local events being written, not yet integrated
         self._base_due = BASE_EVERY  # when the fold's base is next tried (events after it)
+        self._bulk_until = 0.0  # monotonic time until which no base is taken (see BULK_SETTLE_S)
         self.vector: dict[str, int] = {}  # node -> highest seq held (a prefix: Automerge delivers in order)
         self.revoked: dict[str, int] = {}  # node -> last seq accepted from it (kept as events arrive)
         self.revoked_by: dict[str, str] = {}  # node -> the revoke event whose `upto` stands
@@ -572,6 +579,7 @@ class EventLog:
                                             f"run of {node[:12]} from {first} leaves a gap after {held}"), peer)
         raws = raws[held + 1 - first:]
         first = held + 1
+        self._bulk_until = time.monotonic() + BULK_SETTLE_S
         records: list[tuple[NodeRecord, bytes]] = []
         signer = self.records.get(node)
         if record_raw is not None and record_raw != self.records_raw.get(node):  # new to us, or newer
@@ -817,7 +825,7 @@ class EventLog:
         reads the journal). Local events being written sort after it: the saved base holds exactly the
         journal's rows up to its key, among those up to its position, and a restart finds any other."""
         self._base_due = self.ordered_log.after_base + BASE_TAIL_KEPT  # tried again later if it cannot move
-        if self.failed:
+        if self.failed or time.monotonic() < self._bulk_until or self.catchup.behind(self.vector):
             return
         try:
             voided, uncommitted = self.state.voided, self._uncommitted
@@ -826,7 +834,8 @@ class EventLog:
                 return e.id in uncommitted or (e.problem is None and e.kind in DESK_KINDS and e.id not in voided
                                                and not self.answered(e.id))
 
-            before = min(self._in_flight_keys.values(), default=None)
+            settled = (self.clock.last.wall - SETTLE_MS, 0, "", 0)
+            before = min([*self._in_flight_keys.values(), settled])
             base = self.ordered_log.advance_base(self.ordered_log.tail_key(-BASE_TAIL_KEPT), kept, before=before)
             if base is None:
                 return

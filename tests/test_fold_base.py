@@ -24,6 +24,8 @@ EVERY, KEPT = 60, 15
 def small_bases(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(eventlog, "BASE_EVERY", EVERY)
     monkeypatch.setattr(eventlog, "BASE_TAIL_KEPT", KEPT)
+    monkeypatch.setattr(eventlog, "SETTLE_MS", 0)  # these desks write their history within seconds
+    monkeypatch.setattr(eventlog, "BULK_SETTLE_S", 0.0)
 
 
 async def quiet(log: EventLog) -> None:
@@ -185,3 +187,23 @@ async def test_the_base_moves_while_scans_are_always_in_flight(tmp_path: Path) -
     await again.start()
     assert full_summary(again) == before and len(again.state.loans) == 200
     again.close()
+
+
+async def test_no_base_is_taken_while_events_may_still_come_that_sort_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A desk that knows a peer holds more than it does (catching up), or that has just received runs, keeps
+    its history in memory for now: what comes next would sort inside it and cost a refold from the journal."""
+    log = make_log(tmp_path, "a")
+    await log.start()
+    log.catchup.plan("peer", {"0" * 32: 5}, log.epoch.tag, log.vector, log.epoch)  # a peer holds 5 we lack
+    await traffic(log, 200, random.Random(5))
+    assert log.ordered_log.base_key is None and log.catchup.behind(log.vector)
+    log.catchup.seen.clear()
+    monkeypatch.setattr(eventlog, "SETTLE_MS", 3_600_000)  # none of these scans is an hour old
+    await traffic(log, 100, random.Random(6))
+    assert log.ordered_log.base_key is None
+    monkeypatch.setattr(eventlog, "SETTLE_MS", 0)
+    await traffic(log, 100, random.Random(7))
+    assert log.ordered_log.base_key is not None and full_summary(log) == whole(log)
+    log.close()

@@ -26,6 +26,7 @@ class CatchUp:
     def __init__(self, window: int = WINDOW) -> None:
         self.window = window
         self._claims: dict[str, tuple[Hashable, int]] = {}  # node -> (link asked, last seq asked)
+        self.seen: dict[str, int] = {}  # node -> the most any peer said it holds (hello, tip)
 
     def plan(self, peer: Hashable, peer_vector: Mapping[str, int], peer_epoch: EpochTag,
              vector: Mapping[str, int], epoch: Epoch) -> list[Range]:
@@ -34,6 +35,9 @@ class CatchUp:
         # desk behind us: what only it holds it would carry into the new document once it moves, but a rival
         # seal it holds may be the one that wins, and no seal moves it there but by a run)
         out: list[Range] = []
+        for node, theirs in peer_vector.items():
+            if theirs > self.seen.get(node, 0):
+                self.seen[node] = theirs
         for node, theirs in sorted(peer_vector.items()):
             limit = min(theirs, epoch.upto.get(node, 0)) if same else theirs
             have = vector.get(node, 0)
@@ -48,6 +52,10 @@ class CatchUp:
         """`peer` sent all it will of what it was asked for `node`."""
         if self._claims.get(node, ("",))[0] == peer:
             del self._claims[node]
+
+    def behind(self, vector: Mapping[str, int]) -> bool:
+        """Whether a peer said it holds events this desk (holding `vector`) does not hold yet."""
+        return any(seq > vector.get(node, 0) for node, seq in self.seen.items())
 
     def release(self, peer: Hashable) -> None:
         """The link to `peer` went away: what it was asked may be asked of another."""
