@@ -34,7 +34,7 @@ from node.crdt.hlc import DEFAULT_MAX_DRIFT_MS, Hlc, HybridClock
 from node.crdt.order import OrderedLog, OrderKey, causal_sequence
 from node.crdt.records import NodeRecord, decode_record, make_record, record_key
 from node.crdt.refusals import Refusal, Refused
-from node.crdt.state import CirculationState, Outcome, answered
+from node.crdt.state import CirculationState, Loan, Outcome, answered
 from node.crdt.verify import verify_run, verify_touched
 from node.discovery.catchup import CatchUp
 from node.storage import db
@@ -329,6 +329,9 @@ class EventLog:
             body = applied.body
             outcome = Outcome(body["status"], body["message"], body["term"], applied.id)
         return outcome
+
+    def base_loans(self) -> Mapping[str, Loan]:
+        return self.ordered_log.base_loans
 
     def holds(self, event_id: str) -> bool:
         if event_id in self.ordered_log.by_id:

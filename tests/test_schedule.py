@@ -7,6 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from node.crdt.state import Loan
 from node.ilsbridge.schedule import UploadSchedule, keys_of, renewal_patrons
 from tests.factories import DUE, SimDesk
 
@@ -95,3 +96,20 @@ def test_a_renewal_without_patron_renews_the_loan_its_desk_had_seen() -> None:
                                            latest.id: "P3", from_renewal.id: "P4"}
     # a voided checkout lends nothing
     assert renewal_patrons(events, {relent.id: "void"})[latest.id] is None
+
+
+def test_a_renewal_of_a_loan_in_history_names_the_patron_the_base_holds() -> None:
+    """The checkout left memory with the fold's base: the base's loan stands for it, if the renewing desk had it."""
+    a, b = SimDesk(), SimDesk()
+    lent = a.write("checkout", patron="P1", item="I1", due=DUE)
+    b.receive(lent)
+    concurrent = a.write("checkout", patron="P2", item="I2", due=DUE)
+    renew_seen = b.write("renew", item="I1")
+    renew_unseen = b.write("renew", item="I2")  # b never had a's loan of I2
+    base = {"I1": Loan("I1", "P1", DUE, lent.id, lent.node, lent.at),
+            "I2": Loan("I2", "P2", DUE, concurrent.id, concurrent.node, concurrent.at)}
+    assert renewal_patrons([renew_seen, renew_unseen], {}, base) == {renew_seen.id: "P1", renew_unseen.id: None}
+    returned = a.write("checkin", item="I1")  # in memory, before the renewal: the log knows no loan
+    b.receive(returned)
+    after = b.write("renew", item="I1")
+    assert renewal_patrons([returned, after], {}, base) == {after.id: None}

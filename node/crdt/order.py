@@ -37,6 +37,7 @@ from node.crdt.event import Event
 from node.crdt.state import (
     CirculationState,
     InMemory,
+    Loan,
     Settlements,
     apply_event,
     begin_with,
@@ -211,6 +212,11 @@ class OrderedLog:
     @property
     def base_key(self) -> OrderKey | None:
         return self._base[0] if self._base is not None else None
+
+    @property
+    def base_loans(self) -> Mapping[str, Loan]:
+        """The open loans as the base holds them (none without a base)."""
+        return self._base[1].loans if self._base is not None else {}
 
     @property
     def after_base(self) -> int:

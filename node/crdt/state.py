@@ -111,7 +111,7 @@ def _conflict(state: CirculationState, conflict: Conflict) -> None:
     state.conflicts.setdefault(conflict.id, conflict)
 
 
-def _lent_before(loan: Loan, e: Event) -> bool:
+def lent_before(loan: Loan, e: Event) -> bool:
     """Whether the writer of `e` held the checkout that made `loan` (read from the ids alone: the checkout
     may be long out of memory, folded into a checkpoint)."""
     node, _, seq = (loan.event or "").partition(":")
@@ -125,7 +125,7 @@ def _checkout(state: CirculationState, e: Event) -> None:
     loan = Loan(item, patron, e.body.get("due"), e.id, e.node, e.at)
     current = state.loans.get(item)
     if current is not None and current.patron != patron:
-        if current.event is None or _lent_before(current, e):
+        if current.event is None or lent_before(current, e):
             _conflict(state, c.make_conflict(
                 c.LENT_WHILE_ON_LOAN, item=item, patrons=(current.patron, patron),
                 events=tuple(x for x in (current.event, e.id) if x), needs_admin=not e.body.get("override"),

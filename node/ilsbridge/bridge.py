@@ -21,12 +21,12 @@ import contextlib
 import logging
 import sqlite3
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 from node.crdt.event import Event
-from node.crdt.state import CirculationState
+from node.crdt.state import CirculationState, Loan
 from node.eventlog import Arrival, wall_ms
 from node.ilsbridge.adapters.base import IlsAdapter, IlsUnavailable
 from node.ilsbridge.mapping import IlsTime, ils_times, operation_of
@@ -79,6 +79,9 @@ class UploadLog(CirculationView, Protocol):
         """Events in the current epoch's document: the bridge seals it when there are enough."""
 
     async def seal(self, staff: str = "bridge") -> Event: ...
+
+    def base_loans(self) -> Mapping[str, Loan]:
+        """The open loans as the fold's base holds them: a renewal of a loan lent before it names its patron."""
 
 
 def log_clock_offset(eventlog: CirculationView) -> Callable[[str], tuple[int, str] | None]:
@@ -205,7 +208,7 @@ class Bridge:
         self._times = ils_times(ordered, self.clock_offset, sent_times(by_id.get, state))
         schedule = UploadSchedule(pending, held=held_events(state))
         if any(e.kind == "renew" and not e.body.get("patron") for e in pending):
-            self._renewal_patrons = renewal_patrons(in_memory, state.voided)
+            self._renewal_patrons = renewal_patrons(in_memory, state.voided, self.log.base_loans())
         in_flight: dict[asyncio.Task[tuple[Event, Outcome]], Event] = {}
         failures: Counter[str] = Counter()
         self.uploading = True

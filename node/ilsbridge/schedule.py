@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 
 from node.crdt.event import DESK_KINDS, Event
-from node.crdt.state import CirculationState
+from node.crdt.state import CirculationState, Loan, lent_before
 
 
 def keys_of(event: Event) -> tuple[str, ...]:
@@ -35,13 +35,16 @@ def pending_events(ordered: Iterable[Event], state: CirculationState, answered: 
             if e.problem is None and e.kind in DESK_KINDS and e.id not in state.voided and not answered(e.id)]
 
 
-def renewal_patrons(ordered: Iterable[Event], voided: Mapping[str, str]) -> dict[str, str | None]:
+def renewal_patrons(ordered: Iterable[Event], voided: Mapping[str, str], before: Mapping[str, Loan] | None = None
+                    ) -> dict[str, str | None]:
     """For each renewal that names no patron, whose loan it renews as the log tells, or None.
 
     A desk renews the loan it can see: the latest checkout of the item (or renewal naming a patron) among
     the events its writer had when it scanned (happened-before, not merely earlier in the order: a
     concurrent checkout at a desk it could not reach is not the loan it meant). A checkin among those,
-    later than the checkout, means the log knows no loan. Voided events do not count. Pure, one pass."""
+    later than the checkout, means the log knows no loan. Voided events do not count. `before`: the loans
+    as the fold's base holds them, for items with none of those events in `ordered` (history out of memory).
+    Pure, one pass."""
     history: dict[str, list[Event]] = {}  # item -> its checkouts, checkins and patron-naming renewals, in order
     patrons: dict[str, str | None] = {}
     for event in ordered:
@@ -49,8 +52,12 @@ def renewal_patrons(ordered: Iterable[Event], voided: Mapping[str, str]) -> dict
         if event.kind not in ("checkout", "checkin", "renew") or not item or event.id in voided:
             continue
         if event.kind == "renew" and not event.body.get("patron"):
-            known = (e for e in reversed(history.get(item, ())) if e.happened_before(event))
-            patrons[event.id] = next((e.body.get("patron") for e in known), None)  # a checkin names none
+            known = [e for e in reversed(history.get(item, ())) if e.happened_before(event)]
+            if known:
+                patrons[event.id] = known[0].body.get("patron")  # a checkin names none
+            else:
+                loan = (before or {}).get(item)
+                patrons[event.id] = loan.patron if loan is not None and lent_before(loan, event) else None
             continue
         history.setdefault(item, []).append(event)
     return patrons
