@@ -262,8 +262,7 @@ class EventLog:
                 self._note(event, row.raw)
             else:
                 self._integrate(event, row.raw, local=False, notify=False, pos=row.pos)
-        for node, raw in (loaded.tips or {}).items():
-            seq = int(decode_kept(raw, "").seq)
+        for node, (seq, raw) in (loaded.tips or {}).items():
             if seq > self.vector.get(node, 0):
                 self.vector[node] = seq
                 self._latest_raw[node] = raw

@@ -189,6 +189,7 @@ class OrderedLog:
         self._base: Base | None = None  # never mutated: resumed from as a copy
         self._base_stale = False  # an event or an answer changes what the base holds: refold it first
         self._held: set[str] = set()  # events in memory that sort at or before the base
+        self._held_sorted: list[Event] | None = None  # them in order (read on every /status and upload round)
         self._answers: dict[str, Event] = {}  # every void and resolve, in memory or not
         self._settlements = Settlements({}, {}, {})
         self._answered: dict[str, bool] = {}  # target -> answered before the base (see `answered`)
@@ -205,8 +206,9 @@ class OrderedLog:
 
     def __iter__(self) -> Iterator[Event]:
         """The events in memory, in order: the whole log until a base is taken (see `advance_base`)."""
-        held = sorted((self._key_of[i], self.by_id[i]) for i in self._held)
-        yield from (e for _, e in held)
+        if self._held_sorted is None:
+            self._held_sorted = [self.by_id[i] for i in sorted(self._held, key=self._key_of.__getitem__)]
+        yield from self._held_sorted
         yield from (self._by_key[k] for k in self._keys)
 
     @property
@@ -264,6 +266,7 @@ class OrderedLog:
         key = self._stamp(event, event_id)
         if self._base is not None and key <= self._base[0]:  # late: it changes what the base holds
             self._held.add(event_id)
+            self._held_sorted = None
             self._base_stale = True
             self._state = None
             self._checkpoints.clear()
@@ -378,10 +381,12 @@ class OrderedLog:
         self._missing.clear()
         stamped = {self._stamp(e, e.id): e for e in causal_sequence(events)}
         self._held.clear()
+        self._held_sorted = None
         self._by_key = {}
         for key, e in stamped.items():
             if self._base is not None and key <= self._base[0]:
                 self._held.add(e.id)
+                self._held_sorted = None
             else:
                 self._by_key[key] = e
         self._keys = sorted(self._by_key)
@@ -411,6 +416,7 @@ class OrderedLog:
         self.by_id[event.id] = event
         self._key_of[event.id] = key
         self._held.add(event.id)
+        self._held_sorted = None
 
     def advance_base(self, limit: OrderKey, keep: Callable[[Event], bool], before: OrderKey | None = None
                      ) -> Base | None:
@@ -450,6 +456,7 @@ class OrderedLog:
         cut = bisect.bisect_right(self._keys, key)
         for k in self._keys[:cut]:
             self._held.add(self._by_key.pop(k).id)
+            self._held_sorted = None
         del self._keys[:cut]
         self._checkpoints = [cp for cp in self._checkpoints if cp[0] > key]
         self.release(keep)
@@ -461,6 +468,7 @@ class OrderedLog:
             return
         for event_id in [i for i in self._held if not keep(self.by_id[i])]:
             self._held.discard(event_id)
+            self._held_sorted = None
             del self.by_id[event_id], self._key_of[event_id]
 
     def _refold_base(self) -> None:

@@ -76,7 +76,7 @@ class Loaded:
     meta: dict[str, str]
     base: SavedBase | None = None
     kept: list[Row] | None = None  # with a base: the events of KEPT_KINDS it holds
-    tips: dict[str, bytes] | None = None  # with a base: each desk's latest event as kept
+    tips: dict[str, tuple[int, bytes]] | None = None  # with a base: each desk's latest seq and event as kept
     count: int = 0  # events in the journal
     last_pos: int = 0
 
@@ -142,8 +142,9 @@ class Store:
                 f"SELECT {_COLUMNS} FROM journal WHERE kind IN ({_KEPT}) "  # literal: the partial index applies
                 "AND (wall, counter, node, seq) <= (?, ?, ?, ?) AND pos <= ? ORDER BY wall, counter, node, seq",
                 (*k, saved_base.pos))]
-            tips = dict(c.execute("SELECT j.node, j.raw FROM journal j JOIN (SELECT node, MAX(seq) AS seq "
-                                  "FROM journal GROUP BY node) t ON j.node = t.node AND j.seq = t.seq"))
+            tips = {node: (seq, raw) for node, seq, raw in c.execute(
+                "SELECT j.node, j.seq, j.raw FROM journal j JOIN (SELECT node, MAX(seq) AS seq FROM journal "
+                "GROUP BY node) t ON j.node = t.node AND j.seq = t.seq")}
         records = dict(c.execute("SELECT node, raw FROM records"))
         saved = c.execute("SELECT bytes, upto FROM saved WHERE id = 1").fetchone()
         upto = saved[1] if saved else 0
