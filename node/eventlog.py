@@ -177,6 +177,7 @@ class EventLog:
         self._in_flight_keys: dict[str, OrderKey] = {}  # local events being written, not yet integrated
         self._base_due = BASE_EVERY  # when the fold's base is next tried (events after it)
         self._bulk_until = 0.0  # monotonic time until which no base is taken (see BULK_SETTLE_S)
+        self._saved_refolds = 0  # the base refolds (order.py) when the base was last saved
         self.vector: dict[str, int] = {}  # node -> highest seq held (a prefix: Automerge delivers in order)
         self.revoked: dict[str, int] = {}  # node -> last seq accepted from it (kept as events arrive)
         self.revoked_by: dict[str, str] = {}  # node -> the revoke event whose `upto` stands
@@ -266,6 +267,7 @@ class EventLog:
             if seq > self.vector.get(node, 0):
                 self.vector[node] = seq
                 self._latest_raw[node] = raw
+        self.ordered_log.opened()
         self._stamps_due = []
 
     async def start(self) -> None:
@@ -413,6 +415,7 @@ class EventLog:
             self.doc_events += 1
             self._count_change(len(chunks))
             self._advance()
+            self._move_base_if_due()
             self._wake()
         return event
 
@@ -498,6 +501,7 @@ class EventLog:
             self.doc_events += 0 if sealed else len(built)
             self._count_change(len(chunks))
             self._advance()
+            self._move_base_if_due()
             self._wake()
         return [e for e, _ in built]
 
@@ -568,6 +572,7 @@ class EventLog:
         self._persist_remote(before, entries, verdict.records)  # the journal stays in causal order too
         self.doc_events += len(arrived)
         self._advance()
+        self._move_base_if_due()
         self._wake()
         return len(verdict.events)
 
@@ -618,6 +623,7 @@ class EventLog:
         self._write_stamps([])
         self._count_change(len(chunks))
         self._advance()
+        self._move_base_if_due()
         self._wake()
         return len(verdict.events)
 
@@ -780,8 +786,6 @@ class EventLog:
                     listener(arrival)
                 except Exception:
                     log.exception("event listener failed")
-        if notify and self.ordered_log.after_base >= self._base_due:
-            self._move_base()
         return arrival
 
     def _note(self, event: Event, raw: bytes) -> None:
@@ -821,6 +825,25 @@ class EventLog:
         if fixes:
             self._submit_remote([db.journal_stamps(fixes)])
 
+    def _move_base_if_due(self) -> None:
+        """Called once what was just taken in is submitted to the journal (never in the middle of a batch: the
+        batch's events would leave memory before the journal could give them back). A base refolded in memory
+        (a late event, an answer about history) is saved too, or every start would refold it again."""
+        if self.ordered_log.after_base >= self._base_due:
+            self._move_base()
+        elif self.ordered_log.base_refolds != self._saved_refolds and not self.failed:
+            base = self.ordered_log.current_base
+            if base is not None:
+                self._save_base(base)
+
+    def _save_base(self, base: tuple[OrderKey, CirculationState]) -> None:
+        """Everything submitted so far sorts after it or is in it: it holds the journal's rows up to its key
+        among those up to the last position given."""
+        self._saved_refolds = self.ordered_log.base_refolds
+        held = sorted(self.ordered_log.held_ids)
+        self.store.submit([db.base_save(checkpoint.encode(*base), base[0], held, self._next_pos - 1)]
+                          ).add_done_callback(self._remote_committed)
+
     def _move_base(self) -> None:
         """Moves the fold's base to leave BASE_TAIL_KEPT events after it and saves it. The events up to it
         leave memory, except open work, and those whose journal rows are not committed yet (the history
@@ -841,12 +864,10 @@ class EventLog:
             base = self.ordered_log.advance_base(self.ordered_log.tail_key(-BASE_TAIL_KEPT), kept, before=before)
             if base is None:
                 return
-            held = sorted(self.ordered_log.held_ids)
-            self.store.submit([db.base_save(checkpoint.encode(*base), base[0], held, self._next_pos - 1)]
-                              ).add_done_callback(self._remote_committed)
+            self._save_base(base)
             self._base_due = BASE_EVERY
             log.info("the fold's base moved: %d events in memory (%d of them before it: open work)",
-                     len(self.ordered_log), len(held))
+                     len(self.ordered_log), len(self.ordered_log.held_ids))
         except Exception:  # memory stays as it was: a fold from the start is still right
             log.exception("the fold's base could not be moved")
 

@@ -193,6 +193,8 @@ class OrderedLog:
         self._answers: dict[str, Event] = {}  # every void and resolve, in memory or not
         self._settlements = Settlements({}, {}, {})
         self._answered: dict[str, bool] = {}  # target -> answered before the base (see `answered`)
+        self._answers_in_memory: dict[str, set[str]] = {}  # target -> readable `applied` events in memory
+        self._opening = False  # a base restored, the events after it not all added yet (see `opened`)
         self.refolds = 0
         self.resumes = 0  # folds resumed from a checkpoint
         self.restamps = 0
@@ -214,6 +216,11 @@ class OrderedLog:
     @property
     def base_key(self) -> OrderKey | None:
         return self._base[0] if self._base is not None else None
+
+    @property
+    def current_base(self) -> Base | None:
+        """The base, if it is up to date (not due for a refold)."""
+        return self._base if not self._base_stale else None
 
     @property
     def base_loans(self) -> Mapping[str, Loan]:
@@ -255,6 +262,7 @@ class OrderedLog:
         if event_id in self.by_id:
             return False
         self.by_id[event_id] = event
+        self._index_answer(event)
         answer = event.kind in ("void", "resolve")
         if answer:
             self._answers[event_id] = event
@@ -312,10 +320,32 @@ class OrderedLog:
         return known
 
     def answer(self, target: str) -> Event | None:
-        """The `applied` event, before the base, that answered `target` (the outcome the state retired)."""
+        """The `applied` event, before the base, that answered `target` (the outcome the state retired): the
+        first in the journal or in memory (a late one may not be committed yet)."""
         if self._base is None:
             return None
-        return self._history.answer(target, self._base[0], self._settlements.voided)
+        base_key, voided = self._base[0], self._settlements.voided
+        found = self._history.answer(target, base_key, voided)
+        at = (self._key_of.get(found.id) or self._history.key(found.id)) if found is not None else None
+        for event_id in self._answers_in_memory.get(target, ()):
+            key = self._key_of.get(event_id)
+            if key is not None and key <= base_key and event_id not in voided and (at is None or key < at):
+                found, at = self.by_id[event_id], key
+        return found
+
+    def _index_answer(self, event: Event) -> None:
+        if event.kind == "applied" and event.problem is None and isinstance(target := event.body.get("event"), str):
+            self._answers_in_memory.setdefault(target, set()).add(event.id)
+
+    def _forget(self, event_id: str) -> None:
+        event = self.by_id.pop(event_id)
+        del self._key_of[event_id]
+        if event.kind == "applied" and isinstance(target := event.body.get("event"), str):
+            ids = self._answers_in_memory.get(target)
+            if ids is not None:
+                ids.discard(event_id)
+                if not ids:
+                    del self._answers_in_memory[target]
 
     def _answers_changed(self) -> None:
         keys = {i: self._key_of.get(i) or self._history.key(i) for i in self._answers}
@@ -324,9 +354,18 @@ class OrderedLog:
         self._answered.clear()
         self._state = None
         self._checkpoints.clear()
-        if self._base is not None and not self._base_stale:
+        if self._base is not None:
             base_key, base = self._base
             new = self._settlements
+            # An event voided when the base moved left memory even if it was open work; voided no more, it
+            # must be back in memory (the bridge, `/status`, the upload report read open work there).
+            for event_id in base.voided.keys() - new.voided.keys():
+                if event_id not in self.by_id and (event := self._history.event(event_id)) is not None:
+                    key = self._history.key(event_id)
+                    if key is not None and key <= base_key:
+                        self.hold(event, key)
+            if self._base_stale or self._opening:
+                return
             voids = base.voided.keys() ^ new.voided.keys()
             for event_id in voids | (set(base.settled.values()) ^ set(new.settled.values())):
                 key = self._key_of.get(event_id) or self._history.key(event_id)
@@ -407,13 +446,21 @@ class OrderedLog:
         """Starts from a base read back (before any event is added): `answers` are those it holds."""
         self._base = base
         self._answered.clear()
+        self._opening = True
         for e in answers:
             self._answers[e.id] = e
         self._answers_changed()
 
+    def opened(self) -> None:
+        """Every event after the restored base is added: the answers are what the base was folded with, unless
+        the journal holds some it did not (a refold, then)."""
+        self._opening = False
+        self._answers_changed()
+
     def hold(self, event: Event, key: OrderKey) -> None:
-        """An event the restored base holds, kept in memory (open work) with the key it was given."""
+        """An event the base holds, kept in memory (open work) with the key it was given."""
         self.by_id[event.id] = event
+        self._index_answer(event)
         self._key_of[event.id] = key
         self._held.add(event.id)
         self._held_sorted = None
@@ -469,7 +516,7 @@ class OrderedLog:
         for event_id in [i for i in self._held if not keep(self.by_id[i])]:
             self._held.discard(event_id)
             self._held_sorted = None
-            del self.by_id[event_id], self._key_of[event_id]
+            self._forget(event_id)
 
     def _refold_base(self) -> None:
         """The base again, from the history merged with what memory holds before it (late events)."""
