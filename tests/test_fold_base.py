@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import node.eventlog as eventlog
+from node.crdt.event import Event
 from node.crdt.state import CirculationState, fold
 from node.eventlog import EventLog
 from tests.test_epochs import make_log, settle
@@ -98,10 +99,7 @@ async def test_history_leaves_memory_and_a_desk_restarts_from_its_base(tmp_path:
 async def test_a_late_desk_sorting_before_the_base_refolds_it_on_every_desk(tmp_path: Path) -> None:
     """A desk cut off for a while, its clock behind: its scans sort before the others' bases. Every desk ends
     with the fold of all events, before and after a restart."""
-    a, b, late = (make_log(tmp_path, n) for n in ("a", "b", "late"))
-    for log in (a, b, late):
-        await log.start()
-    await settle([a, b, late])
+    a, b, late = await started(tmp_path, "a", "b", "late")
     rng = random.Random(2)
     offline = await traffic(late, 40, rng, answer=0, prefix="I")  # on items the others lend too
     for _ in range(3):
@@ -129,13 +127,28 @@ async def test_a_late_desk_sorting_before_the_base_refolds_it_on_every_desk(tmp_
         again.close()
 
 
-async def test_an_answer_about_history_refolds_the_base(tmp_path: Path) -> None:
-    log = make_log(tmp_path, "a")
+async def started(root: Path, *names: str) -> list[EventLog]:
+    """Desks started, and linked to each other once."""
+    logs = [make_log(root, name) for name in names]
+    for log in logs:
+        await log.start()
+    await settle(logs)
+    return logs
+
+
+async def answered_history(root: Path) -> tuple[EventLog, Event]:
+    """Desk "a", whose first scan (of item OLD), answered by the ILS, its base has moved past."""
+    log = make_log(root, "a")
     await log.start()
     first = await log.append("checkout", {"item": "OLD", "patron": "P1"}, "staff")
     await log.append("applied", {"event": first.id, "status": "applied", "message": "", "term": 1}, "bridge")
     await traffic(log, 200, random.Random(3))
     await quiet(log)
+    return log, first
+
+
+async def test_an_answer_about_history_refolds_the_base(tmp_path: Path) -> None:
+    log, first = await answered_history(tmp_path)
     assert log.ordered_log.base_key is not None and first.id not in log.ordered_log.by_id
     assert log.state.loans.get("OLD") is not None
     refolds = log.ordered_log.base_refolds

@@ -12,7 +12,15 @@ import pytest
 from node.eventlog import EventLog
 from node.ilsbridge.schedule import pending_events
 from tests.test_epochs import make_log, settle
-from tests.test_fold_base import full_summary, quiet, small_bases, traffic, whole  # noqa: F401 - a fixture
+from tests.test_fold_base import (  # noqa: F401 - small_bases is a fixture
+    answered_history,
+    full_summary,
+    quiet,
+    small_bases,
+    started,
+    traffic,
+    whole,
+)
 
 
 def when_the_base_moves_in(log: EventLog, then: object) -> list[bool]:
@@ -38,10 +46,7 @@ def when_the_base_moves_in(log: EventLog, then: object) -> list[bool]:
 async def test_a_base_moved_by_a_peers_batch_keeps_every_event_readable(tmp_path: Path, in_window: bool) -> None:
     """Another link's late run right after (before the batch's fsync) or later: every desk ends with the fold
     of all events."""
-    a, b, c = (make_log(tmp_path, n) for n in ("a", "b", "c"))
-    for log in (a, b, c):
-        await log.start()
-    await settle([a, b, c])
+    a, b, c = await started(tmp_path, "a", "b", "c")
     rng = random.Random(9)
     await traffic(c, 10, rng, answer=0)  # c: cut off, its scans sort early
     await traffic(a, 200, rng)
@@ -65,10 +70,7 @@ async def test_a_base_moved_by_a_peers_batch_keeps_every_event_readable(tmp_path
 async def test_no_predecessor_goes_missing_when_the_base_moves_mid_batch(tmp_path: Path) -> None:
     """An event naming one the base just moved past must find it: else it waits for it forever, and the base
     never moves again."""
-    a, b, d = (make_log(tmp_path, n) for n in ("a", "b", "d"))
-    for log in (a, b, d):
-        await log.start()
-    await settle([a, b, d])
+    a, b, d = await started(tmp_path, "a", "b", "d")
     rng = random.Random(9)
     await traffic(a, 100, rng)
     await settle([a, d])
@@ -89,10 +91,7 @@ async def test_no_predecessor_goes_missing_when_the_base_moves_mid_batch(tmp_pat
 
 async def late_answer(tmp_path: Path) -> tuple[EventLog, str]:
     """A desk cut off (an old bridge) answered a scan; its `applied` reaches `a` after a's base moved past it."""
-    a, c = make_log(tmp_path, "a"), make_log(tmp_path, "c")
-    for log in (a, c):
-        await log.start()
-    await settle([a, c])
+    a, c = await started(tmp_path, "a", "c")
     scan = await a.append("checkout", {"item": "X", "patron": "P"}, "staff")
     await settle([a, c])
     await c.append("applied", {"event": scan.id, "status": "applied", "message": "", "term": 1}, "bridge")
@@ -132,10 +131,7 @@ def pending(log: EventLog) -> set[str]:
 async def test_a_scan_voided_no_more_is_open_work_again(tmp_path: Path) -> None:
     """An admin's answer voided a scan, which left memory with the base; a rival answer disputes it (neither
     stands): the scan is open work again, and the bridge must see it."""
-    a, b = make_log(tmp_path, "a"), make_log(tmp_path, "b")
-    for log in (a, b):
-        await log.start()
-    await settle([a, b])
+    a, b = await started(tmp_path, "a", "b")
     ea = await a.append("checkout", {"item": "X", "patron": "PA"}, "staff")
     eb = await b.append("checkout", {"item": "X", "patron": "PB"}, "staff")
     await settle([a, b])
@@ -153,12 +149,7 @@ async def test_a_scan_voided_no_more_is_open_work_again(tmp_path: Path) -> None:
 
 
 async def test_a_restart_after_an_answer_about_history_does_not_refold_it_again(tmp_path: Path) -> None:
-    log = make_log(tmp_path, "a")
-    await log.start()
-    first = await log.append("checkout", {"item": "OLD", "patron": "P1"}, "staff")
-    await log.append("applied", {"event": first.id, "status": "applied", "message": "", "term": 1}, "bridge")
-    await traffic(log, 200, random.Random(3))
-    await quiet(log)
+    log, first = await answered_history(tmp_path)
     await log.append("void", {"event": first.id}, "admin")
     _ = log.state
     await log.append("checkout", {"item": "NEW", "patron": "P2"}, "staff")  # the refolded base is saved
