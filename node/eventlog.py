@@ -256,6 +256,7 @@ class EventLog:
         for event in kept:
             self._remember(event)
         held = set(saved.held)
+        integrated = []
         for row in loaded.journal:
             event = decode_kept(row.raw, row.meaning)
             if event.id in held and row.key is not None and row.key <= saved.key and row.pos <= saved.pos:
@@ -263,17 +264,21 @@ class EventLog:
                 self._note(event, row.raw)
             else:
                 self._integrate(event, row.raw, local=False, notify=False, pos=row.pos)
+                integrated.append((event, row))
         for node, (seq, raw) in (loaded.tips or {}).items():
             if seq > self.vector.get(node, 0):
                 self.vector[node] = seq
                 self._latest_raw[node] = raw
         self.ordered_log.opened()
-        self._stamps_due = []
+        # A crash between a local event's commit and the fix of its key (a peer's clock ran ahead) left its
+        # hlc as its key: the key computed now is written back.
+        self._stamps_due = [(event.id, key, event.kind, _target(event)) for event, row in integrated
+                            if row.key != (key := self.ordered_log.key_of(event.id))]
 
     async def start(self) -> None:
         """Publishes this node's record (its key and desk name) if the document lacks it, and moves the
         document to the epoch the journal says (a crash may have come between a seal and the move)."""
-        if self._stamps_due:  # a journal from before order stamps were kept: written once
+        if self._stamps_due:  # a journal from before order stamps were kept, or a key left unfixed: written once
             self.store.submit([db.journal_stamps(self._stamps_due)]).add_done_callback(self._remote_committed)
             self._stamps_due = []
         self._advance()

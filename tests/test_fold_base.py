@@ -220,3 +220,22 @@ async def test_no_base_is_taken_while_events_may_still_come_that_sort_before_it(
     await traffic(log, 100, random.Random(7))
     assert log.ordered_log.base_key is not None and full_summary(log) == whole(log)
     log.close()
+
+
+async def test_a_key_a_crash_left_unfixed_is_written_back_at_start(tmp_path: Path) -> None:
+    """A local event is written with its hlc as its key and fixed once folded (a peer's clock ran ahead): a
+    crash in between leaves the wrong key in the journal, and the next start from the base writes it back."""
+    log, _ = await answered_history(tmp_path)
+    last = await log.append("checkout", {"item": "LAST", "patron": "P1"}, "staff")
+    await quiet(log)
+    right = log.ordered_log.key_of(last.id)
+    log.close()
+    with sqlite3.connect(tmp_path / "a" / "circmesh.sqlite") as c:
+        c.execute("UPDATE journal SET counter = counter + 7 WHERE id = ?", (last.id,))
+    again = make_log(tmp_path, "a")
+    await again.start()
+    await again.store.commit([])
+    with sqlite3.connect(tmp_path / "a" / "circmesh.sqlite") as c:
+        row = c.execute("SELECT wall, counter FROM journal WHERE id = ?", (last.id,)).fetchone()
+    assert again.ordered_log.base_key is not None and (row[0], row[1]) == right[:2]
+    again.close()
