@@ -29,12 +29,12 @@ from node.cluster import TrustPolicy
 from node.crdt import checkpoint
 from node.crdt.document import DocumentError, LogDocument, SyncState
 from node.crdt.epochs import Epoch, Epochs
-from node.crdt.event import DESK_KINDS, GENESIS, Event, EventError, chain_hash, check_body, decode_kept, make_event
+from node.crdt.event import GENESIS, Event, EventError, chain_hash, check_body, decode_kept, make_event
 from node.crdt.hlc import DEFAULT_MAX_DRIFT_MS, Hlc, HybridClock
-from node.crdt.order import OrderedLog, OrderKey, causal_sequence
+from node.crdt.order import Base, OrderedLog, OrderKey, causal_sequence
 from node.crdt.records import NodeRecord, decode_record, make_record, record_key
 from node.crdt.refusals import Refusal, Refused
-from node.crdt.state import CirculationState, Loan, Outcome, answered
+from node.crdt.state import CirculationState, Loan, Outcome, answered, open_work
 from node.crdt.verify import verify_run, verify_touched
 from node.discovery.catchup import CatchUp
 from node.storage import db
@@ -249,7 +249,7 @@ class EventLog:
         self._stamps_due = [(event.id, key, event.kind, _target(event)) for event, row in journal
                             if row.key != (key := self.ordered_log.key_of(event.id))]
 
-    def _open_from_base(self, loaded: db.Loaded, base: tuple[OrderKey, Any], saved: db.SavedBase) -> None:
+    def _open_from_base(self, loaded: db.Loaded, base: Base, saved: db.SavedBase) -> None:
         """The fold's base, and from the journal only what memory must hold beside it (see db.Store.load)."""
         kept = [decode_kept(row.raw, row.meaning) for row in loaded.kept or ()]
         self.ordered_log.restore_base(base, [e for e in kept if e.kind in ("void", "resolve")])
@@ -319,10 +319,7 @@ class EventLog:
 
     def event(self, event_id: str) -> Event | None:
         """An event held here, from memory or from the journal."""
-        event = self.ordered_log.by_id.get(event_id)
-        if event is None and self.holds(event_id):
-            event = self.ordered_log.history.event(event_id)
-        return event
+        return self.ordered_log.event(event_id) if self.holds(event_id) else None
 
     def answered(self, event_id: str) -> bool:
         """Whether the ILS answered the event (its outcome in the state, or retired with the history)."""
@@ -841,7 +838,7 @@ class EventLog:
             if base is not None:
                 self._save_base(base)
 
-    def _save_base(self, base: tuple[OrderKey, CirculationState]) -> None:
+    def _save_base(self, base: Base) -> None:
         """Everything submitted so far sorts after it or is in it: it holds the journal's rows up to its key
         among those up to the last position given."""
         self._saved_refolds = self.ordered_log.base_refolds
@@ -861,8 +858,7 @@ class EventLog:
             voided, uncommitted = self.state.voided, self._uncommitted
 
             def kept(e: Event) -> bool:
-                return e.id in uncommitted or (e.problem is None and e.kind in DESK_KINDS and e.id not in voided
-                                               and not self.answered(e.id))
+                return e.id in uncommitted or open_work(e, voided, self.answered)
 
             settled = (self.clock.last.wall - SETTLE_MS, 0, "", 0)
             before = min([*self._in_flight_keys.values(), settled])

@@ -11,9 +11,9 @@ from typing import Any, Protocol
 from node.clock_suspects import ClockSuspects
 from node.cluster import Membership
 from node.crdt.epochs import Epoch
-from node.crdt.event import DESK_KINDS
 from node.crdt.hlc import HybridClock
 from node.crdt.refusals import Refusal
+from node.crdt.state import open_work
 from node.eventlog import wall_ms
 from node.ports import CirculationView
 
@@ -100,8 +100,7 @@ class DeskStatus:
     def report(self) -> dict[str, Any]:
         state = self.log.state
         # Open work is in memory (the fold's base keeps it there); history's outcomes are counted in the state.
-        pending = sum(1 for e in self.log.ordered() if e.problem is None and e.kind in DESK_KINDS
-                      and e.id not in state.voided and not self.log.answered(e.id))
+        pending = sum(1 for e in self.log.ordered() if open_work(e, state.voided, self.log.answered))
         applied = state.retired.get("applied", 0)
         refused = sum(n for status, n in state.retired.items() if status != "applied")
         for target, outcome in state.outcomes.items():

@@ -5,10 +5,12 @@ after an answer about history. Real EventLogs and SQLite journals, no sockets (t
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from node.crdt.document import SyncState
 from node.eventlog import EventLog
 from node.ilsbridge.schedule import pending_events
 from tests.test_epochs import make_log, settle
@@ -23,19 +25,19 @@ from tests.test_fold_base import (  # noqa: F401 - small_bases is a fixture
 )
 
 
-def when_the_base_moves_in(log: EventLog, then: object) -> list[bool]:
+def when_the_base_moves_in(log: EventLog, then: Callable[[], None]) -> list[bool]:
     """Wraps log.receive_sync: the first time a peer's batch moves the base, calls `then()`; returns whether
     every event held was readable at that moment (from memory or the journal)."""
     original, seen = log.receive_sync, []
 
-    def wrapped(state: object, message: bytes, peer: str) -> int:
+    def wrapped(state: SyncState, message: bytes, peer: str) -> int:
         before = log.ordered_log.base_key
         log.catchup.seen.clear()  # the peer's tip follows its sync messages: not announced yet
-        n = original(state, message, peer)  # type: ignore[arg-type]
+        n = original(state, message, peer)
         if not seen and log.ordered_log.base_key != before:
             seen.append(all(log.event(f"{node}:{s}") is not None
                             for node, top in log.vector.items() for s in range(1, top + 1)))
-            then()  # type: ignore[operator]
+            then()
         return n
 
     log.receive_sync = wrapped  # type: ignore[method-assign]

@@ -22,7 +22,7 @@ from typing import Protocol
 from node.crdt import conflicts as c
 from node.crdt.clocks import ClockEvidence
 from node.crdt.conflicts import Conflict
-from node.crdt.event import Event
+from node.crdt.event import DESK_KINDS, Event
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,6 +354,12 @@ def fold(
 def answered(state: CirculationState, past: Past, event_id: str) -> bool:
     """Whether the ILS answered the event: an outcome in the state, or one retired with the history."""
     return event_id in state.outcomes or past.answered(event_id)
+
+
+def open_work(event: Event, voided: Mapping[str, str], answered: Callable[[str], bool]) -> bool:
+    """A desk event the ILS must still be given: readable, not voided, not answered (the bridge uploads these;
+    the fold's base keeps them in memory)."""
+    return event.problem is None and event.kind in DESK_KINDS and event.id not in voided and not answered(event.id)
 
 
 def retire_outcomes(state: CirculationState) -> None:

@@ -13,8 +13,8 @@ import heapq
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 
-from node.crdt.event import DESK_KINDS, Event
-from node.crdt.state import CirculationState, Loan, lent_before
+from node.crdt.event import Event
+from node.crdt.state import CirculationState, Loan, lent_before, open_work
 
 
 def keys_of(event: Event) -> tuple[str, ...]:
@@ -31,8 +31,7 @@ def pending_events(ordered: Iterable[Event], state: CirculationState, answered: 
                    ) -> list[Event]:
     """Desk events, in causal order, that are neither voided nor answered by the ILS yet (`answered`: the
     state's outcomes, and those retired with the history)."""
-    return [e for e in ordered
-            if e.problem is None and e.kind in DESK_KINDS and e.id not in state.voided and not answered(e.id)]
+    return [e for e in ordered if open_work(e, state.voided, answered)]
 
 
 def renewal_patrons(ordered: Iterable[Event], voided: Mapping[str, str], before: Mapping[str, Loan] | None = None
