@@ -1,7 +1,7 @@
 """Catch-up (issue 9): one desk that lacks N events absorbs them from one peer, in this process.
 
 The peer's journal holds N events written by 7 desks (a healed partition, or a desk back after a week);
-its document was sealed, so they travel as journal runs: read from the peer's SQLite journal
+it then sealed its document, so they travel as journal runs: read from the peer's SQLite journal
 (EventLog.read_run), then verified and kept by the empty desk (EventLog.receive_run: envelope decode, hash
 chain, one signature per run, order stamps and fold, one INSERT statement per run). CPU seconds of this
 process for the receiving side, and events per CPU second. Baseline, same run: Automerge alone carrying
@@ -56,6 +56,7 @@ async def build(root: Path) -> tuple[EventLog, list[tuple[str, bytes]]]:
             raws = await w.read_run(node, first, per)
             peer.receive_run(node, first, raws, w.record_raw(node), w.desk)
             first += len(raws)
+    await peer.seal()  # the peer's epoch covers them all: they travel in runs only
     await peer.store.commit([])
     raws = {}
     for node, top in peer.vector.items():
@@ -75,12 +76,14 @@ async def absorb(root: Path, peer: EventLog) -> tuple[float, float, int]:
         first = 1
         while first <= top:
             raws = await peer.read_run(node, first, top)
-            got += fresh.receive_run(node, first, raws, peer.record_raw(node), peer.desk)
+            got += fresh.receive_run(node, first, raws, peer.record_raw(node), peer.desk,
+                                     ahead=peer.epoch.number > fresh.epoch.number)  # as the link says
             first += len(raws)
     await fresh.store.commit([])
     state = fresh.state  # the fold is part of taking them in
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    assert got == len(peer.ordered()) and len(state.loans) == got, (got, len(state.loans))
+    assert got == len(peer.ordered()) and len(state.loans) == got - 1, (got, len(state.loans))
+    assert fresh.epoch == peer.epoch and not fresh.doc_events, (fresh.epoch, fresh.doc_events)
     fresh.close()
     return cpu, wall, got
 

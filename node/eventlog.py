@@ -201,6 +201,8 @@ class EventLog:
         # Local events put in the document and not yet integrated (their commit is in flight): a new epoch's
         # document must carry them too, or the epoch they were put in would be the only one holding them.
         self._unintegrated: dict[str, bytes] = {}
+        # Events held that the current epoch does not cover, missing from its document: see receive_run.
+        self._unput: dict[str, None] = {}
 
     # ---- start
     def open(self) -> None:
@@ -229,7 +231,13 @@ class EventLog:
         self.seq = self.vector.get(self.identity.node_id, 0)
         self._doc_epoch = loaded.meta.get("epoch", "")
         self._forget_covered(self.epochs.advance(self.vector))
-        self.doc_events = sum(1 for key in self.doc.keys() if not key.startswith("n:"))
+        in_doc = {key for key in self.doc.keys() if not key.startswith("n:")}
+        self.doc_events = len(in_doc)
+        # What a run from a later epoch left out of the document when the desk stopped (see receive_run).
+        epoch = self.epochs.current
+        self._unput = dict.fromkeys(i for node, top in self.vector.items()
+                                    for seq in range(epoch.upto.get(node, 0) + 1, top + 1)
+                                    if (i := f"{node}:{seq}") not in in_doc)
         own = self.records.get(self.identity.node_id)
         if own is None or own.desk != self.desk or own.cert != self.cert:
             record = make_record(self.identity.node_id, self.identity.public_key_raw, self.desk,
@@ -579,9 +587,15 @@ class EventLog:
         return len(verdict.events)
 
     # ---- the bulk path (journal runs)
-    def receive_run(self, node: str, first: int, raws: list[bytes], record_raw: bytes | None, peer: str) -> int:
+    def receive_run(self, node: str, first: int, raws: list[bytes], record_raw: bytes | None, peer: str,
+                    *, ahead: bool = False) -> int:
         """Verifies and keeps a peer's run of `node`'s events (all or none); returns how many were new.
-        Events already held at its start are skipped (another link brought them meanwhile)."""
+        Events already held at its start are skipped (another link brought them meanwhile).
+
+        `ahead`: the peer is in a later epoch, so what it sends is most likely covered by a seal still on
+        its way, and the new epoch's document would not carry it: events the current epoch does not cover
+        wait in `_unput` until a sync message is about to leave for a desk in this epoch (put_unput), and
+        are dropped from it when the epoch moves (its document carries what the seal does not cover)."""
         held = self.vector.get(node, 0)
         if first > held + 1:
             return self._refuse_run(Refused(Refusal.BROKEN_CHAIN,
@@ -618,6 +632,9 @@ class EventLog:
         # What the epoch does not cover travels in its document: a peer in this epoch will not ask for it
         # in runs (a desk back after a week sends its offline scans in runs to a desk ahead of it).
         uncovered = {e.id: raw for e, raw in verdict.events if not self.epoch.covers(e.node, e.seq)}
+        if ahead and uncovered:
+            self._unput.update(dict.fromkeys(uncovered))
+            uncovered = {}
         chunks = self.doc.put({**self._records_for({node}), **uncovered}) if uncovered else []
         self.doc_events += len(uncovered)
         self._submit_remote([db.journal_insert(entries)] + [db.change_insert(c) for c in chunks],
@@ -628,6 +645,26 @@ class EventLog:
         self._move_base_if_due()
         self._wake()
         return len(verdict.events)
+
+    def put_unput(self) -> None:
+        """Puts in the document the events runs from a later epoch left out of it (receive_run), before a sync
+        message leaves for a desk in this epoch: it may lack them. The change is this desk's own, so it is
+        on disk before any message carries it (durable() waits for it), as a scan's is."""
+        if not self._unput:
+            return
+        ids = [i for i in self._unput if not self.epoch.covers(*_node_seq(i))]
+        self._unput.clear()
+        entries = {i: raw for i in ids if (raw := self.raw.get(i) or self._journal_raw(i)) is not None}
+        if not entries:
+            return
+        chunks = self.doc.put({**self._records_for({i.partition(":")[0] for i in entries}), **entries})
+        self.doc_events += len(entries)
+        self._in_flight += 1
+        self._idle.clear()
+        future = self.store.submit([db.change_insert(c) for c in chunks])
+        future.add_done_callback(self._remote_committed)
+        future.add_done_callback(lambda _: self._done_in_flight())
+        self._count_change(len(chunks))
 
     def _keep_records(self, records: list[tuple[NodeRecord, bytes]]) -> None:
         for record, raw in records:
@@ -682,6 +719,7 @@ class EventLog:
         if entries:
             doc.put(entries)
         self.doc = doc
+        self._unput.clear()  # the new document carries every event held that its seal does not cover
         self._doc_epoch = target.seal
         self.doc_events = carried
         self._forget_covered(target)

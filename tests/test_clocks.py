@@ -113,6 +113,7 @@ def test_every_arrival_order_gives_the_same_order_and_state(skews, script, data)
             if i % 4 == 0 and data.draw(st.booleans()):
                 _ = log.state  # folds incrementally from here on
         assert [e.id for e in log] == expected
+        assert all(log.key_of(e.id) == reference.key_of(e.id) for e in written)  # the journal keeps them
         assert summary(log.state) == summary(reference.state)
         causal = causal_sequence(arrival)  # what the event log integrates a batch or its journal in
         assert [e.id for e in ordered(causal)] == expected and ordered(causal).restamps == 0

@@ -45,7 +45,8 @@ async def settle(logs: list[EventLog], linked: set[frozenset[int]] | None = None
             for node, first, last in b.catchup.plan(peer, a.vector, a.epoch.tag, b.vector, b.epoch):
                 while first <= last:
                     raws = await a.read_run(node, first, last)
-                    n = b.receive_run(node, first, raws, a.record_raw(node), a.desk)
+                    n = b.receive_run(node, first, raws, a.record_raw(node), a.desk,
+                                      ahead=a.epoch.number > b.epoch.number)
                     moved["runs"] += n
                     quiet &= n == 0
                     if not raws:
@@ -56,6 +57,8 @@ async def settle(logs: list[EventLog], linked: set[frozenset[int]] | None = None
                 seal = a.epoch.seal
                 out = states.setdefault((i, j, seal), a.new_sync_state())
                 into = states.setdefault((j, i, seal), b.new_sync_state())
+                a.put_unput()  # as the link's write round does
+                await a.durable()
                 message = a.generate_sync(out)
                 if message is not None:
                     quiet = False
@@ -296,6 +299,38 @@ async def test_a_new_desk_gets_the_history_by_runs_and_the_same_state(tmp_path: 
         assert again.epoch == logs[0].epoch and len(again.ordered()) == 908
         assert doc_events(again) == set(tail)
         same_everywhere(logs)
+    finally:
+        close_all(logs)
+
+
+async def test_what_a_run_from_a_later_epoch_brings_waits_outside_the_document_until_a_desk_needs_it(
+        tmp_path: Path) -> None:
+    """A desk catching up from a desk ahead in epochs does not put the runs' events in its document (a seal
+    on its way will most likely cover them), but one in its own epoch must still get them by the document,
+    even if the seal never comes and the desk restarted meanwhile."""
+    bridge, late, other = await started(tmp_path, ["bridge", "late", "other"])
+    logs = [bridge, late, other]
+    try:
+        first = await scans(bridge, 5, "A")
+        await bridge.seal()
+        await bridge.store.commit([])
+        node = bridge.identity.node_id
+        # `late` is asked for (and gets) the first four only: the link breaks before the seal's run
+        raws = await bridge.read_run(node, 1, 4)
+        assert late.receive_run(node, 1, raws, bridge.record_raw(node), bridge.desk, ahead=True) == 4
+        await late.store.commit([])
+        assert late.epoch.number == 0 and not doc_events(late) & set(first)
+        late.close()
+        late = logs[1] = make_log(tmp_path, "late")
+        await late.start()
+        assert not doc_events(late) & set(first)
+        moved = await settle([late, other])  # both in epoch 0: the document carries them
+        assert moved["documents"] >= 4 and other.vector[node] == 4
+        assert set(first[:4]) <= doc_events(late)
+        # once the rest arrives, both move to the bridge's epoch, and its seal covers what they carried
+        await settle(logs)
+        same_everywhere(logs)
+        assert late.epoch.number == 1 and not doc_events(late)
     finally:
         close_all(logs)
 

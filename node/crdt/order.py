@@ -177,7 +177,7 @@ class OrderedLog:
         self._keys: list[OrderKey] = []  # the events after the base, in order
         self._by_key: dict[OrderKey, Event] = {}
         self._key_of: dict[str, OrderKey] = {}  # event id -> its order key, stamp included (all in memory)
-        self._missing: set[str] = set()  # ids some event named as its predecessor, not here (yet)
+        self._missing: dict[str, list[str]] = {}  # ids some events named as a predecessor, not here (yet): those events
         self.by_id: dict[str, Event] = {}  # every event in memory
         self._baseline = baseline
         self._state: CirculationState | None = None
@@ -266,12 +266,12 @@ class OrderedLog:
         answer = event.kind in ("void", "resolve")
         if answer:
             self._answers[event_id] = event
-        if event_id in self._missing:  # a latecomer some stamp was computed without: recompute them all
-            self._restamp()
+        key = self._stamp(event, event_id)
+        if self._raises_a_stamp(event_id, key):  # a latecomer that some stamps were computed without
+            self._restamp()  # and that changes one of them: recompute them all
             if self._answers:  # their order may have changed too
                 self._answers_changed()
             return True
-        key = self._stamp(event, event_id)
         if self._base is not None and key <= self._base[0]:  # late: it changes what the base holds
             self._held.add(event_id)
             self._held_sorted = None
@@ -403,13 +403,28 @@ class OrderedLog:
                     continue
                 pred = self._history.key(pred_id)
                 if pred is None:
-                    self._missing.add(pred_id)
+                    self._missing.setdefault(pred_id, []).append(event_id)
                     continue  # absent (yet)
             if (pred[0], pred[1]) >= (wall, counter):
                 wall, counter = pred[0], pred[1] + 1
         key = (wall, counter, node, seq)
         self._key_of[event_id] = key
         return key
+
+    def _raises_a_stamp(self, event_id: str, key: OrderKey) -> bool:
+        """Whether events stamped while this one was missing would sort differently with it. A stamp is the
+        greatest of the event's hlc and its predecessors' stamps (plus one): one that is already past this
+        event's stamp stands (as, with clocks in step, nearly all do: a healed partition's desks name many
+        events they do not hold yet), and so do all that follow from it. Otherwise every stamp is computed
+        again, as from the set of events alone."""
+        waiting = self._missing.pop(event_id, None)
+        if waiting is None:
+            return False
+        for other in waiting:
+            stamped = self._key_of.get(other)
+            if stamped is None or (key[0], key[1]) >= (stamped[0], stamped[1]):
+                return True
+        return False
 
     def _restamp(self) -> None:
         """Every stamp in memory again, from the set of events alone (their arrival order plays no part).

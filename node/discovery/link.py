@@ -143,6 +143,7 @@ class PeerLink:
             if self._sync_epoch != epoch.seal:
                 self._sync_state, self._sync_epoch = self.log.new_sync_state(), epoch.seal
             while True:
+                self.log.put_unput()  # a desk in this epoch may lack what a run from a later one brought
                 await self.log.durable()  # again: a scan may have been put while the last message was sent
                 if self.log.epoch.seal != epoch.seal:
                     break  # the document moved on while this round was sending
@@ -214,7 +215,8 @@ class PeerLink:
     def _apply_run(self, run: frames.Run) -> list[Action]:
         assert self.info is not None
         try:
-            n = self.log.receive_run(run.node, run.first, run.events, run.record, self.info.desk)
+            n = self.log.receive_run(run.node, run.first, run.events, run.record, self.info.desk,
+                                     ahead=self.info.peer_epoch.number > self.log.epoch.number)
         except RefusedSync as e:
             return self.machine.sync_refused(e.refused)
         if run.done:
