@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 import node.eventlog as eventlog
-from node.crdt.event import Event
+from node.crdt.event import DESK_KINDS, Event
 from node.crdt.state import CirculationState, fold
 from node.eventlog import EventLog
+from node.ilsbridge.bridge import history_floor, recorded_times
+from node.ilsbridge.mapping import IlsTime, ils_times
 from tests.test_epochs import make_log, settle
 from tests.test_state import summary
 
@@ -163,6 +165,46 @@ async def test_an_answer_about_history_refolds_the_base(tmp_path: Path) -> None:
     await again.start()
     assert full_summary(again) == before
     again.close()
+
+
+async def test_the_time_the_ils_was_given_is_exported_after_its_outcome_retired(tmp_path: Path) -> None:
+    """An export gives each operation the time the bridge recorded when it sent it (a desk clock that was
+    off, corrected), also once that outcome left memory with the history."""
+    log = make_log(tmp_path, "a")
+    await log.start()
+    first = await log.append("checkout", {"item": "OLD", "patron": "P1"}, "staff")
+    answer = {"event": first.id, "status": "applied", "message": "", "term": 1}
+    await log.append("applied", answer | {"ils_at": first.at - 3_600_000, "ils_at_by": "link"}, "bridge")
+    await log.append("applied", answer | {"ils_at": first.at - 60_000, "ils_at_by": "link"}, "bridge")  # not first
+    await traffic(log, 200, random.Random(5))
+    await quiet(log)
+    log.close()
+    log = make_log(tmp_path, "a")  # started again: from its base, which retired that outcome
+    await log.start()
+    assert first.id not in log.ordered_log.by_id and first.id not in log.state.outcomes
+    times = recorded_times(log.in_order(), log.state.voided)
+    assert times[first.id] == first.at - 3_600_000
+    exported = ils_times([e for e in log.in_order() if e.kind in DESK_KINDS], lambda node: None, times)
+    assert exported[first.id].at == first.at - 3_600_000
+    log.close()
+
+
+async def test_a_checkin_is_not_dated_before_a_loan_that_left_memory(tmp_path: Path) -> None:
+    """The bridge corrects a desk clock that runs ahead, but never dates a checkin before the loan it ends,
+    even when that loan was lent (and sent) before the fold's base: its time is read back from history."""
+    log, first = await answered_history(tmp_path)
+    log.close()
+    log = make_log(tmp_path, "a")
+    await log.start()
+    assert first.id not in log.ordered_log.by_id and log.base_loans()["OLD"].event == first.id
+    checkin = await log.append("checkin", {"item": "OLD"}, "staff")
+    ahead = lambda node: (checkin.at - first.at + 60_000, "link")  # noqa: E731 - corrected to before the loan
+    in_memory = {e.id: e for e in log.ordered()}
+    assert ils_times([checkin], ahead)[checkin.id].at < first.at  # what the in-memory events alone would give
+    floor = history_floor(log, [checkin], log.base_loans(), in_memory)
+    assert floor == {"item:OLD": first.at}
+    assert ils_times([checkin], ahead, {}, floor)[checkin.id] == IlsTime(first.at, "order")
+    log.close()
 
 
 async def test_a_base_that_cannot_be_read_is_not_used(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from node.api.keys import CLOCKS, CONFIG, LOG
 from node.crdt.event import DESK_KINDS, EventError, check_body
 from node.eventlog import StorageFailure
 from node.ilsbridge import formats
-from node.ilsbridge.bridge import sent_times
+from node.ilsbridge.bridge import recorded_times
 from node.ilsbridge.mapping import body_of, ils_times, operation_of, utc_to_ms
 
 routes = web.RouteTableDef()
@@ -56,9 +56,9 @@ async def export(request: web.Request) -> web.Response:
     fmt = _format(request)
     state = log.state
     history = list(log.in_order())  # the whole log, history read from the journal
-    by_id = {e.id: e for e in history}
     ordered = [e for e in history if e.problem is None and e.kind in DESK_KINDS and e.id not in state.voided]
-    times = ils_times(ordered, request.app[CLOCKS].offset, sent_times(by_id.get, state))  # as the bridge sends
+    # as the bridge sends them; the times it recorded, even of outcomes that left memory with the fold's base
+    times = ils_times(ordered, request.app[CLOCKS].offset, recorded_times(history, state.voided))
     operations = [operation_of(e, times[e.id].at) for e in ordered]
     data, skipped = formats.export_report(fmt, operations, tz=_zone(request), generator="circmesh",
                                           generator_version=__version__)

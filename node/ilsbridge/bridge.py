@@ -21,7 +21,7 @@ import contextlib
 import logging
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
@@ -102,6 +102,47 @@ def sent_times(lookup: Callable[[str], Event | None], state: CirculationState) -
         if event is not None:
             recorded = applied.body.get("ils_at") if applied is not None else None
             out[target] = event.at if recorded is None else recorded
+    return out
+
+
+def history_floor(log: CirculationView, pending: Iterable[Event], loans: Mapping[str, Loan],
+                  in_memory: Container[str]) -> dict[str, int]:
+    """For the items of `pending`, the time the ILS was given for their loans lent before the fold's base
+    (`loans`) whose checkouts left memory with it: a checkin is never dated before the loan it ends."""
+    floor = {}
+    for event in pending:
+        item = event.body.get("item")
+        loan = loans.get(item) if isinstance(item, str) else None
+        if (loan is None or loan.event is None or loan.at is None or loan.event in in_memory
+                or f"item:{item}" in floor):
+            continue
+        outcome = log.outcome(loan.event)
+        applied = log.event(outcome.event) if outcome is not None else None
+        recorded = applied.body.get("ils_at") if applied is not None else None
+        floor[f"item:{item}"] = loan.at if recorded is None else recorded
+    return floor
+
+
+def recorded_times(history: Iterable[Event], voided: Container[str]) -> dict[str, int]:
+    """sent_times for a whole history read in the log's order (exports): an outcome that retired with the
+    fold's base is no longer in the state, but its `applied` event is in the history. The first readable,
+    unvoided answer about an event stands, as in the fold."""
+    at: dict[str, int] = {}
+    answered: set[str] = set()
+    out: dict[str, int] = {}
+    for event in history:
+        if event.problem is not None or event.id in voided:
+            continue
+        if event.kind != "applied":
+            at[event.id] = event.at
+            continue
+        target = event.body["event"]
+        if target in answered:
+            continue
+        answered.add(target)
+        if target in at:
+            recorded = event.body.get("ils_at")
+            out[target] = at[target] if recorded is None else recorded
     return out
 
 
@@ -205,7 +246,8 @@ class Bridge:
         if not pending:
             return True
         by_id = {e.id: e for e in in_memory}
-        self._times = ils_times(ordered, self.clock_offset, sent_times(by_id.get, state))
+        floor = history_floor(self.log, pending, self.log.base_loans(), by_id)
+        self._times = ils_times(ordered, self.clock_offset, sent_times(by_id.get, state), floor)
         schedule = UploadSchedule(pending, held=held_events(state))
         if any(e.kind == "renew" and not e.body.get("patron") for e in pending):
             self._renewal_patrons = renewal_patrons(in_memory, state.voided, self.log.base_loans())

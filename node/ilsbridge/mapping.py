@@ -28,7 +28,8 @@ class IlsTime:
 
 
 def ils_times(ordered: Iterable[Event], offset_of: Callable[[str], tuple[int, str] | None],
-              sent: Mapping[str, int] | None = None) -> dict[str, IlsTime]:
+              sent: Mapping[str, int] | None = None, floor: Mapping[str, int] | None = None
+              ) -> dict[str, IlsTime]:
     """The time the ILS gets for each desk event of `ordered` (causal order, voided events left out).
 
     `at` is what the desk's clock said. For a desk whose clock is off, `offset_of(node)` gives how far it
@@ -36,9 +37,10 @@ def ils_times(ordered: Iterable[Event], offset_of: Callable[[str], tuple[int, st
     the log, clocks.py), and the ILS gets `at` less that offset. Whatever the clocks said, no event goes to
     the ILS dated before an earlier event on the same item or patron — a checkin is never dated before the
     loan it ends ("order"). `sent`: times the ILS was already given (recorded in `applied` events), kept as
-    they were. Imported offline operations keep their file's times."""
+    they were. `floor`: the same for events before `ordered` (loans lent before the fold's base, by
+    "item:<barcode>"). Imported offline operations keep their file's times."""
     sent = sent or {}
-    floor: dict[str, int] = {}
+    floor = dict(floor or {})
     offsets: dict[str, tuple[int, str] | None] = {}  # one look per desk, not per event
     out: dict[str, IlsTime] = {}
     for event in ordered:
