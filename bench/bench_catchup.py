@@ -76,8 +76,7 @@ async def absorb(root: Path, peer: EventLog) -> tuple[float, float, int]:
         first = 1
         while first <= top:
             raws = await peer.read_run(node, first, top)
-            got += fresh.receive_run(node, first, raws, peer.record_raw(node), peer.desk,
-                                     ahead=peer.epoch.number > fresh.epoch.number)  # as the link says
+            got += fresh.receive_run(node, first, raws, peer.record_raw(node), peer.desk)
             first += len(raws)
     await fresh.store.commit([])
     state = fresh.state  # the fold is part of taking them in

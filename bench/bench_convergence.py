@@ -7,6 +7,7 @@ Baseline, same run: one desk alone taking the same 5,000 scans (the write cost t
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import sys
 import tempfile
 import time
@@ -77,9 +78,17 @@ async def main() -> None:
                 print(f"RSS per desk after convergence: min {min(rss):.0f} MiB, max {max(rss):.0f} MiB")
                 statuses = [await get_json(session, f"{d.url}/api/v1/status") for d in desks]
                 received = [sum(p["events_received"] for p in st["peers"]) for st in statuses]
-                traffic = [sum(p["sync_bytes_in"] for p in st["peers"]) / 2**20 for st in statuses]
+                with sqlite3.connect(f"file:{desks[0].data / 'circmesh.sqlite'}?mode=ro", uri=True) as db:
+                    sizes = dict(db.execute("SELECT node, SUM(LENGTH(raw)) FROM journal GROUP BY node").fetchall())
+                own = {st["node"]["id"]: sizes.get(st["node"]["id"], 0) for st in statuses}
+                unique = min(sum(sizes.values()) - mine for mine in own.values())  # what each desk lacked
+                traffic = [sum(p["sync_bytes_in"] + p["run_bytes_in"] for p in st["peers"]) / 2**20 for st in statuses]
+                runs = [sum(p["run_events_in"] for p in st["peers"]) for st in statuses]
                 print(f"events received per desk (unique needed: {expected - EVENTS}): min {min(received)}, "
-                      f"max {max(received)}; sync traffic in per desk: {min(traffic):.1f}–{max(traffic):.1f} MiB")
+                      f"max {max(received)}; of them in journal runs: {min(runs)}–{max(runs)}")
+                print(f"traffic in per desk (Automerge sync messages and runs): {min(traffic):.1f}–{max(traffic):.1f} "
+                      f"MiB for {unique / 2**20:.1f} MiB of events it lacked: {max(traffic) * 2**20 / unique:.2f}x "
+                      f"at most (budget <= 1.5x)")
                 refused = [st["refusals"] for st in statuses]
                 print("refusals:", [{k: v for k, v in r.items() if not k.startswith("link_")} for r in refused])
         finally:

@@ -20,7 +20,7 @@ import heapq
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Container, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,8 +201,8 @@ class EventLog:
         # Local events put in the document and not yet integrated (their commit is in flight): a new epoch's
         # document must carry them too, or the epoch they were put in would be the only one holding them.
         self._unintegrated: dict[str, bytes] = {}
-        # Events held that the current epoch does not cover, missing from its document: see receive_run.
-        self._unput: dict[str, None] = {}
+        # Peer links up (link_up/link_down): a desk alone writes its scans to the journal only (see _append).
+        self.links = 0
 
     # ---- start
     def open(self) -> None:
@@ -231,13 +231,7 @@ class EventLog:
         self.seq = self.vector.get(self.identity.node_id, 0)
         self._doc_epoch = loaded.meta.get("epoch", "")
         self._forget_covered(self.epochs.advance(self.vector))
-        in_doc = {key for key in self.doc.keys() if not key.startswith("n:")}
-        self.doc_events = len(in_doc)
-        # What a run from a later epoch left out of the document when the desk stopped (see receive_run).
-        epoch = self.epochs.current
-        self._unput = dict.fromkeys(i for node, top in self.vector.items()
-                                    for seq in range(epoch.upto.get(node, 0) + 1, top + 1)
-                                    if (i := f"{node}:{seq}") not in in_doc)
+        self.doc_events = sum(1 for key in self.doc.keys() if not key.startswith("n:"))
         own = self.records.get(self.identity.node_id)
         if own is None or own.desk != self.desk or own.cert != self.cert:
             record = make_record(self.identity.node_id, self.identity.public_key_raw, self.desk,
@@ -404,7 +398,7 @@ class EventLog:
             self._in_flight_keys[event.id] = _own_key(event)
             pos = self._take_pos()
             try:
-                chunks = self.doc.put({event.id: raw})
+                chunks = self.doc.put({event.id: raw}) if self.links else []
                 statements = [db.journal_insert([_entry(event, raw, pos, _own_key(event))])]
                 written = self.store.submit(statements + [db.change_insert(c) for c in chunks])
             except BaseException as e:
@@ -422,7 +416,7 @@ class EventLog:
             self._unintegrated.pop(event.id, None)
             self._in_flight_keys.pop(event.id, None)
             self._done_in_flight()
-            self.doc_events += 1
+            self.doc_events += 1 if chunks else 0
             self._count_change(len(chunks))
             self._advance()
             self._move_base_if_due()
@@ -484,7 +478,7 @@ class EventLog:
             try:
                 # No yield from the first put to the submit: an epoch moving in between would save a
                 # document holding events whose journal rows come after it (sealed batches are put nowhere).
-                if not sealed:
+                if not sealed and self.links:
                     chunks += self.doc.put({e.id: raw for e, raw in built})
                 positions = [self._take_pos() for _ in events]
                 statements = ([db.journal_insert([_entry(e, raw, pos, _own_key(e))
@@ -508,7 +502,7 @@ class EventLog:
                 self._unintegrated.pop(event.id, None)
                 self._in_flight_keys.pop(event.id, None)
             self._done_in_flight()
-            self.doc_events += 0 if sealed else len(built)
+            self.doc_events += len(built) if chunks else 0
             self._count_change(len(chunks))
             self._advance()
             self._move_base_if_due()
@@ -576,26 +570,35 @@ class EventLog:
             self.records_raw[record.node] = raw
         raws = {event.id: raw for event, raw in verdict.events}
         arrived = [(event, raws[event.id]) for event in
-                   causal_sequence(sorted((event for event, _ in verdict.events), key=lambda e: e.order_key))]
+                   self._contiguous(causal_sequence(sorted((event for event, _ in verdict.events),
+                                                           key=lambda e: e.order_key)))]
         entries = [self._entry_of(arrival, raw) for event, raw in arrived
                    if (arrival := self._integrate(event, raw, local=False)) is not None]
         self._persist_remote(before, entries, verdict.records)  # the journal stays in causal order too
-        self.doc_events += len(arrived)
+        self.doc_events += len(verdict.events)
         self._advance()
         self._move_base_if_due()
         self._wake()
-        return len(verdict.events)
+        return len(entries)
+
+    def _contiguous(self, events: Iterable[Event]) -> Iterator[Event]:
+        """The events from the document that follow what is held of their desks. One that lies beyond a gap
+        (its desk wrote the ones before while it was alone, so they are in no document) is left there: the
+        version vector stays a prefix, and the run that brings the gap brings it too (catchup.py)."""
+        top: dict[str, int] = {}
+        for event in events:
+            held = top.get(event.node, self.vector.get(event.node, 0))
+            if event.seq > held + 1:
+                log.debug("%s lies beyond a gap: it comes in a run", event.id)
+                continue
+            top[event.node] = max(held, event.seq)
+            yield event
 
     # ---- the bulk path (journal runs)
-    def receive_run(self, node: str, first: int, raws: list[bytes], record_raw: bytes | None, peer: str,
-                    *, ahead: bool = False) -> int:
+    def receive_run(self, node: str, first: int, raws: list[bytes], record_raw: bytes | None, peer: str) -> int:
         """Verifies and keeps a peer's run of `node`'s events (all or none); returns how many were new.
-        Events already held at its start are skipped (another link brought them meanwhile).
-
-        `ahead`: the peer is in a later epoch, so what it sends is most likely covered by a seal still on
-        its way, and the new epoch's document would not carry it: events the current epoch does not cover
-        wait in `_unput` until a sync message is about to leave for a desk in this epoch (put_unput), and
-        are dropped from it when the epoch moves (its document carries what the seal does not cover)."""
+        Events already held at its start are skipped (another link brought them meanwhile). They are not put
+        in the document: a peer that lacks them asks for them in runs too (catchup.py)."""
         held = self.vector.get(node, 0)
         if first > held + 1:
             return self._refuse_run(Refused(Refusal.BROKEN_CHAIN,
@@ -629,42 +632,19 @@ class EventLog:
         self._keep_records(records)
         entries = [self._entry_of(arrival, raw) for event, raw in verdict.events
                    if (arrival := self._integrate(event, raw, local=False)) is not None]
-        # What the epoch does not cover travels in its document: a peer in this epoch will not ask for it
-        # in runs (a desk back after a week sends its offline scans in runs to a desk ahead of it).
-        uncovered = {e.id: raw for e, raw in verdict.events if not self.epoch.covers(e.node, e.seq)}
-        if ahead and uncovered:
-            self._unput.update(dict.fromkeys(uncovered))
-            uncovered = {}
-        chunks = self.doc.put({**self._records_for({node}), **uncovered}) if uncovered else []
-        self.doc_events += len(uncovered)
-        self._submit_remote([db.journal_insert(entries)] + [db.change_insert(c) for c in chunks],
-                            [e.id for e in entries])
+        self._submit_remote([db.journal_insert(entries)], [e.id for e in entries])
         self._write_stamps([])
-        self._count_change(len(chunks))
         self._advance()
         self._move_base_if_due()
         self._wake()
         return len(verdict.events)
 
-    def put_unput(self) -> None:
-        """Puts in the document the events runs from a later epoch left out of it (receive_run), before a sync
-        message leaves for a desk in this epoch: it may lack them. The change is this desk's own, so it is
-        on disk before any message carries it (durable() waits for it), as a scan's is."""
-        if not self._unput:
-            return
-        ids = [i for i in self._unput if not self.epoch.covers(*_node_seq(i))]
-        self._unput.clear()
-        entries = {i: raw for i in ids if (raw := self.raw.get(i) or self._journal_raw(i)) is not None}
-        if not entries:
-            return
-        chunks = self.doc.put({**self._records_for({i.partition(":")[0] for i in entries}), **entries})
-        self.doc_events += len(entries)
-        self._in_flight += 1
-        self._idle.clear()
-        future = self.store.submit([db.change_insert(c) for c in chunks])
-        future.add_done_callback(self._remote_committed)
-        future.add_done_callback(lambda _: self._done_in_flight())
-        self._count_change(len(chunks))
+    def link_up(self) -> None:
+        """A peer link is up: this desk's scans go into the document too, to reach its peers at once."""
+        self.links += 1
+
+    def link_down(self) -> None:
+        self.links = max(0, self.links - 1)
 
     def _keep_records(self, records: list[tuple[NodeRecord, bytes]]) -> None:
         for record, raw in records:
@@ -719,7 +699,6 @@ class EventLog:
         if entries:
             doc.put(entries)
         self.doc = doc
-        self._unput.clear()  # the new document carries every event held that its seal does not cover
         self._doc_epoch = target.seal
         self.doc_events = carried
         self._forget_covered(target)

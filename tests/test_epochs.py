@@ -26,6 +26,7 @@ def make_log(root: Path, name: str) -> EventLog:
     d = root / name
     log = EventLog(load_or_create_identity(d), d, name)
     log.open()
+    log.link_up()  # linked to a peer: its scans go in the document too (`settle` carries them as links do)
     return log
 
 
@@ -42,11 +43,10 @@ async def settle(logs: list[EventLog], linked: set[frozenset[int]] | None = None
             a, b = logs[i], logs[j]  # b catches up from a
             await a.store.commit([])
             peer = a.identity.node_id
-            for node, first, last in b.catchup.plan(peer, a.vector, a.epoch.tag, b.vector, b.epoch):
+            for node, first, last in b.catchup.plan(peer, a.vector, b.vector):
                 while first <= last:
                     raws = await a.read_run(node, first, last)
-                    n = b.receive_run(node, first, raws, a.record_raw(node), a.desk,
-                                      ahead=a.epoch.number > b.epoch.number)
+                    n = b.receive_run(node, first, raws, a.record_raw(node), a.desk)
                     moved["runs"] += n
                     quiet &= n == 0
                     if not raws:
@@ -57,7 +57,6 @@ async def settle(logs: list[EventLog], linked: set[frozenset[int]] | None = None
                 seal = a.epoch.seal
                 out = states.setdefault((i, j, seal), a.new_sync_state())
                 into = states.setdefault((j, i, seal), b.new_sync_state())
-                a.put_unput()  # as the link's write round does
                 await a.durable()
                 message = a.generate_sync(out)
                 if message is not None:
@@ -225,19 +224,18 @@ async def test_what_a_desk_behind_sends_in_runs_reaches_the_others_after_it_is_g
 
 
 def test_a_link_turned_away_gives_back_what_it_was_asked() -> None:
-    from node.crdt.epochs import FIRST, EpochTag
     from node.discovery.catchup import CatchUp
 
     plan = CatchUp(window=10)
-    ahead = EpochTag(1, "n:25")  # the peer is in a later epoch: everything it holds comes in runs
     first, second = object(), object()  # two links to the same desk: both dialled at once
-    assert plan.plan(first, {"n": 25}, ahead, {}, FIRST) == [("n", 1, 10)]
-    assert plan.plan(second, {"n": 25}, ahead, {}, FIRST) == []  # asked already
+    assert plan.plan(first, {"n": 25}, {}) == [("n", 1, 10)]
+    assert plan.plan(second, {"n": 25}, {}) == []  # asked already
     plan.release(first)  # the link that asked was the one turned away
-    assert plan.plan(second, {"n": 25}, ahead, {}, FIRST) == [("n", 1, 10)]
+    assert plan.plan(second, {"n": 25}, {}) == [("n", 1, 10)]
     plan.done(second, "n")
-    assert plan.plan(second, {"n": 25}, ahead, {"n": 10}, FIRST) == [("n", 11, 20)]
-    assert plan.plan(second, {"n": 25}, FIRST.tag, {"n": 10}, FIRST) == []  # same epoch: the document
+    assert plan.plan(second, {"n": 25}, {"n": 10}) == [("n", 11, 20)]
+    plan.done(second, "n")
+    assert plan.plan(second, {"n": 25}, {"n": 25}) == []  # nothing more
 
 
 async def test_a_desk_cut_off_for_two_epochs_comes_back(tmp_path: Path) -> None:
@@ -303,34 +301,35 @@ async def test_a_new_desk_gets_the_history_by_runs_and_the_same_state(tmp_path: 
         close_all(logs)
 
 
-async def test_what_a_run_from_a_later_epoch_brings_waits_outside_the_document_until_a_desk_needs_it(
-        tmp_path: Path) -> None:
-    """A desk catching up from a desk ahead in epochs does not put the runs' events in its document (a seal
-    on its way will most likely cover them), but one in its own epoch must still get them by the document,
-    even if the seal never comes and the desk restarted meanwhile."""
-    bridge, late, other = await started(tmp_path, ["bridge", "late", "other"])
-    logs = [bridge, late, other]
+async def test_what_a_desk_writes_alone_travels_in_runs_and_what_follows_it_waits_for_them(tmp_path: Path) -> None:
+    """A desk with no peer linked writes its scans to its journal only (no document would carry them to
+    anyone): its peers get them in runs once it is back. A scan it writes once linked goes in the document
+    at once; a peer that gets it there before the run leaves it there (it lies beyond a gap), so that the
+    version vector stays a prefix, and takes it with the run."""
+    a, b = logs = await started(tmp_path, ["a", "b"])
     try:
-        first = await scans(bridge, 5, "A")
-        await bridge.seal()
-        await bridge.store.commit([])
-        node = bridge.identity.node_id
-        # `late` is asked for (and gets) the first four only: the link breaks before the seal's run
-        raws = await bridge.read_run(node, 1, 4)
-        assert late.receive_run(node, 1, raws, bridge.record_raw(node), bridge.desk, ahead=True) == 4
-        await late.store.commit([])
-        assert late.epoch.number == 0 and not doc_events(late) & set(first)
-        late.close()
-        late = logs[1] = make_log(tmp_path, "late")
-        await late.start()
-        assert not doc_events(late) & set(first)
-        moved = await settle([late, other])  # both in epoch 0: the document carries them
-        assert moved["documents"] >= 4 and other.vector[node] == 4
-        assert set(first[:4]) <= doc_events(late)
-        # once the rest arrives, both move to the bridge's epoch, and its seal covers what they carried
-        await settle(logs)
+        node = a.identity.node_id
+        a.link_down()
+        alone = await scans(a, 5, "A")
+        assert not doc_events(a) & set(alone)
+        a.link_up()
+        live = await scans(a, 1, "L")
+        assert set(live) <= doc_events(a)
+        await a.durable()
+        out, into = a.new_sync_state(), b.new_sync_state()
+        for _ in range(5):  # the document only
+            if (message := a.generate_sync(out)) is not None:
+                b.receive_sync(into, message, a.desk)
+            if (message := b.generate_sync(into)) is not None:
+                a.receive_sync(out, message, b.desk)
+        assert live[0] in doc_events(b) and not b.holds(live[0]) and b.vector.get(node, 0) == 0
+        moved = await settle(logs)
+        assert moved["runs"] == 6 and b.vector[node] == 6
         same_everywhere(logs)
-        assert late.epoch.number == 1 and not doc_events(late)
+        b.close()
+        b = logs[1] = make_log(tmp_path, "b")  # and after a restart
+        await b.start()
+        same_everywhere(logs)
     finally:
         close_all(logs)
 

@@ -251,7 +251,7 @@ async def test_no_base_is_taken_while_events_may_still_come_that_sort_before_it(
     its history in memory for now: what comes next would sort inside it and cost a refold from the journal."""
     log = make_log(tmp_path, "a")
     await log.start()
-    log.catchup.plan("peer", {"0" * 32: 5}, log.epoch.tag, log.vector, log.epoch)  # a peer holds 5 we lack
+    log.catchup.plan("peer", {"0" * 32: 5}, log.vector)  # a peer holds 5 we lack
     await traffic(log, 200, random.Random(5))
     assert log.ordered_log.base_key is None and log.catchup.behind(log.vector)
     log.catchup.seen.clear()

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from node.crdt.document import SyncState
 from node.eventlog import EventLog
 from node.ilsbridge.schedule import pending_events
 from tests.test_epochs import make_log, settle
@@ -26,21 +25,25 @@ from tests.test_fold_base import (  # noqa: F401 - small_bases is a fixture
 
 
 def when_the_base_moves_in(log: EventLog, then: Callable[[], None]) -> list[bool]:
-    """Wraps log.receive_sync: the first time a peer's batch moves the base, calls `then()`; returns whether
-    every event held was readable at that moment (from memory or the journal)."""
-    original, seen = log.receive_sync, []
+    """Wraps log.receive_sync and log.receive_run (a peer's batch by either path): the first time a batch
+    moves the base, calls `then()`; returns whether every event held was readable at that moment (from
+    memory or the journal)."""
+    seen: list[bool] = []
 
-    def wrapped(state: SyncState, message: bytes, peer: str) -> int:
-        before = log.ordered_log.base_key
-        log.catchup.seen.clear()  # the peer's tip follows its sync messages: not announced yet
-        n = original(state, message, peer)
-        if not seen and log.ordered_log.base_key != before:
-            seen.append(all(log.event(f"{node}:{s}") is not None
-                            for node, top in log.vector.items() for s in range(1, top + 1)))
-            then()
-        return n
+    def wrap(original: Callable[..., int]) -> Callable[..., int]:
+        def wrapped(*args: object) -> int:
+            before = log.ordered_log.base_key
+            log.catchup.seen.clear()  # as if the peer had not announced more yet: the base may move now
+            n = original(*args)
+            if not seen and log.ordered_log.base_key != before:
+                seen.append(all(log.event(f"{node}:{s}") is not None
+                                for node, top in log.vector.items() for s in range(1, top + 1)))
+                then()
+            return n
+        return wrapped
 
-    log.receive_sync = wrapped  # type: ignore[method-assign]
+    log.receive_sync = wrap(log.receive_sync)  # type: ignore[method-assign]
+    log.receive_run = wrap(log.receive_run)  # type: ignore[method-assign]
     return seen
 
 

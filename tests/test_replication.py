@@ -24,6 +24,7 @@ def make_logs(root: Path, n: int) -> list[EventLog]:
         d = root / f"d{i}"
         log = EventLog(load_or_create_identity(d), d, f"desk {i}")
         log.open()
+        log.link_up()  # these desks replicate through their documents alone
         logs.append(log)
     return logs
 

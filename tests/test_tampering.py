@@ -152,10 +152,14 @@ async def test_frames_out_of_order_are_refused_by_kind(desk, session) -> None:
 
 
 async def test_altered_copy_of_an_existing_event_is_refused(desk, session) -> None:
-    status, created = await api(session, desk, "POST", "/checkouts", json={"patron": "P1", "item": "I1"})
-    assert status == 201
     peer = HostilePeer(session, desk)
     await peer.connect()
+    for _ in range(200):  # bounded: the desk's side of the link is up (its scans go in the document)
+        if desk.log.links:
+            break
+        await asyncio.sleep(0.01)
+    status, created = await api(session, desk, "POST", "/checkouts", json={"patron": "P1", "item": "I1"})
+    assert status == 201
     await peer.pull()
     event_id = created["event"]["id"]
     original = peer.doc.value(event_id)

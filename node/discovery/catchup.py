@@ -1,20 +1,19 @@
 """The bulk catch-up plan: which journal runs to ask which peer for, so each event arrives about once. Pure.
 
-Events a sealed epoch covers (epochs.py) no longer travel in any document: a desk that lacks them asks a
-peer for them in runs (per desk, a contiguous range: its hash chain and one signature vouch for it). A
-desk behind in epochs (back after a week, or joining with an empty journal) asks for everything the peer
-holds, and so does a desk ahead of it (the one behind may hold what nobody else does, or a rival seal
-that wins); two desks in the same epoch only for what the epoch's `upto` covers, the rest comes in the
-document. Each desk's range is asked of one peer at a time, a window at a time, so that several links do
-not all send the same events (as several Automerge links do); a window is re-asked elsewhere if the link
-asked goes away.
+The document carries what desks write while they are linked, as they write it. Everything else a desk
+lacks it asks a peer for in runs (per desk, a contiguous range: its hash chain and one signature vouch for
+it), whatever the epochs: events a sealed epoch covers (epochs.py), the scans a desk wrote while it was
+alone (a partition, a desk back after a week, they are in no document), the history for a desk that
+joins with an empty journal. So a peer is asked for everything its version vector holds beyond ours;
+between linked desks the document has usually brought it before the peer's vector says so.
+Each desk's range is asked of one peer at a time, a window at a time, so that several links do not all
+send the same events (as several Automerge links do); a window is re-asked elsewhere if the link asked
+goes away.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
-
-from node.crdt.epochs import Epoch, EpochTag
 
 WINDOW = 20_000  # events of one desk asked of one peer at once
 
@@ -28,22 +27,17 @@ class CatchUp:
         self._claims: dict[str, tuple[Hashable, int]] = {}  # node -> (link asked, last seq asked)
         self.seen: dict[str, int] = {}  # node -> the most any peer said it holds (hello, tip)
 
-    def plan(self, peer: Hashable, peer_vector: Mapping[str, int], peer_epoch: EpochTag,
-             vector: Mapping[str, int], epoch: Epoch) -> list[Range]:
+    def plan(self, peer: Hashable, peer_vector: Mapping[str, int], vector: Mapping[str, int]) -> list[Range]:
         """What to ask `peer` (a link: two links to one desk ask apart) for now, and claim for it."""
-        same = peer_epoch == epoch.tag  # else no document is shared: what it holds comes in runs (even from a
-        # desk behind us: what only it holds it would carry into the new document once it moves, but a rival
-        # seal it holds may be the one that wins, and no seal moves it there but by a run)
         out: list[Range] = []
         for node, theirs in peer_vector.items():
             if theirs > self.seen.get(node, 0):
                 self.seen[node] = theirs
         for node, theirs in sorted(peer_vector.items()):
-            limit = min(theirs, epoch.upto.get(node, 0)) if same else theirs
             have = vector.get(node, 0)
-            if limit <= have or node in self._claims:
+            if theirs <= have or node in self._claims:
                 continue
-            last = min(limit, have + self.window)
+            last = min(theirs, have + self.window)
             self._claims[node] = (peer, last)
             out.append((node, have + 1, last))
         return out

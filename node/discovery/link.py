@@ -105,6 +105,7 @@ class PeerLink:
         waker = self.log.waker()
         if self._round_due:
             waker.set()
+        self.log.link_up()
         writer = asyncio.create_task(self._write(waker))
         server = asyncio.create_task(self._serve())
         try:
@@ -115,6 +116,7 @@ class PeerLink:
                 if writer.done() or server.done():
                     break
         finally:
+            self.log.link_down()
             self.log.drop_waker(waker)
             # not suppress(CancelledError): a stop must get through
             await reap(writer, server, within=CLOSE_TIMEOUT)
@@ -143,7 +145,6 @@ class PeerLink:
             if self._sync_epoch != epoch.seal:
                 self._sync_state, self._sync_epoch = self.log.new_sync_state(), epoch.seal
             while True:
-                self.log.put_unput()  # a desk in this epoch may lack what a run from a later one brought
                 await self.log.durable()  # again: a scan may have been put while the last message was sent
                 if self.log.epoch.seal != epoch.seal:
                     break  # the document moved on while this round was sending
@@ -189,8 +190,7 @@ class PeerLink:
                     round_due |= await self._perform(self._apply_run(run))
                 case CatchUp():
                     assert self.info is not None
-                    ranges = self.log.catchup.plan(self, self.info.peer_vector, self.info.peer_epoch,
-                                                   self.log.vector, self.log.epoch)
+                    ranges = self.log.catchup.plan(self, self.info.peer_vector, self.log.vector)
                     round_due |= await self._perform(self.machine.want(ranges))
                 case ServeRuns(ranges):
                     self._wants.put_nowait(ranges)
@@ -215,8 +215,7 @@ class PeerLink:
     def _apply_run(self, run: frames.Run) -> list[Action]:
         assert self.info is not None
         try:
-            n = self.log.receive_run(run.node, run.first, run.events, run.record, self.info.desk,
-                                     ahead=self.info.peer_epoch.number > self.log.epoch.number)
+            n = self.log.receive_run(run.node, run.first, run.events, run.record, self.info.desk)
         except RefusedSync as e:
             return self.machine.sync_refused(e.refused)
         if run.done:

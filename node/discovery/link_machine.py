@@ -10,8 +10,9 @@ the time and what the log answered, and does what the actions say.
 
 While SYNCING, two things travel: Automerge sync messages for the current epoch's document (only between
 desks in the same epoch: a message for another epoch's document is dropped, not refused, since either side
-may have just moved), and journal runs (catchup.py): this side asks with `want` for ranges the plan gives
-it, and a run is taken only inside what was asked and in order; a peer's `want` is served by the loop.
+may have just moved), and journal runs (catchup.py) for whatever the document did not bring: this side
+asks with `want` for ranges the plan gives it, and a run is taken only inside what was asked and in order;
+a peer's `want` is served by the loop.
 
 Every way this side ends a link is a `Close(Refusal)`; the peer hanging up (`closed()`) is not a refusal.
 """
@@ -62,6 +63,8 @@ class LinkInfo:
     sync_bytes_out: int = 0
     run_events_in: int = 0  # events received in journal runs (the bulk path)
     run_events_out: int = 0
+    run_bytes_in: int = 0  # the events' bytes in those runs
+    run_bytes_out: int = 0
     bridge: dict[str, Any] | None = None
 
 
@@ -194,6 +197,7 @@ class LinkMachine:
                                f"a run of {run.node[:12]} from {run.first} that was not asked for")
         self.asked[run.node] = (run.first + len(run.events), asked[1])
         self.info.run_events_in += len(run.events)
+        self.info.run_bytes_in += sum(map(len, run.events))
         return [ApplyRun(run)]
 
     def _hello(self, hello: frames.Hello, now: Now) -> list[Action]:
@@ -261,6 +265,7 @@ class LinkMachine:
             return []
         assert self.info is not None
         self.info.run_events_out += len(run.events)
+        self.info.run_bytes_out += sum(map(len, run.events))
         return [Send(frames.encode(run))]
 
     def served(self) -> None:

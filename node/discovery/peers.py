@@ -262,7 +262,8 @@ class PeerTable:
                 "outbound": info.outbound, "lag": lag, "clock_offset_ms": info.clock_offset_ms,
                 "events_received": info.received_events, "sync_bytes_in": info.sync_bytes_in,
                 "sync_bytes_out": info.sync_bytes_out, "run_events_in": info.run_events_in,
-                "run_events_out": info.run_events_out,
+                "run_events_out": info.run_events_out, "run_bytes_in": info.run_bytes_in,
+                "run_bytes_out": info.run_bytes_out,
                 "epoch": info.peer_epoch.number,
             })
         return out
