@@ -57,6 +57,8 @@ async def main() -> None:
                 expected = DESKS * EVENTS
                 print(f"baseline: one desk took {EVENTS} scans in {alone:.2f} s; "
                       f"the other {DESKS - 1} desks wrote theirs concurrently in {written:.2f} s")
+                procs = [psutil.Process(d.proc.pid) for d in desks if d.proc]
+                cpu_before = [sum(p.cpu_times()[:2]) for p in procs]
                 t0 = time.perf_counter()
                 for relay in relays.values():
                     relay.heal()
@@ -74,7 +76,10 @@ async def main() -> None:
                     print(f"convergence of {DESKS} desks x {EVENTS} events = {expected}: {worst:.2f} s "
                           f"(first desk complete {min(reached.values()):.2f} s); budget 2 s: "
                           f"{'met' if worst <= 2 else 'MISSED'}; ratio heal/one-desk-writes: {worst / alone:.2f}x")
-                rss = [psutil.Process(d.proc.pid).memory_info().rss / 2**20 for d in desks if d.proc]
+                cpu = [sum(p.cpu_times()[:2]) - before for p, before in zip(procs, cpu_before, strict=True)]
+                print(f"CPU seconds per desk from the heal to the end: min {min(cpu):.2f}, max {max(cpu):.2f}, "
+                      f"total {sum(cpu):.2f} (2 cores)")
+                rss = [p.memory_info().rss / 2**20 for p in procs]
                 print(f"RSS per desk after convergence: min {min(rss):.0f} MiB, max {max(rss):.0f} MiB")
                 statuses = [await get_json(session, f"{d.url}/api/v1/status") for d in desks]
                 received = [sum(p["events_received"] for p in st["peers"]) for st in statuses]

@@ -164,9 +164,9 @@ class EventLog:
         self.events = HeldEvents(self)
         self.event_count = 0
         self._next_pos = 1  # the next arrival position (the journal's `pos`, the /events cursor)
-        # Signed bytes of the events the current epoch does not cover (those a document may carry); older
-        # ones are read from the journal when asked for (runs). Plus every desk's latest, which the next
-        # run of its events must chain to.
+        # Signed bytes of the events the current epoch does not cover (those a document may bring again,
+        # checked byte for byte against these); older ones are read from the journal when asked for (runs).
+        # Plus every desk's latest, which the next run of its events must chain to.
         self.raw: dict[str, bytes] = {}
         self._latest_raw: dict[str, bytes] = {}
         self.records: dict[str, NodeRecord] = {}
@@ -198,9 +198,6 @@ class EventLog:
         self.catchup = CatchUp()  # which peer is asked for which journal runs (shared by the links)
         self.doc_events = 0  # events in the current epoch's document: when the bridge seals
         self._doc_epoch = ""  # the seal whose epoch the document in memory (and on disk) belongs to
-        # Local events put in the document and not yet integrated (their commit is in flight): a new epoch's
-        # document must carry them too, or the epoch they were put in would be the only one holding them.
-        self._unintegrated: dict[str, bytes] = {}
         # Peer links up (link_up/link_down): a desk alone writes its scans to the journal only (see _append).
         self.links = 0
 
@@ -394,7 +391,6 @@ class EventLog:
             self._check_healthy()
             self._in_flight += 1
             self._idle.clear()
-            self._unintegrated[event.id] = raw
             self._in_flight_keys[event.id] = _own_key(event)
             pos = self._take_pos()
             try:
@@ -413,7 +409,6 @@ class EventLog:
         finally:
             # The event is durable: whatever happens while folding it, sync must go on (a stuck gate
             # would silence this desk while its links still looked connected).
-            self._unintegrated.pop(event.id, None)
             self._in_flight_keys.pop(event.id, None)
             self._done_in_flight()
             self.doc_events += 1 if chunks else 0
@@ -472,7 +467,6 @@ class EventLog:
             # From the first change put in the document until the commit, no sync message may leave.
             self._in_flight += 1
             self._idle.clear()
-            self._unintegrated.update((e.id, raw) for e, raw in events)
             self._in_flight_keys.update((e.id, _own_key(e)) for e, _ in events)
             chunks: list[bytes] = []
             try:
@@ -499,8 +493,7 @@ class EventLog:
             self._write_stamps([e for e, _ in events])
         finally:  # durable: sync goes on whatever happens while folding
             for event, _ in events:
-                self._unintegrated.pop(event.id, None)
-                self._in_flight_keys.pop(event.id, None)
+                    self._in_flight_keys.pop(event.id, None)
             self._done_in_flight()
             self.doc_events += len(built) if chunks else 0
             self._count_change(len(chunks))
@@ -679,33 +672,18 @@ class EventLog:
         target = self.epochs.advance(self.vector)
         if target.seal == self._doc_epoch:
             return
+        # A new, empty document with this desk's own record: it carries what is written from now on. What
+        # a peer in the new epoch lacks of the events before, it asks for in runs (catchup.py).
         doc = LogDocument(self.identity.actor_id)
-        # Our own record, and those of the desks whose events it carries (see _records_for).
-        entries: dict[str, bytes] = {}
-        carried = 0
-        for node, top in self.vector.items():
-            for seq in range(target.upto.get(node, 0) + 1, top + 1):
-                raw = self.raw.get(f"{node}:{seq}") or self._journal_raw(f"{node}:{seq}")
-                if raw is None:  # only if a rival moved this desk back more than one epoch, before a commit
-                    log.error("epoch %d: %s:%d is not in the journal yet; not carried", target.number, node, seq)
-                    continue
-                entries[f"{node}:{seq}"] = raw
-                carried += 1
-        for event_id, raw in self._unintegrated.items():
-            if not target.covers(*_node_seq(event_id)):
-                entries[event_id] = raw
-                carried += 1
-        entries.update(self._records_for({self.identity.node_id} | {i.partition(":")[0] for i in entries}))
-        if entries:
-            doc.put(entries)
+        doc.put(self._records_for({self.identity.node_id}))
         self.doc = doc
         self._doc_epoch = target.seal
-        self.doc_events = carried
+        self.doc_events = 0
         self._forget_covered(target)
         self._since_save = 0
         self._submit_remote(db.rebase(doc.save(), target.seal))
-        log.info("epoch %d (sealed by %s): a new document carrying %d event(s)", target.number,
-                 self.desk_of(target.seal.partition(":")[0]), carried)
+        log.info("epoch %d (sealed by %s): a new document", target.number,
+                 self.desk_of(target.seal.partition(":")[0]))
         self._wake()
 
     def _persist_remote(self, before: list[bytes], entries: list[db.JournalEntry],

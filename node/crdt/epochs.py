@@ -4,9 +4,9 @@ The journal holds every event; a document only carries events between desks. Lef
 all of history (an Automerge document never forgets a change), so the bridge now and then *seals* the
 current one: a signed `seal {epoch, upto}` event. `upto` is the bridge's version vector when it sealed,
 the seal included. Every desk that holds everything `upto` covers moves to the next epoch: a new, empty
-document into which it puts its node record and every event it holds that `upto` does not cover (those
-written while the seal travelled, or on a desk cut off from it). From then on, events covered by `upto`
-travel only in journal runs (the bulk path), events after it in the new document.
+document into which it puts its node record, and then what it writes from then on. Whatever a peer lacks
+from before (covered by `upto` or not: written while the seal travelled, or on a desk cut off from it)
+it asks for in journal runs (the bulk path, catchup.py).
 
 Every desk picks the same epochs from the same seals: a seal opens epoch n+1 when it names n+1, was
 written by a desk in epoch n (the seal that opened n is in its causal past), and `upto` is exactly its

@@ -3,8 +3,8 @@
 Automerge changes are hash-linked but not signed, and any peer may write any key. So after a sync
 message is applied, every entry it touched is checked here: a new event must be well formed, stored under
 its own id and signed by the node it names; a node record must be self-certifying; nothing that exists
-may be altered or deleted (put again byte for byte is no change: desks carry events into each new epoch's
-document, epochs.py). Pure: lookups are passed in.
+may be altered or deleted (put again byte for byte is no change: desks of an earlier version carried events
+into each new epoch's document). Pure: lookups are passed in.
 
 Signatures are checked per run: a desk's new events that chain (`prev` = hash of the one before, back to
 one this node already holds or to the first) are all bound into the signature of the last, so one
@@ -65,9 +65,9 @@ def verify_touched(
             continue
         previous = known_record(node)
         if previous is not None and record.at <= previous.at:
-            # The same record, or an older one: nothing changes (the newer one held stays). Desks put the
-            # records of the events they carry into each new epoch's document, some holding older versions;
-            # refusing those would drop links between honest desks.
+            # The same record, or an older one: nothing changes (the newer one held stays). Each desk puts
+            # its record into each new epoch's document (and earlier versions the records of the events they
+            # carried), some holding older versions; refusing those would drop links between honest desks.
             continue
         reason = admitted(record)
         if reason:
@@ -86,7 +86,7 @@ def verify_touched(
         existing = known_event(key)
         if existing is not None:
             if raw == existing:
-                continue  # put again, byte for byte: a desk carried it into a new epoch's document
+                continue  # put again, byte for byte (an earlier version carried events into new documents)
             what = "deletes" if raw is None else "alters"
             verdict.refuse(Refusal.ALTERED_EVENT, f"change {what} existing event {key}")
             continue
