@@ -13,7 +13,9 @@ version vectors are empty; the build ends with a full save, as a desk that compa
 Built once per size and per version of node/, kept in
 $TMPDIR/circmesh-bench-history/ (--rebuild builds again).
 
-Then, on a copy of it, a fresh `circmesh run` process: seconds from spawning it to its ready line (it serves)
+Then, on a copy of it, a fresh `circmesh run` process, linked to a second desk process of the cluster that holds
+the same journal (a desk alone puts its scans in no document, so it would never compact; this one does, as
+desks at a library do; the second desk shares the 2 cores): seconds from spawning it to its ready line (it serves)
 and to its first /api/v1/status (which folds the state); VmRSS and VmHWM (the peak) at the ready line, before
 signing in (the password check, scrypt, takes 128 MB for a moment), and VmRSS after the first /status; SCANS
 checkouts sent at RATE a second, each on its own schedule (open loop: a scan due while the desk is stalled
@@ -74,7 +76,7 @@ from tests.provision import provision
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(tempfile.gettempdir()) / "circmesh-bench-history"
-BUILD_VERSION = 2  # bump when the history written changes
+BUILD_VERSION = 3  # bump when the history written changes
 DESK = "History desk"
 STAFF = "tester"
 LOAN_MS = 21 * 86_400_000
@@ -142,6 +144,7 @@ async def write_history(desk_dir: Path, events: int, unsettled: int) -> dict[str
     eventlog_module.SETTLE_MS = 0
     log = open_log(desk_dir)
     log.open()
+    log.link_up()  # linked to the library's other desks while it wrote: its scans went in the document too
     await log.start()
     traffic = Traffic(seed=20_000 + events + unsettled)
     written = answered = 0
@@ -266,11 +269,57 @@ class DeskFigures:
     cpu_scans: float = 0.0
 
 
+async def start_peer(data: Path, name: str) -> tuple[asyncio.subprocess.Process, int]:
+    """Another desk of the cluster holding the same journal (a copy, under its own identity), for the measured
+    desk to be linked to as desks at a library are: its scans then go in the document too, and compactions
+    come. Returns the process and its peer port, once it serves."""
+    peer_dir = data.parent / "peer"
+    provision(peer_dir, "Peer desk")
+    for suffix in ("", "-wal", "-shm"):
+        if (data / f"circmesh.sqlite{suffix}").exists():
+            shutil.copy2(data / f"circmesh.sqlite{suffix}", peer_dir / f"circmesh.sqlite{suffix}")
+    peer_port = free_port()
+    argv = [sys.executable, "-m", "node.cli", "run", "--data", str(peer_dir), "--desk", "Peer desk",
+            "--port", str(free_port()), "--peer-port", str(peer_port), "--no-mdns", "--log-level", "WARNING"]
+    with (data.parent / f"{name}-peer-stderr.log").open("wb") as stderr:
+        proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=stderr, cwd=ROOT)
+    assert proc.stdout is not None
+    async with asyncio.timeout(READY_WITHIN * 3):
+        while True:
+            line = await proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"{name}: the peer desk exited with {await proc.wait()}")
+            with contextlib.suppress(json.JSONDecodeError):
+                if json.loads(line).get("ready"):
+                    return proc, peer_port
+
+
+async def stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(15):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
 async def measure(data: Path, name: str, scans: int, rate: float, tag: str) -> DeskFigures:
     figures = DeskFigures(name)
+    peer, peer_port = await start_peer(data, name)
+    try:
+        return await measure_linked(data, name, scans, rate, tag, figures, peer_port)
+    finally:
+        await stop(peer)
+
+
+async def measure_linked(data: Path, name: str, scans: int, rate: float, tag: str, figures: DeskFigures,
+                         peer_port: int) -> DeskFigures:
     port = free_port()
     argv = [sys.executable, "-m", "node.cli", "run", "--data", str(data), "--desk", DESK, "--port", str(port),
-            "--peer-port", str(free_port()), "--no-mdns", "--log-level", "WARNING"]
+            "--peer-port", str(free_port()), "--peer", f"127.0.0.1:{peer_port}", "--no-mdns",
+            "--log-level", "WARNING"]
     url = f"http://127.0.0.1:{port}"
     with (data.parent / f"{name}-stderr.log").open("wb") as stderr:
         t0 = time.perf_counter()
@@ -302,19 +351,19 @@ async def measure(data: Path, name: str, scans: int, rate: float, tag: str) -> D
             figures.rss_start = proc_status(pid)["VmRSS"]
             figures.cpu_start = cpu_seconds(pid)
             figures.hwm_reset = reset_peak(pid)
+            for _ in range(300):  # bounded: linked to its peer before the scans (they go in the document)
+                async with session.get(f"{url}/api/v1/status", headers=headers) as r:
+                    if any(p["connected"] for p in (await r.json())["peers"]):
+                        break
+                await asyncio.sleep(0.1)
+            else:
+                raise RuntimeError(f"{name}: never linked to its peer desk")
             await scan_load(session, url, headers, data / "circmesh.sqlite", scans, rate, tag, figures)
         proc_figures = proc_status(pid)
         figures.rss_end, figures.hwm_scans = proc_figures["VmRSS"], proc_figures["VmHWM"]
         figures.cpu_scans = cpu_seconds(pid) - figures.cpu_start
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(15):
-                    await proc.wait()
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop(proc)
     return figures
 
 
