@@ -9,8 +9,10 @@ Invariants:
   counted and reported to the link (which drops the peer); a journal run (the bulk path) is kept whole
   or not at all, the same way;
 - the document is the current epoch's (epochs.py): once this node holds everything a seal covers, it
-  starts the next epoch's document holding its record and every event the seal does not cover (with the
-  records of their desks).
+  starts the next epoch's document holding its record. A scan goes in it only while a peer link is up;
+  whatever a peer lacks that no document brought it asks for in journal runs (catchup.py);
+- the version vector is a prefix of each desk's events: an event a document brings beyond a gap is left
+  there until the run that fills the gap brings it too.
 """
 
 from __future__ import annotations
@@ -553,11 +555,13 @@ class EventLog:
         verdict = verify_touched(touched.keys, self.doc.value, self._held_raw, self.records.get,
                                  admitted=self.policy.admit, refuse_event=self._refuse_event)
         problems = [Refused(Refusal.MALFORMED, p) for p in touched.problems] + verdict.refusals
-        if problems:
+        if any(problem.kind is not Refusal.REVOKED_NODE for problem in problems):
             self.doc.rollback(before)
             for problem in problems:
                 self.refuse(problem.kind, f"{peer}: {problem.message}")
             raise RefusedSync(problems[0])
+        for problem in problems:  # see _revoked_tail
+            self._revoked_tail(problem, peer)
         for record, raw in verdict.records:
             self.records[record.node] = record
             self.records_raw[record.node] = raw
@@ -620,8 +624,10 @@ class EventLog:
             return 0
         before = self._latest_raw.get(node) if held else None
         verdict = verify_run(node, first, raws, before, signer, refuse_event=self._refuse_event)
-        if verdict.refusals:
+        if any(problem.kind is not Refusal.REVOKED_NODE for problem in verdict.refusals):
             return self._refuse_run(verdict.refusals[0], peer)
+        for problem in verdict.refusals:
+            self._revoked_tail(problem, peer)
         self._keep_records(records)
         entries = [self._entry_of(arrival, raw) for event, raw in verdict.events
                    if (arrival := self._integrate(event, raw, local=False)) is not None]
@@ -638,6 +644,13 @@ class EventLog:
 
     def link_down(self) -> None:
         self.links = max(0, self.links - 1)
+
+    def _revoked_tail(self, problem: Refused, peer: str) -> None:
+        """A revoked desk's events after its revocation are not taken in, but an honest peer may well send
+        them: it received them before it learnt of the revocation. What came with them is kept (the events
+        the desk wrote before it stand; a run's are vouched for by the signature of the last of them), the
+        refusal is counted, and the link stays: dropping it would drop it again on every reconnection."""
+        self.refuse(problem.kind, f"{peer}: {problem.message} (left out; the rest is kept)")
 
     def _keep_records(self, records: list[tuple[NodeRecord, bytes]]) -> None:
         for record, raw in records:
@@ -847,7 +860,7 @@ class EventLog:
         reads the journal). Local events being written sort after it: the saved base holds exactly the
         journal's rows up to its key, among those up to its position, and a restart finds any other."""
         self._base_due = self.ordered_log.after_base + BASE_TAIL_KEPT  # tried again later if it cannot move
-        if self.failed or time.monotonic() < self._bulk_until or self.catchup.behind(self.vector):
+        if self.failed or time.monotonic() < self._bulk_until or self.catchup.behind(self.vector, self.revoked):
             return
         try:
             voided, uncommitted = self.state.voided, self._uncommitted

@@ -43,7 +43,7 @@ async def settle(logs: list[EventLog], linked: set[frozenset[int]] | None = None
     async def runs(a: EventLog, b: EventLog) -> bool:
         quiet = True
         peer = a.identity.node_id
-        for node, first, last in b.catchup.plan(peer, a.vector, b.vector):
+        for node, first, last in b.catchup.plan(peer, a.vector, b.vector, b.revoked):
             while first <= last:
                 raws = await a.read_run(node, first, last)
                 n = b.receive_run(node, first, raws, a.record_raw(node), a.desk)
@@ -260,6 +260,16 @@ def test_a_link_turned_away_gives_back_what_it_was_asked() -> None:
     assert plan.plan(second, {"n": 25}, {"n": 25}) == []  # nothing more
 
 
+def test_the_plan_never_asks_past_a_revocation() -> None:
+    from node.discovery.catchup import CatchUp
+
+    plan = CatchUp()
+    assert plan.plan("p", {"n": 9}, {"n": 3}, {"n": 5}) == [("n", 4, 5)]
+    plan.done("p", "n")
+    assert plan.plan("p", {"n": 9}, {"n": 5}, {"n": 5}) == []
+    assert plan.behind({"n": 5}) and not plan.behind({"n": 5}, {"n": 5})  # nothing more it may take
+
+
 async def test_a_desk_cut_off_for_two_epochs_comes_back(tmp_path: Path) -> None:
     """Its events reach every desk once, it gets what it missed by runs, and all fold the same state."""
     logs = await started(tmp_path, ["bridge", "front", "away"])
@@ -353,6 +363,37 @@ async def test_what_a_desk_writes_alone_travels_in_runs_and_what_follows_it_wait
         b = logs[1] = make_log(tmp_path, "b")  # and after a restart
         await b.start()
         same_everywhere(logs)
+    finally:
+        close_all(logs)
+
+
+@pytest.mark.parametrize("documents_first", [False, True])
+async def test_a_revoked_desks_events_before_its_revocation_reach_every_desk(tmp_path: Path,
+                                                                           documents_first: bool) -> None:
+    """Found by review: a desk writes alone, then once linked, then is revoked as of the events it wrote
+    alone. A desk linked only to an honest relay (which got the later one before the revocation) must still
+    get those: asked for past the revocation, the run was refused whole, and asked again, forever; the
+    relay's document holding the later event dropped the link the same way."""
+    relay, later, revoked = logs = await started(tmp_path, ["relay", "later", "revoked"])
+    try:
+        node = revoked.identity.node_id
+        await scans(revoked, 3, "X")
+        await settle(logs)
+        revoked.link_down()
+        alone = await scans(revoked, 2, "A")  # 4, 5: in no document
+        revoked.link_up()
+        await scans(revoked, 1, "L")  # 6: in its document
+        await settle([relay, revoked], documents_first=True)  # the relay gets 6 in the document, then 4-6
+        assert relay.vector[node] == 6 and f"{node}:6" in doc_events(relay)
+        await relay.append("revoke", {"node": node, "upto": 5, "reason": "stolen"}, "admin")
+        await relay.store.commit([])
+        own = relay.identity.node_id  # `later` learns of the revocation first (the relay's own run)
+        later.receive_run(own, 1, await relay.read_run(own, 1, relay.seq), relay.record_raw(own), relay.desk)
+        assert later.revoked == {node: 5}
+        await settle([relay, later], documents_first=documents_first)
+        assert later.vector[node] == 5 and set(alone) <= {e.id for e in later.ordered()}
+        assert not later.holds(f"{node}:6")
+        assert later.refusals[Refusal.REVOKED_NODE] >= 1  # the relay's document holds 6: left out, counted
     finally:
         close_all(logs)
 

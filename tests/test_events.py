@@ -97,6 +97,7 @@ odd_values = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(2**63), max_value=2**64 - 1), st.floats(allow_nan=False),
     st.text(max_size=12), st.binary(max_size=70), st.just("\udcff"), st.lists(st.integers(-2, 3), max_size=3),
     st.dictionaries(st.text(max_size=4), st.integers(-1, 3), max_size=2), st.just(2**53), st.just(2**53 + 1),
+    st.builds(msgpack.ExtType, st.integers(-1, 127), st.binary(max_size=12)),
 )
 fields = st.sampled_from(["id", "node", "seq", "hlc", "at", "kind", "body", "staff", "seen", "prev", "sig"])
 body_fields = st.sampled_from(["patron", "item", "due", "override", "amount", "imported", "upto", "epoch", "x"])
@@ -122,6 +123,31 @@ def test_the_fast_reading_gives_the_full_readings_answer(kind, changes, body_cha
     if extra:
         obj["more"] = 1
     raw = msgpack.packb(obj, use_bin_type=True, unicode_errors="surrogateescape")
+    assert _reading(decode_event, raw) == _reading(_decode_full, raw)
+
+
+def _with_body_entry(raw_value: bytes) -> bytes:
+    """A signed-looking event whose body holds one more entry, `x`, written as these exact msgpack bytes."""
+    obj = msgpack.unpackb(SimDesk().write("checkout", patron="P1", item="I1", due=DUE).encode())
+    body = obj["body"]
+    packed_body = bytes([0x80 | (len(body) + 1)]) + b"".join(
+        msgpack.packb(k) + msgpack.packb(v) for k, v in body.items()) + msgpack.packb("x") + raw_value
+    return bytes([0x80 | len(obj)]) + b"".join(
+        msgpack.packb(k) + (packed_body if k == "body" else msgpack.packb(v, use_bin_type=True))
+        for k, v in obj.items())
+
+
+@pytest.mark.parametrize("raw_value", [
+    b"\xc7\x05\xff" + b"\x00" * 5,  # a timestamp ext of a length msgpack refuses
+    b"\x81\x91\x01\x01",  # a map whose key is a list
+    b"\x81\x80\x01",  # a map whose key is a map
+    b"\x91" * 900 + b"\x01",  # nested deeper than msgspec reads
+    b"\x91" * 1100 + b"\x01",  # deeper than msgpack reads
+], ids=["bad-timestamp", "list-key", "map-key", "deep-900", "deep-1100"])
+def test_what_the_fast_reading_cannot_read_gets_the_full_readings_answer(raw_value: bytes) -> None:
+    """Found by review: these raised ValueError, TypeError or RecursionError out of decode_event, which
+    would have left a refused change in the document and killed every link that carried it."""
+    raw = _with_body_entry(raw_value)
     assert _reading(decode_event, raw) == _reading(_decode_full, raw)
 
 

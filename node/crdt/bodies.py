@@ -197,7 +197,7 @@ def plainly_readable(kind: str, body: bytes, at: int, staff: str) -> bool:
         return False
     try:
         decoder.decode(body).check(at)
-    except (msgspec.DecodeError, BoundsError):
+    except Exception:  # DecodeError, BoundsError, RecursionError: body_problem says what it is
         return False
     return True
 

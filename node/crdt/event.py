@@ -208,7 +208,7 @@ def decode_event(raw: bytes) -> Event:
         raise EventError("event is not bytes or is too large")
     try:
         env = _ENVELOPE.decode(raw)
-    except msgspec.DecodeError:
+    except Exception:  # DecodeError, and RecursionError on deep nesting: the full reading words it
         return _decode_full(raw)
     node, seq, hlc, seen, prev = env.node, env.seq, env.hlc, env.seen, env.prev
     if (not 1 <= seq <= MAX_SEQ or env.id != f"{node}:{seq}" or not is_node_id(node) or hlc[0] < 0
@@ -216,8 +216,11 @@ def decode_event(raw: bytes) -> Event:
             or len(seen) > 10_000
             or not all(0 <= v <= MAX_SEQ and is_node_id(k) for k, v in seen.items())):
         return _decode_full(raw)
-    body_raw = env.body
-    body = msgpack.unpackb(body_raw, raw=False, strict_map_key=False, unicode_errors="surrogateescape")
+    body_raw = env.body  # unchecked bytes: an ext, an unhashable key or deep nesting inside still raises
+    try:
+        body = msgpack.unpackb(body_raw, raw=False, strict_map_key=False, unicode_errors="surrogateescape")
+    except Exception:
+        return _decode_full(raw)
     kind, staff, at = sys.intern(env.kind), env.staff, env.at
     if len(staff) <= 200:
         staff = sys.intern(staff)

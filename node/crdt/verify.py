@@ -167,7 +167,8 @@ def verify_run(node: str, first: int, raws: list[bytes], before: bytes | None, s
                refuse_event: Callable[[Event, NodeRecord], Refused | None] = lambda event, record: None) -> Verdict:
     """A journal run (the bulk path): `node`'s events `first`.. in a hash chain that continues `before` (the
     raw event first-1 as this node holds it; None for the first). All are kept or none: the chain binds
-    each event to the next, so the one signature of the last vouches for the run."""
+    each event to the next, so the one signature of the last vouches for the run. One exception: a run that
+    runs past its desk's revocation keeps the events before it, vouched for by the last one's signature."""
     verdict = Verdict()
     events: list[tuple[Event, bytes]] = []
     link = GENESIS if first == 1 else (chain_hash(before) if before is not None else None)
@@ -190,6 +191,8 @@ def verify_run(node: str, first: int, raws: list[bytes], before: bytes | None, s
         refused = refuse_event(event, signer)
         if refused is not None:
             verdict.refusals.append(refused)
+            if refused.kind is Refusal.REVOKED_NODE and events:  # what the desk wrote before it was revoked
+                _close_run(events, signer.key, verdict)  # stands, vouched for by its own last signature
             return verdict
         link = chain_hash(raw)
         events.append((event, raw))

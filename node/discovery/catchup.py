@@ -27,13 +27,18 @@ class CatchUp:
         self._claims: dict[str, tuple[Hashable, int]] = {}  # node -> (link asked, last seq asked)
         self.seen: dict[str, int] = {}  # node -> the most any peer said it holds (hello, tip)
 
-    def plan(self, peer: Hashable, peer_vector: Mapping[str, int], vector: Mapping[str, int]) -> list[Range]:
-        """What to ask `peer` (a link: two links to one desk ask apart) for now, and claim for it."""
+    def plan(self, peer: Hashable, peer_vector: Mapping[str, int], vector: Mapping[str, int],
+             revoked: Mapping[str, int] | None = None) -> list[Range]:
+        """What to ask `peer` (a link: two links to one desk ask apart) for now, and claim for it. Never past
+        what a revoked desk may have written (`revoked`: node -> its last event accepted): a run holding one
+        event more would be refused whole, and asked again, forever."""
+        revoked = revoked or {}
         out: list[Range] = []
         for node, theirs in peer_vector.items():
             if theirs > self.seen.get(node, 0):
                 self.seen[node] = theirs
         for node, theirs in sorted(peer_vector.items()):
+            theirs = min(theirs, revoked.get(node, theirs))
             have = vector.get(node, 0)
             if theirs <= have or node in self._claims:
                 continue
@@ -47,9 +52,10 @@ class CatchUp:
         if self._claims.get(node, ("",))[0] == peer:
             del self._claims[node]
 
-    def behind(self, vector: Mapping[str, int]) -> bool:
-        """Whether a peer said it holds events this desk (holding `vector`) does not hold yet."""
-        return any(seq > vector.get(node, 0) for node, seq in self.seen.items())
+    def behind(self, vector: Mapping[str, int], revoked: Mapping[str, int] | None = None) -> bool:
+        """Whether a peer said it holds events this desk (holding `vector`) does not hold yet, and may take."""
+        revoked = revoked or {}
+        return any(min(seq, revoked.get(node, seq)) > vector.get(node, 0) for node, seq in self.seen.items())
 
     def release(self, peer: Hashable) -> None:
         """The link to `peer` went away: what it was asked may be asked of another."""

@@ -190,7 +190,7 @@ class PeerLink:
                     round_due |= await self._perform(self._apply_run(run))
                 case CatchUp():
                     assert self.info is not None
-                    ranges = self.log.catchup.plan(self, self.info.peer_vector, self.log.vector)
+                    ranges = self.log.catchup.plan(self, self.info.peer_vector, self.log.vector, self.log.revoked)
                     round_due |= await self._perform(self.machine.want(ranges))
                 case ServeRuns(ranges):
                     self._wants.put_nowait(ranges)

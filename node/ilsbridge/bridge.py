@@ -128,20 +128,18 @@ def recorded_times(history: Iterable[Event], voided: Container[str]) -> dict[str
     fold's base is no longer in the state, but its `applied` event is in the history. The first readable,
     unvoided answer about an event stands, as in the fold."""
     at: dict[str, int] = {}
-    answered: set[str] = set()
-    out: dict[str, int] = {}
+    first: dict[str, Event] = {}  # target -> its first answer (even one sorting before it, as in the fold)
     for event in history:
         if event.problem is not None or event.id in voided:
             continue
         if event.kind != "applied":
             at[event.id] = event.at
-            continue
-        target = event.body["event"]
-        if target in answered:
-            continue
-        answered.add(target)
+        elif (target := event.body["event"]) not in first:
+            first[target] = event
+    out = {}
+    for target, applied in first.items():
         if target in at:
-            recorded = event.body.get("ils_at")
+            recorded = applied.body.get("ils_at")
             out[target] = at[target] if recorded is None else recorded
     return out
 
