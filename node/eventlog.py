@@ -40,6 +40,7 @@ from node.crdt.state import CirculationState, Loan, Outcome, answered, open_work
 from node.crdt.verify import verify_run, verify_touched
 from node.discovery.catchup import CatchUp
 from node.storage import db
+from node.storage.gate import CommitGate
 from node.trust.identity import NodeIdentity
 
 log = logging.getLogger(__name__)
@@ -67,10 +68,6 @@ SETTLE_MS = 10_000
 
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-class StorageFailure(RuntimeError):
-    """The journal could not be written: nothing more may be acknowledged or sent."""
 
 
 class RefusedSync(Exception):
@@ -185,14 +182,11 @@ class EventLog:
         self.revoked_by: dict[str, str] = {}  # node -> the revoke event whose `upto` stands
         self.seq = 0
         self._tip: bytes | None = None  # this desk's latest event as stored
-        self.failed: str | None = None
         self.refusals: Counter[Refusal] = Counter()
         self.refusal_log: list[str] = []
         self._listeners: list[Callable[[Arrival], None]] = []
         self._wakers: set[asyncio.Event] = set()
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self.gate = CommitGate()  # sync waits while a local change is written (node/storage/gate.py)
         self._writing = asyncio.Lock()
         self._since_save = 0
         self._last_compaction = float("-inf")
@@ -287,8 +281,7 @@ class EventLog:
         if record is not None:
             raw = record.encode()
             key = record_key(record.node)
-            self._in_flight += 1
-            self._idle.clear()
+            self.gate.enter()
             try:
                 chunks = self.doc.put({key: raw})
                 self.records[record.node] = record
@@ -296,7 +289,7 @@ class EventLog:
                 await self.store.commit([db.record_upsert(record.node, raw)]
                                         + [db.change_insert(c) for c in chunks])
             finally:
-                self._done_in_flight()
+                self.gate.leave()
             self._pending_record = None
             self._wake()
 
@@ -390,9 +383,8 @@ class EventLog:
             raw = event.encode()
             self.seq = seq
             self._tip = raw  # the next event chains to this one even if it is written before this one is durable
-            self._check_healthy()
-            self._in_flight += 1
-            self._idle.clear()
+            self.gate.check_healthy()
+            self.gate.enter()
             self._in_flight_keys[event.id] = _own_key(event)
             pos = self._take_pos()
             try:
@@ -400,11 +392,11 @@ class EventLog:
                 statements = [db.journal_insert([_entry(event, raw, pos, _own_key(event))])]
                 written = self.store.submit(statements + [db.change_insert(c) for c in chunks])
             except BaseException as e:
-                raise self._storage_failed(e) from e
+                raise self.gate.fail(e) from e
         try:
             await written
         except BaseException as e:
-            raise self._storage_failed(e) from e
+            raise self.gate.fail(e) from e
         try:
             self._integrate(event, raw, local=True, pos=pos)
             self._write_stamps([event])
@@ -412,7 +404,7 @@ class EventLog:
             # The event is durable: whatever happens while folding it, sync must go on (a stuck gate
             # would silence this desk while its links still looked connected).
             self._in_flight_keys.pop(event.id, None)
-            self._done_in_flight()
+            self.gate.leave()
             self.doc_events += 1 if chunks else 0
             self._count_change(len(chunks))
             self._advance()
@@ -439,7 +431,7 @@ class EventLog:
         built: list[tuple[Event, bytes]] = []
         size = 0
         async with self._writing:  # no other local event may take a sequence number in between
-            self._check_healthy()
+            self.gate.check_healthy()
             seq, prev = self.seq, self._chain_tip()
             seen = {n: s for n, s in self.vector.items() if n != self.identity.node_id}
             for kind, body, at in entries:
@@ -455,7 +447,7 @@ class EventLog:
                     await asyncio.sleep(0)  # signing is the slow part: let the desk answer meanwhile
             if not built:
                 return []
-            self._check_healthy()
+            self.gate.check_healthy()
             sealed = size > SEALED_BATCH_BYTES
             if sealed:
                 seq += 1
@@ -467,8 +459,7 @@ class EventLog:
             else:
                 events = built
             # From the first change put in the document until the commit, no sync message may leave.
-            self._in_flight += 1
-            self._idle.clear()
+            self.gate.enter()
             self._in_flight_keys.update((e.id, _own_key(e)) for e, _ in events)
             chunks: list[bytes] = []
             try:
@@ -482,13 +473,13 @@ class EventLog:
                               + [db.change_insert(c) for c in chunks])
                 written = self.store.submit(statements)
             except BaseException as e:
-                raise self._storage_failed(e) from e
+                raise self.gate.fail(e) from e
             self.seq = seq
             self._tip = events[-1][1]
         try:
             await written
         except BaseException as e:
-            raise self._storage_failed(e) from e
+            raise self.gate.fail(e) from e
         try:
             for (event, raw), pos in zip(events, positions, strict=True):
                 self._integrate(event, raw, local=True, pos=pos)
@@ -496,20 +487,13 @@ class EventLog:
         finally:  # durable: sync goes on whatever happens while folding
             for event, _ in events:
                     self._in_flight_keys.pop(event.id, None)
-            self._done_in_flight()
+            self.gate.leave()
             self.doc_events += len(built) if chunks else 0
             self._count_change(len(chunks))
             self._advance()
             self._move_base_if_due()
             self._wake()
         return [e for e, _ in built]
-
-    def _storage_failed(self, e: BaseException) -> StorageFailure:
-        """The document holds a change that is not on disk. Sending it on could let peers keep an event
-        this node would forget, so the node stops: no more scans, no more sync (see durable())."""
-        self.failed = f"storage failure: {e}"
-        log.error("%s; this desk stops taking scans", self.failed)
-        return StorageFailure(self.failed)
 
     def _chain_tip(self) -> bytes:
         if self.seq == 0:
@@ -518,20 +502,14 @@ class EventLog:
             self._tip = self._latest_raw[self.identity.node_id]
         return chain_hash(self._tip)
 
-    def _done_in_flight(self) -> None:
-        self._in_flight -= 1
-        if self._in_flight == 0:
-            self._idle.set()
+    @property
+    def failed(self) -> str | None:
+        """Why this desk stopped taking scans (its journal could not be written), if it did."""
+        return self.gate.failed
 
     async def durable(self) -> None:
         """Waits until no local change is waiting for its fsync; never returns after a storage failure."""
-        await self._idle.wait()
-        if self.failed:
-            await asyncio.Event().wait()
-
-    def _check_healthy(self) -> None:
-        if self.failed:
-            raise StorageFailure(self.failed)
+        await self.gate.durable()
 
     # ---- replication
     def new_sync_state(self) -> SyncState:
@@ -720,9 +698,8 @@ class EventLog:
         future.add_done_callback(self._remote_committed)
 
     def _remote_committed(self, future: asyncio.Future[None]) -> None:
-        if not future.cancelled() and future.exception() is not None:
-            self.failed = f"storage failure: {future.exception()}"
-            log.error("%s; this desk stops taking scans", self.failed)
+        if not future.cancelled() and (error := future.exception()) is not None:
+            self.gate.fail(error)
 
     def _refuse_event(self, event: Event, record: NodeRecord) -> Refused | None:
         return self.policy.refuse_event(event, record, self.revoked.get(event.node))

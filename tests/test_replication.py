@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from node.crdt.event import EventError
-from node.eventlog import EventLog, StorageFailure
+from node.eventlog import EventLog
+from node.storage.gate import StorageFailure
 from node.trust.identity import load_or_create_identity
 from tests.test_state import summary
 

@@ -136,7 +136,7 @@ async def test_a_desk_that_wrote_unreadable_events_keeps_serving_every_view(desk
         for kind, body, at in NASTY:
             assert await _write_raw(desk.log, kind, body, at) is not None
     good = await desk.log.append("checkout", {"patron": "P1", "item": "I1", "due": AT + 1}, "tester", at=AT)
-    assert desk.log._idle.is_set(), "the fsync gate is open: sync goes on"
+    assert desk.log.gate.idle, "the fsync gate is open: sync goes on"
     base = f"http://127.0.0.1:{desk.port}"
     async with aiohttp.ClientSession() as s:
         token = await sign_in(s, base, TEST_USER, TEST_PASSWORD)

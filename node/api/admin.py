@@ -25,7 +25,7 @@ from node.api.schemas import ResolutionRequest, read_json
 from node.crdt import conflicts as c
 from node.crdt.conflicts import Conflict
 from node.crdt.event import Event, EventError
-from node.eventlog import StorageFailure
+from node.storage.gate import StorageFailure
 
 routes = web.RouteTableDef()
 ACTIONS = ("void", "keep", "accept_ils", "apply", "acknowledge")

@@ -29,8 +29,9 @@ from node.api.schemas import (
 )
 from node.crdt.bounds import BoundsError, DeskLimits, check_money
 from node.crdt.event import EventError
-from node.eventlog import StorageFailure, wall_ms
+from node.eventlog import wall_ms
 from node.scan_warnings import ScanWarning
+from node.storage.gate import StorageFailure
 
 log = logging.getLogger(__name__)
 

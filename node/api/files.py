@@ -21,10 +21,10 @@ from node.api.auth import STAFF
 from node.api.errors import ApiError
 from node.api.keys import CLOCKS, CONFIG, LOG
 from node.crdt.event import DESK_KINDS, EventError, check_body
-from node.eventlog import StorageFailure
 from node.ilsbridge import formats
 from node.ilsbridge.bridge import recorded_times
 from node.ilsbridge.mapping import body_of, ils_times, operation_of, utc_to_ms
+from node.storage.gate import StorageFailure
 
 routes = web.RouteTableDef()
 MIB = 1024 * 1024
