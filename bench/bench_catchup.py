@@ -24,6 +24,7 @@ import _common  # noqa: F401  (puts the project on sys.path)
 from automerge import _automerge as am
 from automerge.core import ROOT, ScalarType
 
+from node import collector
 from node.eventlog import EventLog
 from node.trust.identity import load_or_create_identity
 
@@ -70,6 +71,7 @@ async def build(root: Path) -> tuple[EventLog, list[tuple[str, bytes]]]:
 async def absorb(root: Path, peer: EventLog) -> tuple[float, float, int]:
     fresh = open_log(root, "fresh")
     await fresh.start()
+    collector.freeze_loaded()  # as `circmesh run` does once the desk serves
     cpu, wall, main_cpu = time.process_time(), time.perf_counter(), time.thread_time()
     got = 0
     for node, top in sorted(peer.vector.items()):
@@ -112,6 +114,7 @@ def automerge_only(pairs: list[tuple[str, bytes]]) -> tuple[float, float]:
 
 
 async def main() -> None:
+    collector.tune()  # as `circmesh run` does
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()

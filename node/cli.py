@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from node import __version__
+from node import __version__, collector
 
 log = logging.getLogger("node.cli")
 HARD_EXIT_GRACE = 3.0  # seconds beyond DeskNode's STOP_TIMEOUT before a stop that overran is cut short
@@ -171,11 +171,13 @@ def _run(args: argparse.Namespace) -> int:
 
     signals = StopSignals()
     signals.install()
+    collector.tune()
 
     async def main() -> None:
         from node.desk import run_until_stopped
 
         def ready() -> None:
+            collector.freeze_loaded()
             # pid: the desk itself, even when started through a wrapper (faketime)
             print(json.dumps({"ready": True, "desk": config.desk, "node": node.node_id,
                               "url": f"http://{config.host}:{node.port}", "peer_port": node.peer_port,
