@@ -163,10 +163,8 @@ class EventLog:
         self.events = HeldEvents(self)
         self.event_count = 0
         self._next_pos = 1  # the next arrival position (the journal's `pos`, the /events cursor)
-        # Signed bytes of the events the current epoch does not cover (those a document may bring again,
-        # checked byte for byte against these); older ones are read from the journal when asked for (runs).
-        # Plus every desk's latest, which the next run of its events must chain to.
-        self.raw: dict[str, bytes] = {}
+        # Every desk's latest event as held, which the next run of its events must chain to. (Other events'
+        # bytes are read from the journal when asked for: runs, and a document bringing one again.)
         self._latest_raw: dict[str, bytes] = {}
         self.records: dict[str, NodeRecord] = {}
         self.records_raw: dict[str, bytes] = {}
@@ -223,7 +221,7 @@ class EventLog:
         self._restamps = self.ordered_log.restamps  # those of the start are in _stamps_due
         self.seq = self.vector.get(self.identity.node_id, 0)
         self._doc_epoch = loaded.meta.get("epoch", "")
-        self._forget_covered(self.epochs.advance(self.vector))
+        self.epochs.advance(self.vector)
         self.doc_events = sum(1 for key in self.doc.keys() if not key.startswith("n:"))
         own = self.records.get(self.identity.node_id)
         if own is None or own.desk != self.desk or own.cert != self.cert:
@@ -670,7 +668,6 @@ class EventLog:
         self.doc = doc
         self._doc_epoch = target.seal
         self.doc_events = 0
-        self._forget_covered(target)
         self._since_save = 0
         self._submit_remote(db.rebase(doc.save(), target.seal))
         log.info("epoch %d (sealed by %s): a new document", target.number,
@@ -724,35 +721,23 @@ class EventLog:
     def drop_waker(self, waker: asyncio.Event) -> None:
         self._wakers.discard(waker)
 
-    def _forget_covered(self, epoch: Epoch) -> None:
-        """Events the epoch *before* this one covers travel in runs, read from the journal: their bytes leave
-        memory. Those of the last epoch stay: a rival of this epoch's seal, built on the same predecessor,
-        covers at least what that predecessor did, so moving to it never needs bytes from the journal
-        (which may not have committed them yet)."""
-        before = self.epochs.entered[-2] if len(self.epochs.entered) > 1 else None
-        if before is None:
-            return
-        for event_id in [i for i in self.raw if before.covers(*_node_seq(i))]:
-            del self.raw[event_id]
-
     def _records_for(self, nodes: set[str]) -> dict[str, bytes]:
         """The node records a document needs beside these desks' events: each peer must be able to check them.
         (Not every record held: a desk long gone, or one whose certificate expired, stays out.)"""
         return {record_key(n): raw for n in nodes if (raw := self.records_raw.get(n)) is not None}
 
     def _held_raw(self, event_id: str) -> bytes | None:
-        """The bytes of an event held here: from memory, or for one an epoch covers (which an honest desk
-        never puts in a document again) from the journal, so that a second version of it is still refused."""
-        raw = self.raw.get(event_id)
-        if raw is None and self.holds(event_id):
-            raw = self._journal_raw(event_id)
-        return raw
-
-    def _journal_raw(self, event_id: str) -> bytes | None:
-        """An event's bytes from the journal, now (only when a rival seal moves this desk back: rare)."""
+        """The bytes of an event held here, for a document that brings it again: a second version of it is
+        refused. The desk's latest from memory, any other from the journal over the reader's connection,
+        which never waits for the writer. One whose row is not committed yet is not found there: it is
+        verified as if new (an altered copy then fails its signature instead), then found held."""
+        if not self.holds(event_id):
+            return None
         node, seq = _node_seq(event_id)
-        rows = self.store.read_now(lambda c: db.read_run(c, node, seq, seq, RUN_BYTES))
-        return rows[0] if rows else None
+        if seq == self.vector.get(node):
+            return self._latest_raw.get(node)
+        row = self.reader.event(node, seq)
+        return row.raw if row is not None else None
 
     # ---- internals
     def _integrate(self, event: Event, raw: bytes, *, local: bool, notify: bool = True,
@@ -776,8 +761,6 @@ class EventLog:
         return arrival
 
     def _note(self, event: Event, raw: bytes) -> None:
-        if not self.epochs.current.covers(event.node, event.seq):
-            self.raw[event.id] = raw
         if event.seq > self.vector.get(event.node, 0):
             self.vector[event.node] = event.seq
             self._latest_raw[event.node] = raw
