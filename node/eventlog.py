@@ -750,7 +750,9 @@ class EventLog:
         self.ordered_log.add(event)
         self._remember(event)
         key = self.ordered_log.key_of(event.id)
-        self.clock.observe(Hlc(key[0], key[1]))  # its order stamp: bounded by the clock, as far as it goes
+        last = self.clock.last
+        if (key[0], key[1]) >= (last.wall, last.counter):  # (a catch-up's are mostly behind it: nothing to do)
+            self.clock.observe(Hlc(key[0], key[1]))  # its order stamp: bounded by the clock, as far as it goes
         arrival = Arrival(self._take_pos() if pos is None else pos, event, local)
         if notify:
             for listener in list(self._listeners):
