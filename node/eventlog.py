@@ -31,7 +31,16 @@ from node.cluster import TrustPolicy
 from node.crdt import checkpoint
 from node.crdt.document import DocumentError, LogDocument, SyncState
 from node.crdt.epochs import Epoch, Epochs
-from node.crdt.event import GENESIS, Event, EventError, chain_hash, check_body, decode_kept, make_event
+from node.crdt.event import (
+    GENESIS,
+    Event,
+    EventError,
+    applied_target,
+    chain_hash,
+    check_body,
+    decode_kept,
+    make_event,
+)
 from node.crdt.hlc import DEFAULT_MAX_DRIFT_MS, Hlc, HybridClock
 from node.crdt.order import Base, OrderedLog, OrderKey, causal_sequence
 from node.crdt.records import NodeRecord, decode_record, make_record, record_key
@@ -221,7 +230,7 @@ class EventLog:
         self._restamps = self.ordered_log.restamps  # those of the start are in _stamps_due
         self.seq = self.vector.get(self.identity.node_id, 0)
         self._doc_epoch = loaded.meta.get("epoch", "")
-        self.epochs.advance(self.vector)
+        self.epochs.advance(self.vector)  # the epoch the journal says (start moves the document there)
         self.doc_events = sum(1 for key in self.doc.keys() if not key.startswith("n:"))
         own = self.records.get(self.identity.node_id)
         if own is None or own.desk != self.desk or own.cert != self.cert:
@@ -239,7 +248,7 @@ class EventLog:
         for event in causal_sequence(event for event, _ in journal):
             row = rows[event.id]
             self._integrate(event, row.raw, local=False, notify=False, pos=row.pos)
-        self._stamps_due = [(event.id, key, event.kind, _target(event)) for event, row in journal
+        self._stamps_due = [(event.id, key, event.kind, applied_target(event)) for event, row in journal
                             if row.key != (key := self.ordered_log.key_of(event.id))]
 
     def _open_from_base(self, loaded: db.Loaded, base: Base, saved: db.SavedBase) -> None:
@@ -265,7 +274,7 @@ class EventLog:
         self.ordered_log.opened()
         # A crash between a local event's commit and the fix of its key (a peer's clock ran ahead) left its
         # hlc as its key: the key computed now is written back.
-        self._stamps_due = [(event.id, key, event.kind, _target(event)) for event, row in integrated
+        self._stamps_due = [(event.id, key, event.kind, applied_target(event)) for event, row in integrated
                             if row.key != (key := self.ordered_log.key_of(event.id))]
 
     async def start(self) -> None:
@@ -484,7 +493,7 @@ class EventLog:
             self._write_stamps([e for e, _ in events])
         finally:  # durable: sync goes on whatever happens while folding
             for event, _ in events:
-                    self._in_flight_keys.pop(event.id, None)
+                self._in_flight_keys.pop(event.id, None)
             self.gate.leave()
             self.doc_events += len(built) if chunks else 0
             self._count_change(len(chunks))
@@ -531,13 +540,11 @@ class EventLog:
         verdict = verify_touched(touched.keys, self.doc.value, self._held_raw, self.records.get,
                                  admitted=self.policy.admit, refuse_event=self._refuse_event)
         problems = [Refused(Refusal.MALFORMED, p) for p in touched.problems] + verdict.refusals
-        if any(problem.kind is not Refusal.REVOKED_NODE for problem in problems):
+        if not self._only_revoked_tails(problems, peer):
             self.doc.rollback(before)
             for problem in problems:
                 self.refuse(problem.kind, f"{peer}: {problem.message}")
             raise RefusedSync(problems[0])
-        for problem in problems:  # see _revoked_tail
-            self._revoked_tail(problem, peer)
         for record, raw in verdict.records:
             self.records[record.node] = record
             self.records_raw[record.node] = raw
@@ -600,10 +607,8 @@ class EventLog:
             return 0
         before = self._latest_raw.get(node) if held else None
         verdict = verify_run(node, first, raws, before, signer, refuse_event=self._refuse_event)
-        if any(problem.kind is not Refusal.REVOKED_NODE for problem in verdict.refusals):
+        if not self._only_revoked_tails(verdict.refusals, peer):
             return self._refuse_run(verdict.refusals[0], peer)
-        for problem in verdict.refusals:
-            self._revoked_tail(problem, peer)
         self._keep_records(records)
         entries = [self._entry_of(arrival, raw) for event, raw in verdict.events
                    if (arrival := self._integrate(event, raw, local=False)) is not None]
@@ -621,12 +626,17 @@ class EventLog:
     def link_down(self) -> None:
         self.links = max(0, self.links - 1)
 
-    def _revoked_tail(self, problem: Refused, peer: str) -> None:
-        """A revoked desk's events after its revocation are not taken in, but an honest peer may well send
-        them: it received them before it learnt of the revocation. What came with them is kept (the events
-        the desk wrote before it stand; a run's are vouched for by the signature of the last of them), the
-        refusal is counted, and the link stays: dropping it would drop it again on every reconnection."""
-        self.refuse(problem.kind, f"{peer}: {problem.message} (left out; the rest is kept)")
+    def _only_revoked_tails(self, problems: list[Refused], peer: str) -> bool:
+        """Whether every problem is a revoked desk's event after its revocation (counted here, then). Those
+        are not taken in, but an honest peer may well send them: it received them before it learnt of the
+        revocation. What came with them is kept (the events the desk wrote before it stand; a run's are
+        vouched for by the signature of the last of them), and the link stays: dropping it would drop it
+        again on every reconnection."""
+        if any(problem.kind is not Refusal.REVOKED_NODE for problem in problems):
+            return False
+        for problem in problems:
+            self.refuse(problem.kind, f"{peer}: {problem.message} (left out; the rest is kept)")
+        return True
 
     def _keep_records(self, records: list[tuple[NodeRecord, bytes]]) -> None:
         for record, raw in records:
@@ -664,7 +674,9 @@ class EventLog:
         # A new, empty document with this desk's own record: it carries what is written from now on. What
         # a peer in the new epoch lacks of the events before, it asks for in runs (catchup.py).
         doc = LogDocument(self.identity.actor_id)
-        doc.put(self._records_for({self.identity.node_id}))
+        own = self.records_raw.get(self.identity.node_id)
+        if own is not None:
+            doc.put({record_key(self.identity.node_id): own})
         self.doc = doc
         self._doc_epoch = target.seal
         self.doc_events = 0
@@ -720,11 +732,6 @@ class EventLog:
 
     def drop_waker(self, waker: asyncio.Event) -> None:
         self._wakers.discard(waker)
-
-    def _records_for(self, nodes: set[str]) -> dict[str, bytes]:
-        """The node records a document needs beside these desks' events: each peer must be able to check them.
-        (Not every record held: a desk long gone, or one whose certificate expired, stays out.)"""
-        return {record_key(n): raw for n in nodes if (raw := self.records_raw.get(n)) is not None}
 
     def _held_raw(self, event_id: str) -> bytes | None:
         """The bytes of an event held here, for a document that brings it again: a second version of it is
@@ -788,11 +795,11 @@ class EventLog:
     def _write_stamps(self, local: list[Event]) -> None:
         """Local events were written with their hlc as their order key, which it is unless a peer's clock ran
         ahead; and a restamp (order.py) changes keys already written: the journal gets the keys memory has."""
-        fixes = [(e.id, key, e.kind, _target(e)) for e in local
+        fixes = [(e.id, key, e.kind, applied_target(e)) for e in local
                  if (key := self.ordered_log.key_of(e.id)) != _own_key(e)]
         if self.ordered_log.restamps != self._restamps:
             self._restamps = self.ordered_log.restamps
-            fixes = [(e.id, self.ordered_log.key_of(e.id), e.kind, _target(e))
+            fixes = [(e.id, self.ordered_log.key_of(e.id), e.kind, applied_target(e))
                      for e in self.ordered_log.by_id.values()]
         if fixes:
             self._submit_remote([db.journal_stamps(fixes)])
@@ -856,13 +863,9 @@ def _own_key(event: Event) -> OrderKey:
 
 
 def _entry(event: Event, raw: bytes, pos: int, key: OrderKey) -> db.JournalEntry:
-    return db.JournalEntry(event.id, raw, event.problem, event.kind, pos, key, _target(event))
+    return db.JournalEntry(event.id, raw, event.problem, event.kind, pos, key, applied_target(event))
 
 
-def _target(event: Event) -> str | None:
-    """The event an `applied` answers (journal column `target`)."""
-    target = event.body.get("event") if event.kind == "applied" and event.problem is None else None
-    return target if isinstance(target, str) else None
 
 
 def _node_seq(event_id: str) -> tuple[str, int]:

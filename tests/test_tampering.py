@@ -21,7 +21,7 @@ from node.trust.ca import issue_node_certificate
 from node.trust.certs import cert_pem
 from node.trust.tlsctx import client_context
 from tests.factories import DUE, SimDesk, identity
-from tests.procs import TEST_PASSWORD, TEST_USER, sign_in
+from tests.procs import TEST_PASSWORD, TEST_USER, sign_in, wait_for
 from tests.provision import test_ca
 
 
@@ -154,10 +154,11 @@ async def test_frames_out_of_order_are_refused_by_kind(desk, session) -> None:
 async def test_altered_copy_of_an_existing_event_is_refused(desk, session) -> None:
     peer = HostilePeer(session, desk)
     await peer.connect()
-    for _ in range(200):  # bounded: the desk's side of the link is up (its scans go in the document)
-        if desk.log.links:
-            break
-        await asyncio.sleep(0.01)
+
+    async def linked() -> bool:  # the desk's side of the link is up: its scans go in the document
+        return desk.log.links > 0
+
+    await wait_for(linked, within=10, what="the desk's side of the link")
     status, created = await api(session, desk, "POST", "/checkouts", json={"patron": "P1", "item": "I1"})
     assert status == 201
     await peer.pull()

@@ -38,6 +38,14 @@ MAX_JSON_INT = 2**53
 GENESIS = bytes(32)  # `prev` of a desk's first event
 
 
+def applied_target(event: Event) -> str | None:
+    """The event a readable `applied` answers (the journal's `target` column); None for any other event."""
+    if event.kind != "applied" or event.problem is not None:
+        return None
+    target = event.body.get("event")
+    return target if isinstance(target, str) else None
+
+
 def chain_hash(raw: bytes) -> bytes:
     return hashlib.sha256(raw).digest()
 

@@ -33,7 +33,7 @@ import heapq
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from typing import Protocol
 
-from node.crdt.event import Event
+from node.crdt.event import Event, applied_target
 from node.crdt.state import (
     CirculationState,
     InMemory,
@@ -334,13 +334,13 @@ class OrderedLog:
         return found
 
     def _index_answer(self, event: Event) -> None:
-        if event.kind == "applied" and event.problem is None and isinstance(target := event.body.get("event"), str):
+        if (target := applied_target(event)) is not None:
             self._answers_in_memory.setdefault(target, set()).add(event.id)
 
     def _forget(self, event_id: str) -> None:
         event = self.by_id.pop(event_id)
         del self._key_of[event_id]
-        if event.kind == "applied" and isinstance(target := event.body.get("event"), str):
+        if (target := applied_target(event)) is not None:
             ids = self._answers_in_memory.get(target)
             if ids is not None:
                 ids.discard(event_id)

@@ -92,16 +92,20 @@ def log_clock_offset(eventlog: CirculationView) -> Callable[[str], tuple[int, st
     return offset
 
 
+def _time_given(at: int, applied: Event | None) -> int:
+    """The time the ILS was given: the `ils_at` its `applied` recorded, else the event's own `at`."""
+    recorded = applied.body.get("ils_at") if applied is not None else None
+    return at if recorded is None else recorded
+
+
 def sent_times(lookup: Callable[[str], Event | None], state: CirculationState) -> dict[str, int]:
     """The time the ILS was given for every event it answered that `lookup` finds (`ils_at` of its `applied`
     event, else `at`)."""
     out = {}
     for target, outcome in state.outcomes.items():
         event = lookup(target)
-        applied = lookup(outcome.event) if event is not None else None
         if event is not None:
-            recorded = applied.body.get("ils_at") if applied is not None else None
-            out[target] = event.at if recorded is None else recorded
+            out[target] = _time_given(event.at, lookup(outcome.event))
     return out
 
 
@@ -117,9 +121,7 @@ def history_floor(log: CirculationView, pending: Iterable[Event], loans: Mapping
                 or f"item:{item}" in floor):
             continue
         outcome = log.outcome(loan.event)
-        applied = log.event(outcome.event) if outcome is not None else None
-        recorded = applied.body.get("ils_at") if applied is not None else None
-        floor[f"item:{item}"] = loan.at if recorded is None else recorded
+        floor[f"item:{item}"] = _time_given(loan.at, log.event(outcome.event) if outcome is not None else None)
     return floor
 
 
@@ -136,12 +138,7 @@ def recorded_times(history: Iterable[Event], voided: Container[str]) -> dict[str
             at[event.id] = event.at
         elif (target := event.body["event"]) not in first:
             first[target] = event
-    out = {}
-    for target, applied in first.items():
-        if target in at:
-            recorded = applied.body.get("ils_at")
-            out[target] = at[target] if recorded is None else recorded
-    return out
+    return {target: _time_given(at[target], applied) for target, applied in first.items() if target in at}
 
 
 class Bridge:
