@@ -17,11 +17,12 @@ from node.api.live import LiveFeed
 from node.clock_suspects import ClockSuspects
 from node.cluster import ClusterPolicy, load_membership
 from node.crdt.bounds import DeskLimits
+from node.crdt.core import Arrival
 from node.crdt.hlc import DEFAULT_MAX_DRIFT_MS
 from node.discovery.mdns import Discovery, Peer
 from node.discovery.peers import LogLinks, PeerTable
 from node.discovery.tls import TlsTransport, serve_tls
-from node.eventlog import Arrival, EventLog
+from node.eventlog import EventLog
 from node.ilsbridge.adapters.base import load_credentials, make_adapter
 from node.ilsbridge.bridge import Bridge, BridgeConfig
 from node.revocation import Revocations

@@ -22,31 +22,22 @@ import heapq
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Container, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Container, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from node.cluster import TrustPolicy
 from node.crdt import checkpoint
+from node.crdt.core import Arrival, LogCore, Taken, journal_entry, own_key
 from node.crdt.document import DocumentError, LogDocument, SyncState
 from node.crdt.epochs import Epoch, Epochs
-from node.crdt.event import (
-    GENESIS,
-    Event,
-    EventError,
-    applied_target,
-    chain_hash,
-    check_body,
-    decode_kept,
-    make_event,
-)
+from node.crdt.event import GENESIS, Event, EventError, chain_hash, check_body, decode_kept, make_event
 from node.crdt.hlc import DEFAULT_MAX_DRIFT_MS, Hlc, HybridClock
-from node.crdt.order import Base, OrderedLog, OrderKey, causal_sequence
-from node.crdt.records import NodeRecord, decode_record, make_record, record_key
+from node.crdt.order import Base, OrderedLog, OrderKey
+from node.crdt.records import NodeRecord, make_record, record_key
 from node.crdt.refusals import Refusal, Refused
 from node.crdt.state import CirculationState, Loan, Outcome, answered, open_work
-from node.crdt.verify import verify_run, verify_touched
+from node.crdt.verify import verify_touched
 from node.discovery.catchup import CatchUp
 from node.storage import db
 from node.storage.gate import CommitGate
@@ -86,15 +77,6 @@ class RefusedSync(Exception):
     def __init__(self, refused: Refused) -> None:
         super().__init__(refused.message)
         self.refused = refused
-
-
-@dataclass(frozen=True)
-class Arrival:
-    """An event as this node learned of it: `pos` is its local arrival position (the /events cursor)."""
-
-    pos: int
-    event: Event
-    local: bool
 
 
 class JournalHistory:
@@ -163,6 +145,7 @@ class EventLog:
         self.identity = identity
         self.desk = desk
         self.policy = policy or TrustPolicy()
+        self.core = LogCore(self.policy)  # what the desk holds, ordered and folded: no I/O (crdt/core.py)
         self.cert = cert  # this desk's certificate from the cluster CA, published in its node record
         self.store = db.Store(data_dir / "circmesh.sqlite")
         self._physical_ms = physical_ms
@@ -170,49 +153,73 @@ class EventLog:
         self.doc: LogDocument
         self.reader: db.Reader  # reads on the event loop's thread (the history, /events pages)
         self.events = HeldEvents(self)
-        self.event_count = 0
-        self._next_pos = 1  # the next arrival position (the journal's `pos`, the /events cursor)
-        # Every desk's latest event as held, which the next run of its events must chain to. (Other events'
-        # bytes are read from the journal when asked for: runs, and a document bringing one again.)
-        self._latest_raw: dict[str, bytes] = {}
-        self.records: dict[str, NodeRecord] = {}
-        self.records_raw: dict[str, bytes] = {}
-        self.ordered_log = OrderedLog()
-        self._restamps = 0
         self._uncommitted: set[str] = set()  # received events integrated, their journal rows not yet committed
         self._in_flight_keys: dict[str, OrderKey] = {}  # local events being written, not yet integrated
         self._base_due = BASE_EVERY  # when the fold's base is next tried (events after it)
         self._bulk_until = 0.0  # monotonic time until which no base is taken (see BULK_SETTLE_S)
         self._saved_refolds = 0  # the base refolds (order.py) when the base was last saved
-        self.vector: dict[str, int] = {}  # node -> highest seq held (a prefix: Automerge delivers in order)
-        self.revoked: dict[str, int] = {}  # node -> last seq accepted from it (kept as events arrive)
-        self.revoked_by: dict[str, str] = {}  # node -> the revoke event whose `upto` stands
         self.seq = 0
         self._tip: bytes | None = None  # this desk's latest event as stored
-        self.refusals: Counter[Refusal] = Counter()
-        self.refusal_log: list[str] = []
         self._listeners: list[Callable[[Arrival], None]] = []
         self._wakers: set[asyncio.Event] = set()
         self.gate = CommitGate()  # sync waits while a local change is written (node/storage/gate.py)
         self._writing = asyncio.Lock()
         self._since_save = 0
         self._last_compaction = float("-inf")
-        self.epochs = Epochs()
         self.catchup = CatchUp()  # which peer is asked for which journal runs (shared by the links)
         self.doc_events = 0  # events in the current epoch's document: when the bridge seals
         self._doc_epoch = ""  # the seal whose epoch the document in memory (and on disk) belongs to
         # Peer links up (link_up/link_down): a desk alone writes its scans to the journal only (see _append).
         self.links = 0
 
+    # What the core holds, read where the desk's parts look for it (ports.py).
+    @property
+    def vector(self) -> dict[str, int]:
+        return self.core.vector
+
+    @property
+    def records(self) -> dict[str, NodeRecord]:
+        return self.core.records
+
+    @property
+    def records_raw(self) -> dict[str, bytes]:
+        return self.core.records_raw
+
+    @property
+    def revoked(self) -> dict[str, int]:
+        return self.core.revoked
+
+    @property
+    def revoked_by(self) -> dict[str, str]:
+        return self.core.revoked_by
+
+    @property
+    def epochs(self) -> Epochs:
+        return self.core.epochs
+
+    @property
+    def ordered_log(self) -> OrderedLog:
+        return self.core.ordered_log
+
+    @property
+    def event_count(self) -> int:
+        return self.core.event_count
+
+    @property
+    def refusals(self) -> Counter[Refusal]:
+        return self.core.refusals
+
+    @property
+    def refusal_log(self) -> list[str]:
+        return self.core.refusal_log
+
     # ---- start
     def open(self) -> None:
         loaded = self.store.load()
         self.reader = db.Reader(self.store.path)
-        self.ordered_log = OrderedLog(history=JournalHistory(self.reader))
+        self.core = LogCore(self.policy, history=JournalHistory(self.reader))
         self.doc = LogDocument(self.identity.actor_id, loaded.document)
-        for node, raw in loaded.records.items():
-            self.records[node] = decode_record(raw, node)
-            self.records_raw[node] = raw
+        self.core.load_records(loaded.records)
         base = None
         if loaded.base is not None:
             try:
@@ -220,14 +227,15 @@ class EventLog:
             except checkpoint.CheckpointError as e:
                 log.warning("the fold's checkpoint cannot be read (%s): folding the whole journal", e)
                 loaded = self.store.load(with_base=False)
-        self.event_count = 0
-        self._next_pos = loaded.last_pos + 1
+        self.core.next_pos = loaded.last_pos + 1
         if base is not None and loaded.base is not None:
-            self._open_from_base(loaded, base, loaded.base)
+            opened = self.core.open_from_base(loaded, base, loaded.base)
         else:
-            self._open_whole(loaded)
-        self.event_count = loaded.count
-        self._restamps = self.ordered_log.restamps  # those of the start are in _stamps_due
+            opened = self.core.open_whole(loaded)
+        self._observe(opened.top)
+        self._stamps_due = opened.stamps_due
+        self.core.event_count = loaded.count
+        self.core.restamps = self.ordered_log.restamps  # those of the start are in _stamps_due
         self.seq = self.vector.get(self.identity.node_id, 0)
         self._doc_epoch = loaded.meta.get("epoch", "")
         self.epochs.advance(self.vector)  # the epoch the journal says (start moves the document there)
@@ -239,43 +247,6 @@ class EventLog:
             self._pending_record: NodeRecord | None = record
         else:
             self._pending_record = None
-
-    def _open_whole(self, loaded: db.Loaded) -> None:
-        """Every event of the journal into memory (no base yet); stamps missing or changed are written back."""
-        journal = [(decode_kept(row.raw, row.meaning), row) for row in loaded.journal]
-        rows = {event.id: row for event, row in journal}
-        # Journals written before order stamps existed may not be in causal order: causal_sequence puts them so.
-        for event in causal_sequence(event for event, _ in journal):
-            row = rows[event.id]
-            self._integrate(event, row.raw, local=False, notify=False, pos=row.pos)
-        self._stamps_due = [(event.id, key, event.kind, applied_target(event)) for event, row in journal
-                            if row.key != (key := self.ordered_log.key_of(event.id))]
-
-    def _open_from_base(self, loaded: db.Loaded, base: Base, saved: db.SavedBase) -> None:
-        """The fold's base, and from the journal only what memory must hold beside it (see db.Store.load)."""
-        kept = [decode_kept(row.raw, row.meaning) for row in loaded.kept or ()]
-        self.ordered_log.restore_base(base, [e for e in kept if e.kind in ("void", "resolve")])
-        for event in kept:
-            self._remember(event)
-        held = set(saved.held)
-        integrated = []
-        for row in loaded.journal:
-            event = decode_kept(row.raw, row.meaning)
-            if event.id in held and row.key is not None and row.key <= saved.key and row.pos <= saved.pos:
-                self.ordered_log.hold(event, row.key)  # in the base already: kept in memory as open work
-                self._note(event, row.raw)
-            else:
-                self._integrate(event, row.raw, local=False, notify=False, pos=row.pos)
-                integrated.append((event, row))
-        for node, (seq, raw) in (loaded.tips or {}).items():
-            if seq > self.vector.get(node, 0):
-                self.vector[node] = seq
-                self._latest_raw[node] = raw
-        self.ordered_log.opened()
-        # A crash between a local event's commit and the fix of its key (a peer's clock ran ahead) left its
-        # hlc as its key: the key computed now is written back.
-        self._stamps_due = [(event.id, key, event.kind, applied_target(event)) for event, row in integrated
-                            if row.key != (key := self.ordered_log.key_of(event.id))]
 
     async def start(self) -> None:
         """Publishes this node's record (its key and desk name) if the document lacks it, and moves the
@@ -291,8 +262,7 @@ class EventLog:
             self.gate.enter()
             try:
                 chunks = self.doc.put({key: raw})
-                self.records[record.node] = record
-                self.records_raw[record.node] = raw
+                self.core.keep_records([(record, raw)])
                 await self.store.commit([db.record_upsert(record.node, raw)]
                                         + [db.change_insert(c) for c in chunks])
             finally:
@@ -338,10 +308,7 @@ class EventLog:
         return self.ordered_log.base_loans
 
     def holds(self, event_id: str) -> bool:
-        if event_id in self.ordered_log.by_id:
-            return True
-        node, _, seq = event_id.partition(":")
-        return seq.isdigit() and 0 < int(seq) <= self.vector.get(node, 0)
+        return self.core.holds(event_id)
 
     def in_order(self) -> Iterator[Event]:
         """Every event held, in the log's order, the history read from the journal (exports)."""
@@ -363,8 +330,7 @@ class EventLog:
         return out
 
     def desk_of(self, node: str) -> str:
-        record = self.records.get(node)
-        return record.desk if record else node[:8]
+        return self.core.desk_of(node)
 
     def subscribe(self, listener: Callable[[Arrival], None]) -> Callable[[], None]:
         self._listeners.append(listener)
@@ -392,11 +358,11 @@ class EventLog:
             self._tip = raw  # the next event chains to this one even if it is written before this one is durable
             self.gate.check_healthy()
             self.gate.enter()
-            self._in_flight_keys[event.id] = _own_key(event)
-            pos = self._take_pos()
+            self._in_flight_keys[event.id] = own_key(event)
+            pos = self.core.take_pos()
             try:
                 chunks = self.doc.put({event.id: raw}) if self.links else []
-                statements = [db.journal_insert([_entry(event, raw, pos, _own_key(event))])]
+                statements = [db.journal_insert([journal_entry(event, raw, pos, own_key(event))])]
                 written = self.store.submit(statements + [db.change_insert(c) for c in chunks])
             except BaseException as e:
                 raise self.gate.fail(e) from e
@@ -467,15 +433,15 @@ class EventLog:
                 events = built
             # From the first change put in the document until the commit, no sync message may leave.
             self.gate.enter()
-            self._in_flight_keys.update((e.id, _own_key(e)) for e, _ in events)
+            self._in_flight_keys.update((e.id, own_key(e)) for e, _ in events)
             chunks: list[bytes] = []
             try:
                 # No yield from the first put to the submit: an epoch moving in between would save a
                 # document holding events whose journal rows come after it (sealed batches are put nowhere).
                 if not sealed and self.links:
                     chunks += self.doc.put({e.id: raw for e, raw in built})
-                positions = [self._take_pos() for _ in events]
-                statements = ([db.journal_insert([_entry(e, raw, pos, _own_key(e))
+                positions = [self.core.take_pos() for _ in events]
+                statements = ([db.journal_insert([journal_entry(e, raw, pos, own_key(e))
                                                   for (e, raw), pos in zip(events, positions, strict=True)])]
                               + [db.change_insert(c) for c in chunks])
                 written = self.store.submit(statements)
@@ -506,7 +472,7 @@ class EventLog:
         if self.seq == 0:
             return GENESIS
         if self._tip is None:
-            self._tip = self._latest_raw[self.identity.node_id]
+            return self.core.chain_tip(self.identity.node_id)
         return chain_hash(self._tip)
 
     @property
@@ -538,86 +504,42 @@ class EventLog:
                 self._persist_remote(before, [], [])
             return 0
         verdict = verify_touched(touched.keys, self.doc.value, self._held_raw, self.records.get,
-                                 admitted=self.policy.admit, refuse_event=self._refuse_event)
+                                 admitted=self.policy.admit, refuse_event=self.core.refuse_event)
         problems = [Refused(Refusal.MALFORMED, p) for p in touched.problems] + verdict.refusals
-        if not self._only_revoked_tails(problems, peer):
+        taken = self.core.take_synced(verdict.events, verdict.records, problems, peer)
+        if taken.refused is not None:
             self.doc.rollback(before)
-            for problem in problems:
-                self.refuse(problem.kind, f"{peer}: {problem.message}")
-            raise RefusedSync(problems[0])
-        for record, raw in verdict.records:
-            self.records[record.node] = record
-            self.records_raw[record.node] = raw
-        raws = {event.id: raw for event, raw in verdict.events}
-        arrived = [(event, raws[event.id]) for event in
-                   self._contiguous(causal_sequence(sorted((event for event, _ in verdict.events),
-                                                           key=lambda e: e.order_key)))]
-        entries = [self._entry_of(arrival, raw) for event, raw in arrived
-                   if (arrival := self._integrate(event, raw, local=False)) is not None]
-        self._persist_remote(before, entries, verdict.records)  # the journal stays in causal order too
+            raise RefusedSync(taken.refused)
+        self._persist_remote(before, taken.entries, taken.records)  # the journal stays in causal order too
+        self._announce(taken)
         self.doc_events += len(verdict.events)
         self._advance()
         self._move_base_if_due()
         self._wake()
-        return len(entries)
-
-    def _contiguous(self, events: Iterable[Event]) -> Iterator[Event]:
-        """The events from the document that follow what is held of their desks. One that lies beyond a gap
-        (its desk wrote the ones before while it was alone, so they are in no document) is left there: the
-        version vector stays a prefix, and the run that brings the gap brings it too (catchup.py)."""
-        top: dict[str, int] = {}
-        for event in events:
-            held = top.get(event.node, self.vector.get(event.node, 0))
-            if event.seq > held + 1:
-                log.debug("%s lies beyond a gap: it comes in a run", event.id)
-                continue
-            top[event.node] = max(held, event.seq)
-            yield event
+        return len(taken.entries)
 
     # ---- the bulk path (journal runs)
     def receive_run(self, node: str, first: int, raws: list[bytes], record_raw: bytes | None, peer: str) -> int:
         """Verifies and keeps a peer's run of `node`'s events (all or none); returns how many were new.
         Events already held at its start are skipped (another link brought them meanwhile). They are not put
         in the document: a peer that lacks them asks for them in runs too (catchup.py)."""
-        held = self.vector.get(node, 0)
-        if first > held + 1:
-            return self._refuse_run(Refused(Refusal.BROKEN_CHAIN,
-                                            f"run of {node[:12]} from {first} leaves a gap after {held}"), peer)
-        raws = raws[held + 1 - first:]
-        first = held + 1
         self._bulk_until = time.monotonic() + BULK_SETTLE_S
-        records: list[tuple[NodeRecord, bytes]] = []
-        signer = self.records.get(node)
-        if record_raw is not None and record_raw != self.records_raw.get(node):  # new to us, or newer
-            verdict = verify_touched([record_key(node)], lambda _key: record_raw, lambda _key: None,
-                                     self.records.get, admitted=self.policy.admit)
-            if verdict.records:
-                records = verdict.records
-                signer = verdict.records[0][0]
-            elif signer is None:
-                return self._refuse_run(verdict.refusals[0], peer)
-            # else an older copy of the record held here, which vouches for the run as well
-        if signer is None:
-            return self._refuse_run(Refused(Refusal.UNKNOWN_NODE, f"a run of {node[:12]}, a node without a record"),
-                                    peer)
-        if not records and (reason := self.policy.admit(signer)):
-            return self._refuse_run(Refused(Refusal.NOT_A_MEMBER, f"a run of {node[:12]}: {reason}"), peer)
-        if not raws:
-            self._keep_records(records)
+        taken = self.core.take_run(node, first, raws, record_raw, peer)
+        if taken.refused is not None:
+            raise RefusedSync(taken.refused)
+        statements = [db.record_upsert(r.node, raw) for r, raw in taken.records]
+        if taken.entries:
+            statements.append(db.journal_insert(taken.entries))
+        if statements:
+            self._submit_remote(statements, [e.id for e in taken.entries])
+        if not taken.entries:
             return 0
-        before = self._latest_raw.get(node) if held else None
-        verdict = verify_run(node, first, raws, before, signer, refuse_event=self._refuse_event)
-        if not self._only_revoked_tails(verdict.refusals, peer):
-            return self._refuse_run(verdict.refusals[0], peer)
-        self._keep_records(records)
-        entries = [self._entry_of(arrival, raw) for event, raw in verdict.events
-                   if (arrival := self._integrate(event, raw, local=False)) is not None]
-        self._submit_remote([db.journal_insert(entries)], [e.id for e in entries])
+        self._announce(taken)
         self._write_stamps([])
         self._advance()
         self._move_base_if_due()
         self._wake()
-        return len(verdict.events)
+        return len(taken.entries)
 
     def link_up(self) -> None:
         """A peer link is up: this desk's scans go into the document too, to reach its peers at once."""
@@ -625,29 +547,6 @@ class EventLog:
 
     def link_down(self) -> None:
         self.links = max(0, self.links - 1)
-
-    def _only_revoked_tails(self, problems: list[Refused], peer: str) -> bool:
-        """Whether every problem is a revoked desk's event after its revocation (counted here, then). Those
-        are not taken in, but an honest peer may well send them: it received them before it learnt of the
-        revocation. What came with them is kept (the events the desk wrote before it stand; a run's are
-        vouched for by the signature of the last of them), and the link stays: dropping it would drop it
-        again on every reconnection."""
-        if any(problem.kind is not Refusal.REVOKED_NODE for problem in problems):
-            return False
-        for problem in problems:
-            self.refuse(problem.kind, f"{peer}: {problem.message} (left out; the rest is kept)")
-        return True
-
-    def _keep_records(self, records: list[tuple[NodeRecord, bytes]]) -> None:
-        for record, raw in records:
-            self.records[record.node] = record
-            self.records_raw[record.node] = raw
-        if records:
-            self._submit_remote([db.record_upsert(r.node, raw) for r, raw in records])
-
-    def _refuse_run(self, refused: Refused, peer: str) -> int:
-        self.refuse(refused.kind, f"{peer}: {refused.message}")
-        raise RefusedSync(refused)
 
     async def read_run(self, node: str, first: int, last: int) -> list[bytes]:
         """`node`'s events first..last from the journal (those committed), at most about RUN_BYTES."""
@@ -710,15 +609,9 @@ class EventLog:
         if not future.cancelled() and (error := future.exception()) is not None:
             self.gate.fail(error)
 
-    def _refuse_event(self, event: Event, record: NodeRecord) -> Refused | None:
-        return self.policy.refuse_event(event, record, self.revoked.get(event.node))
-
     def refuse(self, kind: Refusal, message: str) -> None:
         """Counts a refusal by its kind (/status `refusals`) and keeps its message (`recent_refusals`)."""
-        self.refusals[kind] += 1
-        self.refusal_log.append(message)
-        del self.refusal_log[:-100]
-        log.warning("refused from %s", message)
+        self.core.refuse(kind, message)
 
     def _wake(self) -> None:
         for waker in self._wakers:
@@ -742,65 +635,41 @@ class EventLog:
             return None
         node, seq = _node_seq(event_id)
         if seq == self.vector.get(node):
-            return self._latest_raw.get(node)
+            return self.core.latest_raw.get(node)
         row = self.reader.event(node, seq)
         return row.raw if row is not None else None
 
     # ---- internals
-    def _integrate(self, event: Event, raw: bytes, *, local: bool, notify: bool = True,
-                   pos: int | None = None) -> Arrival | None:
-        """Takes a verified event in (None: held already). `pos`: its arrival position, if already given."""
-        if self.holds(event.id):
-            return None
-        self.event_count += 1
-        self._note(event, raw)
-        self.ordered_log.add(event)
-        self._remember(event)
-        key = self.ordered_log.key_of(event.id)
-        last = self.clock.last
-        if (key[0], key[1]) >= (last.wall, last.counter):  # (a catch-up's are mostly behind it: nothing to do)
-            self.clock.observe(Hlc(key[0], key[1]))  # its order stamp: bounded by the clock, as far as it goes
-        arrival = Arrival(self._take_pos() if pos is None else pos, event, local)
-        if notify:
-            for listener in list(self._listeners):
-                try:
-                    listener(arrival)
-                except Exception:
-                    log.exception("event listener failed")
+    def _integrate(self, event: Event, raw: bytes, *, local: bool, pos: int | None = None) -> Arrival | None:
+        """Takes a local verified event in (None: held already). `pos`: its arrival position, if given."""
+        arrival = self.core.take(event, raw, local=local, pos=pos)
+        if arrival is not None:
+            self._observe(self.ordered_log.key_of(event.id))
+            self._notify(arrival)
         return arrival
 
-    def _note(self, event: Event, raw: bytes) -> None:
-        if event.seq > self.vector.get(event.node, 0):
-            self.vector[event.node] = event.seq
-            self._latest_raw[event.node] = raw
+    def _announce(self, taken: Taken) -> None:
+        """What a peer's message brought: the clock observes it, the listeners hear of each event."""
+        self._observe(taken.top)
+        for arrival in taken.arrivals:
+            self._notify(arrival)
 
-    def _remember(self, event: Event) -> None:
-        """What the log keeps of a seal or a revocation, however old (db.KEPT_KINDS)."""
-        if event.kind == "seal" and event.problem is None:
-            self.epochs.offer(event)
-        if event.kind == "revoke" and event.problem is None and event.body["node"] not in self.revoked:
-            # Read on every TLS handshake and every verified batch: kept here so that reading it never
-            # refolds the whole log (as `state` would while a healed partition pours events in).
-            self.revoked[event.body["node"]] = event.body["upto"]
-            self.revoked_by[event.body["node"]] = event.id
+    def _observe(self, key: OrderKey | None) -> None:
+        """The clock observes an order stamp taken in: bounded by the clock, as far as it goes (a catch-up's
+        are mostly behind it: then nothing to do)."""
+        last = self.clock.last
+        if key is not None and (key[0], key[1]) >= (last.wall, last.counter):
+            self.clock.observe(Hlc(key[0], key[1]))
 
-    def _take_pos(self) -> int:
-        pos = self._next_pos
-        self._next_pos += 1
-        return pos
-
-    def _entry_of(self, arrival: Arrival, raw: bytes) -> db.JournalEntry:
-        return _entry(arrival.event, raw, arrival.pos, self.ordered_log.key_of(arrival.event.id))
+    def _notify(self, arrival: Arrival) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(arrival)
+            except Exception:
+                log.exception("event listener failed")
 
     def _write_stamps(self, local: list[Event]) -> None:
-        """Local events were written with their hlc as their order key, which it is unless a peer's clock ran
-        ahead; and a restamp (order.py) changes keys already written: the journal gets the keys memory has."""
-        fixes = [(e.id, key, e.kind, applied_target(e)) for e in local
-                 if (key := self.ordered_log.key_of(e.id)) != _own_key(e)]
-        if self.ordered_log.restamps != self._restamps:
-            self._restamps = self.ordered_log.restamps
-            fixes = [(e.id, self.ordered_log.key_of(e.id), e.kind, applied_target(e))
-                     for e in self.ordered_log.by_id.values()]
+        fixes = self.core.stamp_fixes(local)
         if fixes:
             self._submit_remote([db.journal_stamps(fixes)])
 
@@ -820,7 +689,7 @@ class EventLog:
         among those up to the last position given."""
         self._saved_refolds = self.ordered_log.base_refolds
         held = sorted(self.ordered_log.held_ids)
-        self.store.submit([db.base_save(checkpoint.encode(*base), base[0], held, self._next_pos - 1)]
+        self.store.submit([db.base_save(checkpoint.encode(*base), base[0], held, self.core.next_pos - 1)]
                           ).add_done_callback(self._remote_committed)
 
     def _move_base(self) -> None:
@@ -856,16 +725,6 @@ class EventLog:
             self._since_save = 0
             self._last_compaction = now
             self.store.submit(db.compaction(self.doc.save()))
-
-
-def _own_key(event: Event) -> OrderKey:
-    return (event.hlc.wall, event.hlc.counter, event.node, event.seq)
-
-
-def _entry(event: Event, raw: bytes, pos: int, key: OrderKey) -> db.JournalEntry:
-    return db.JournalEntry(event.id, raw, event.problem, event.kind, pos, key, applied_target(event))
-
-
 
 
 def _node_seq(event_id: str) -> tuple[str, int]:

@@ -1,6 +1,6 @@
 """Which desks are revoked: one fact, kept in one place, and asked for through `Revocations`.
 
-The owner is the log: `EventLog.revoked` (node -> the last seq accepted from it) and `revoked_by` (node -> that
+The owner is the log core: `LogCore.revoked` (node -> the last seq accepted from it) and `revoked_by` (node -> that
 revoke event), set as each readable `revoke` event is integrated, the first one for a node standing (kept
 however old: the journal keeps revocations in memory at start, db.KEPT_KINDS). Why the log and not the fold or the TLS
 layer: revocation decides what the log *accepts* — a revoked desk's events past `upto` are refused while a
@@ -18,7 +18,7 @@ from typing import Protocol
 
 
 class RevocationSource(Protocol):
-    """The owner (EventLog): who is revoked up to which seq, and by which event."""
+    """The owner (the log core, read through EventLog): who is revoked up to which seq, and by which event."""
 
     @property
     def revoked(self) -> Mapping[str, int]: ...

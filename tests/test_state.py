@@ -38,8 +38,8 @@ actions = st.lists(
 )
 
 
-def run(script) -> list[Event]:
-    desks = [SimDesk(now=1_700_000_000_000 + i * 7) for i in range(3)]
+def run(script, desks: list[SimDesk] | None = None) -> list[Event]:
+    desks = desks or [SimDesk(now=1_700_000_000_000 + i * 7) for i in range(3)]
     events: list[Event] = []
     for d, action, item, patron, target in script:
         desk = desks[d]

@@ -10,8 +10,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from node.crdt.core import Arrival
 from node.crdt.event import Event
-from node.eventlog import Arrival
 from node.tasks import reap
 
 log = logging.getLogger(__name__)

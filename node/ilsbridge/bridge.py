@@ -25,9 +25,10 @@ from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
+from node.crdt.core import Arrival
 from node.crdt.event import Event
 from node.crdt.state import CirculationState, Loan
-from node.eventlog import Arrival, wall_ms
+from node.eventlog import wall_ms
 from node.ilsbridge.adapters.base import IlsAdapter, IlsUnavailable
 from node.ilsbridge.mapping import IlsTime, ils_times, operation_of
 from node.ilsbridge.operation import Outcome
@@ -167,7 +168,7 @@ class Bridge:
 
     # ---- lifecycle
     async def start(self) -> None:
-        rows = await self.log.store.run(lambda c: [r[0] for r in c.execute("SELECT event FROM attempts")])
+        rows = await self.log.store.run(db.attempted)
         self._attempted = set(rows)
         self._before_restart = set(rows)
         self.log.subscribe(lambda arrival: self._wake.set())

@@ -343,6 +343,11 @@ def record_upsert(node: str, raw: bytes) -> Statement:
     return ("INSERT OR REPLACE INTO records (node, raw) VALUES (?, ?)", (node, raw))
 
 
+def attempted(conn: sqlite3.Connection) -> list[str]:
+    """The events the bridge marked as sent (attempt_insert), answered or not."""
+    return [event_id for (event_id,) in conn.execute("SELECT event FROM attempts")]
+
+
 def attempt_insert(event_id: str, at: int) -> Statement:
     """The bridge is about to send `event_id` to the ILS: after a crash, its outcome must be reconciled."""
     return ("INSERT OR IGNORE INTO attempts (event, at) VALUES (?, ?)", (event_id, at))
