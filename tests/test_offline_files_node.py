@@ -1,4 +1,5 @@
-"""Offline files through a real desk process and the `circmesh export` / `circmesh import` commands."""
+"""Offline files through a real desk process and the `circmesh export` / `circmesh import` commands; a desk that
+joins after a 100,000-line import gets that history in journal runs."""
 
 from __future__ import annotations
 
@@ -159,9 +160,37 @@ async def test_a_file_of_megabytes_in_small_chunks_is_recorded_whole_or_not_at_a
         assert status == 201, answer
         assert answer["recorded"] == n and answer["errors"] == []
         assert await recorded_events(session, desk) == (n + 1, n + 1)  # and the seal a large import is written with
-        last = (await get_json(session, f"{desk.url}/api/v1/events?after={n - 1}&limit=1"))["events"]
-        assert [(e["kind"], e["body"]["item"]) for e in last] == [("checkin", f"39{n - 2:08d}")]
+        last = (await get_json(session, f"{desk.url}/api/v1/events?after={n - 1}&limit=5"))["events"]
+        assert [(e["kind"], e["body"].get("item")) for e in last] == [("checkin", f"39{n - 2:08d}"), ("seal", None)]
         print(f"import of {len(data) / 1e6:.1f} MB ({n} lines) in small chunks: {took:.1f} s")
+
+        # A desk joining with an empty journal gets this history of 100,000 events by the bulk path (a file
+        # that large is written with a seal of its own, so no document carries it) and shows the same state.
+        newcomer = DeskProcess(desk.data.parent / "newcomer", "Newcomer", [desk.peer_address])
+        await newcomer.start()
+        try:
+            async def holds_it_all() -> bool:
+                return await recorded_events(session, newcomer) == (n + 1, n + 1)
+
+            await wait_for(holds_it_all, within=120, what="the newcomer holds the 100,000 events")
+            peers = (await get_json(session, f"{newcomer.url}/api/v1/status"))["peers"]
+            assert sum(p["run_events_in"] for p in peers) == n + 1
+            for path in ("loans", "items/3900000000", f"items/39{n // 2:08d}", f"items/39{n - 2:08d}"):
+                mine = await get_json(session, f"{newcomer.url}/api/v1/{path}")
+                assert mine == await get_json(session, f"{desk.url}/api/v1/{path}"), path
+                assert path == "loans" or mine["returned_by"], (path, mine)  # each lent, then returned
+
+            async def last_written() -> list[str]:  # the pages read the journal: its last commit may lag
+                page = await get_json(session, f"{newcomer.url}/api/v1/events?after={n - 1}&limit=5")
+                return [e["id"] for e in page["events"]]
+
+            await wait_for(lambda: _equal(last_written(), [e["id"] for e in last]), what="the last rows written")
+        finally:
+            await newcomer.stop()
+
+
+async def _equal(got, expected) -> bool:
+    return await got == expected
 
 
 async def test_a_file_over_the_limit_is_refused_whole(desk, tmp_path: Path) -> None:
