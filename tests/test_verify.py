@@ -84,6 +84,32 @@ def _member(ca, desk: SimDesk, role: str = "desk") -> str:
     return cert_pem(issue_node_certificate(ca, desk.ident.key.public_key(), desk.node, "Desk", role))
 
 
+def test_a_member_certificate_found_good_is_still_refused_once_it_expires() -> None:
+    """The policy keeps certificates it found good (a busy desk asks on every sync message), not past
+    their expiry."""
+    import datetime as dt
+
+    from node.cluster import ClusterPolicy, Membership
+    from node.trust.ca import create_ca
+    from node.trust.certs import load_cert_pem
+
+    ca = create_ca("Test library")
+    desk = SimDesk()
+    record = desk.record(cert=_member(ca, desk))
+    expiry = load_cert_pem(record.cert).not_valid_after_utc
+    now = [dt.datetime.now(dt.UTC)]
+    policy = ClusterPolicy(Membership(ca.cluster_id, "Test library", "admin", ca.cert, ca.cert, ca),
+                           now=lambda: now[0])
+    assert policy.admit(record) is None and policy.admit(record) is None
+    now[0] = expiry + dt.timedelta(seconds=1)
+    reason = policy.admit(record)
+    assert reason is not None and "expired" in reason
+    forged = desk.record(cert=_member(create_ca("Another library"), desk))  # same node, another CA
+    now[0] = expiry - dt.timedelta(days=1)
+    assert "not a member" in (policy.admit(forged) or "")
+    assert policy.admit(record) is None
+
+
 def test_cluster_policy_admits_members_and_applies_revocations() -> None:
     from node.cluster import ClusterPolicy, Membership
     from node.trust.ca import create_ca
