@@ -68,7 +68,7 @@ from node.crdt.event import DESK_KINDS
 from node.crdt.order import OrderedLog
 from node.crdt.state import copy_state
 from node.eventlog import EventLog, wall_ms
-from node.ilsbridge.bridge import BridgeConfig
+from node.sealer import SEAL_EVERY
 from node.storage import db
 from node.trust.identity import load_or_create_identity
 from tests.procs import TEST_PASSWORD, TEST_USER, add_user, free_port, sign_in
@@ -76,12 +76,11 @@ from tests.provision import provision
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(tempfile.gettempdir()) / "circmesh-bench-history"
-BUILD_VERSION = 3  # bump when the history written changes
+BUILD_VERSION = 4  # bump when the history written changes
 DESK = "History desk"
 STAFF = "tester"
 LOAN_MS = 21 * 86_400_000
 ROUND = 500  # scans appended concurrently (group commit), then the bridge's outcomes for them
-SEAL_EVERY = BridgeConfig().seal_every  # the bridge seals the document this often (node/crdt/epochs.py)
 READY_WITHIN = 600.0  # seconds a desk may take to print its ready line
 MB = 1024 * 1024
 FRAMES = 12  # tracemalloc frames kept per allocation: enough to reach the log's code from any allocation in it
@@ -160,7 +159,7 @@ async def write_history(desk_dir: Path, events: int, unsettled: int) -> dict[str
             await asyncio.gather(*(log.append("applied", {"event": e.id, "status": "applied", "message": "Success.",
                                                           "term": 1}, "bridge") for e in answer))
             answered += len(answer)
-        if log.doc_events >= SEAL_EVERY:  # what Bridge._seal_if_due does on the bridge desk
+        if log.doc_events >= SEAL_EVERY:  # what the bridge desk's Sealer does (node/sealer.py)
             await log.seal("bridge")
         done = (written + answered) / events
         if done >= next_report:

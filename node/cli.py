@@ -14,6 +14,7 @@ from pathlib import Path
 from types import FrameType
 
 from node import __version__, collector
+from node.sealer import SEAL_EVERY
 
 log = logging.getLogger("node.cli")
 HARD_EXIT_GRACE = 3.0  # seconds beyond DeskNode's STOP_TIMEOUT before a stop that overran is cut short
@@ -44,10 +45,11 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    "ILS (default: environment CIRCMESH_ILS_USER and CIRCMESH_ILS_PASSWORD)")
     p.add_argument("--upload-concurrency", type=int, default=16,
                    help="ILS requests in flight at once while uploading (default 16)")
-    p.add_argument("--seal-every", type=int, default=20_000, metavar="EVENTS",
-                   help="on the bridge desk: seal the replicated document once it carries this many events, so "
-                        "that it (and its saves) stays small; older events travel between desks in journal runs "
-                        "(default 20000; 0: never)")
+    p.add_argument("--seal-every", type=int, default=SEAL_EVERY, metavar="EVENTS",
+                   help="seal the replicated document once it carries this many events (the bridge; other desks "
+                        "only as a fallback, at 1.5 times this or more), so that it and every sync message "
+                        "stay cheap; older events travel between desks in journal runs "
+                        f"(default {SEAL_EVERY}; 0: this desk never seals)")
     p.add_argument("--max-payment", default="10000.00", metavar="AMOUNT",
                    help="the largest payment staff may record in one scan (default 10000.00)")
     p.add_argument("--unicode-barcodes", action="store_true",

@@ -27,6 +27,7 @@ from node.ilsbridge.adapters.base import load_credentials, make_adapter
 from node.ilsbridge.bridge import Bridge, BridgeConfig
 from node.revocation import Revocations
 from node.scan_warnings import ScanWarnings
+from node.sealer import SEAL_EVERY, Sealer
 from node.status import DeskStatus
 from node.tasks import reap
 from node.trust.admissions import AdmissionStore
@@ -57,7 +58,7 @@ class DeskConfig:
     ils: str | None = None  # this desk is the bridge to the ILS at this URL
     ils_credentials: str | None = None  # a file; else CIRCMESH_ILS_USER / CIRCMESH_ILS_PASSWORD
     upload_concurrency: int = 16
-    seal_every: int = 20_000  # see BridgeConfig
+    seal_every: int = SEAL_EVERY  # events in the document before the bridge seals it (node/sealer.py)
     mdns: bool = True  # find peers of this cluster by mDNS (static --peer addresses work either way)
     interfaces: list[str] | None = None  # mDNS interfaces (IP addresses); None: zeroconf's default, the LAN
     limits: DeskLimits = field(default_factory=DeskLimits)  # what staff and files may enter at this desk
@@ -94,9 +95,9 @@ class DeskNode:
         if config.ils:
             credentials = load_credentials(config.ils_credentials, os.environ)
             adapter = make_adapter(config.ils, credentials)
-            self.bridge = Bridge(self.log, adapter, config.ils, BridgeConfig(concurrency=config.upload_concurrency,
-                                                                                  seal_every=config.seal_every),
+            self.bridge = Bridge(self.log, adapter, config.ils, BridgeConfig(concurrency=config.upload_concurrency),
                                  clock_offset=self.clocks.offset)
+        self.sealer = Sealer(self.log, self.node_id, config.seal_every, bridge=self.bridge is not None)
         self.status = DeskStatus(self.node_id, config.desk, config.max_clock_drift_ms, self.log, self.peers,
                                  self.membership, self.clocks, self.bridge)
         if self.bridge is not None:
@@ -137,6 +138,7 @@ class DeskNode:
             await self.discovery.start()
         if self.bridge is not None:
             await self.bridge.start()
+        self.sealer.start()
         log.info("desk %s (%s) on http://%s:%d, peers on %d", self.config.desk, self.node_id[:12],
                  self.config.host, self.port, self.peer_port)
 
@@ -168,6 +170,7 @@ class DeskNode:
             steps.append(step("mDNS", self.discovery.stop(), 1.0))
         if self.bridge is not None:
             steps.append(step("the ILS bridge", self.bridge.stop(), 1.0))
+        steps.append(step("the sealer", self.sealer.stop(), 1.0))
         await asyncio.gather(*steps)
         if self._peer_runner is not None:  # after the links: their handlers run in it
             await step("the peer server", self._peer_runner.cleanup(), RUNNER_CLEANUP)

@@ -512,7 +512,7 @@ class EventLog:
             raise RefusedSync(taken.refused)
         self._persist_remote(before, taken.entries, taken.records)  # the journal stays in causal order too
         self._announce(taken)
-        self.doc_events += len(verdict.events)
+        self.doc_events += sum(1 for key in touched.keys if not key.startswith("n:"))  # even those a run brought first
         self._advance()
         self._move_base_if_due()
         self._wake()

@@ -53,7 +53,6 @@ T = TypeVar("T")
 class BridgeConfig:
     concurrency: int = 16
     term: int = 1  # a single configured bridge for now; elections bring real terms
-    seal_every: int = 20_000  # events in the current epoch's document before the bridge seals it (epochs.py)
 
 
 class AttemptJournal(Protocol):
@@ -74,12 +73,6 @@ class UploadLog(CirculationView, Protocol):
     def subscribe(self, listener: Callable[[Arrival], None]) -> Callable[[], None]: ...
 
     async def append(self, kind: str, body: dict[str, Any], staff: str, *, at: int | None = None) -> Event: ...
-
-    @property
-    def doc_events(self) -> int:
-        """Events in the current epoch's document: the bridge seals it when there are enough."""
-
-    async def seal(self, staff: str = "bridge") -> Event: ...
 
     def base_loans(self) -> Mapping[str, Loan]:
         """The open loans as the fold's base holds them: a renewal of a loan lent before it names its patron."""
@@ -160,8 +153,6 @@ class Bridge:
         self.counters = {"applied": 0, "refused": 0, "transient": 0, "reconciled": 0}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._sealer: asyncio.Task[None] | None = None
-        self._seal_due = asyncio.Event()
         self._attempted: set[str] = set()
         self._before_restart: set[str] = set()
         self._renewal_patrons: dict[str, str | None] = {}
@@ -172,12 +163,10 @@ class Bridge:
         self._attempted = set(rows)
         self._before_restart = set(rows)
         self.log.subscribe(lambda arrival: self._wake.set())
-        self.log.subscribe(lambda arrival: self._seal_due.set() if self._due_to_seal() else None)
         self._task = asyncio.create_task(self._run(), name="bridge")
-        self._sealer = asyncio.create_task(self._seal_loop(), name="bridge-seals")
 
     async def stop(self) -> None:
-        await reap(self._task, self._sealer)  # lets a cancel of this stop through, unlike suppress(CancelledError)
+        await reap(self._task)  # lets a cancel of this stop through, unlike suppress(CancelledError)
         await self.adapter.close()
 
     @property
@@ -203,27 +192,6 @@ class Bridge:
             except Exception:
                 log.exception("bridge loop error; retrying")
                 await asyncio.sleep(PROBE_INTERVAL)
-
-    def _due_to_seal(self) -> bool:
-        return self.config.seal_every > 0 and self.log.doc_events >= self.config.seal_every
-
-    async def _seal_loop(self) -> None:
-        """Keeps the document small: its size, not the ILS, decides (a seal only changes how events travel).
-        A task of its own, woken by arrivals: an upload round of 30,000 events (whose outcomes fill the
-        document) must not hold the seal back until it ends."""
-        if self._due_to_seal():
-            self._seal_due.set()
-        while True:
-            await self._seal_due.wait()
-            self._seal_due.clear()
-            if not self._due_to_seal():
-                continue
-            try:
-                seal = await self.log.seal()
-            except Exception:
-                log.exception("sealing failed; trying again at the next event")
-                continue
-            log.info("sealed epoch %d at %d events in its document", seal.body["epoch"] - 1, self.config.seal_every)
 
     async def _probe(self) -> None:
         try:
