@@ -50,6 +50,12 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                         "only as a fallback, at 1.5 times this or more), so that it and every sync message "
                         "stay cheap; older events travel between desks in journal runs "
                         f"(default {SEAL_EVERY}; 0: this desk never seals)")
+    p.add_argument("--fines-limit", default="5.00", metavar="AMOUNT",
+                   help="warn at checkout (the override is needed) when the ILS snapshot says the patron owes more "
+                        "than this (default 5.00)")
+    p.add_argument("--snapshot-every", type=float, default=6.0, metavar="HOURS",
+                   help="on the bridge desk: refresh the snapshot of the ILS's patrons and items this often, and "
+                        "at start (default 6)")
     p.add_argument("--max-payment", default="10000.00", metavar="AMOUNT",
                    help="the largest payment staff may record in one scan (default 10000.00)")
     p.add_argument("--unicode-barcodes", action="store_true",
@@ -152,6 +158,16 @@ def _run(args: argparse.Namespace) -> int:
     except (InvalidOperation, BoundsError) as e:
         print(f"circmesh run: --max-payment: {e or 'not a number'}", file=sys.stderr)
         return 2
+    try:
+        fines_limit = Decimal(args.fines_limit)
+        if not fines_limit.is_finite() or not 0 <= fines_limit <= 1_000_000:
+            raise InvalidOperation
+    except InvalidOperation:
+        print("circmesh run: --fines-limit: an amount from 0 to 1000000, such as 5.00", file=sys.stderr)
+        return 2
+    if not 0 < args.snapshot_every <= 24 * 365:
+        print("circmesh run: --snapshot-every: hours, more than 0", file=sys.stderr)
+        return 2
     config = DeskConfig(
         data_dir=args.data, desk=args.desk or args.data.resolve().name, host=args.host, port=args.port,
         peer_host=args.peer_host, peer_port=args.peer_port, peers=list(args.peer), loan_days=args.loan_days,
@@ -159,6 +175,7 @@ def _run(args: argparse.Namespace) -> int:
         seal_every=args.seal_every,
         mdns=not args.no_mdns, interfaces=args.interfaces, limits=limits,
         max_import=int(args.max_import_mib * 1024 * 1024), max_clock_drift_ms=round(args.max_clock_drift * 1000),
+        fines_limit_cents=int(fines_limit * 100), snapshot_every_s=args.snapshot_every * 3600,
     )
 
     from node.cluster import NotEnrolled

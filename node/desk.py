@@ -28,6 +28,9 @@ from node.ilsbridge.bridge import Bridge, BridgeConfig
 from node.revocation import Revocations
 from node.scan_warnings import ScanWarnings
 from node.sealer import SEAL_EVERY, Sealer
+from node.snapshot.refresh import INTERVAL_S as REFRESH_INTERVAL_S
+from node.snapshot.refresh import Refresher
+from node.snapshot.store import SnapshotStore
 from node.status import DeskStatus
 from node.tasks import reap
 from node.trust.admissions import AdmissionStore
@@ -64,6 +67,8 @@ class DeskConfig:
     limits: DeskLimits = field(default_factory=DeskLimits)  # what staff and files may enter at this desk
     max_import: int = MAX_IMPORT  # largest offline file POST /api/v1/imports takes, in bytes
     max_clock_drift_ms: int = DEFAULT_MAX_DRIFT_MS  # peers push this desk's clock at most this far ahead
+    fines_limit_cents: int = 500  # a patron owing more is warned about at checkout (needs the override)
+    snapshot_every_s: float = REFRESH_INTERVAL_S  # the bridge refreshes the patron and item snapshot this often
 
 
 class DeskNode:
@@ -87,8 +92,9 @@ class DeskNode:
         self.discovery: Discovery | None = None
         self._mdns_dialled: dict[str, str] = {}  # node id -> the address dialled because mDNS announced it
         self._peer_server: asyncio.Server | None = None
-        self.views = CirculationViews(self.log)
-        self.warnings = ScanWarnings(self.log)
+        self.snapshot = SnapshotStore(config.data_dir / "snapshot.sqlite")
+        self.views = CirculationViews(self.log, self.snapshot)
+        self.warnings = ScanWarnings(self.log, self.snapshot, config.fines_limit_cents)
         self.clocks = ClockSuspects(self.node_id, self.log, self.peers, config.max_clock_drift_ms)
         self.live = LiveFeed(self.views.event_json)
         self.bridge: Bridge | None = None
@@ -98,8 +104,11 @@ class DeskNode:
             self.bridge = Bridge(self.log, adapter, config.ils, BridgeConfig(concurrency=config.upload_concurrency),
                                  clock_offset=self.clocks.offset)
         self.sealer = Sealer(self.log, self.node_id, config.seal_every, bridge=self.bridge is not None)
+        self.refresher = (Refresher(adapter, self.snapshot, name=config.ils or "ILS", interval=config.snapshot_every_s)
+                          if self.bridge is not None else None)
         self.status = DeskStatus(self.node_id, config.desk, config.max_clock_drift_ms, self.log, self.peers,
                                  self.membership, self.clocks, self.bridge)
+        self.status.snapshot, self.status.refresh = self.snapshot, self.refresher
         if self.bridge is not None:
             links.bridge_state = self.status.bridge_tip
         self._web_runner: web.AppRunner | None = None
@@ -139,6 +148,8 @@ class DeskNode:
         if self.bridge is not None:
             await self.bridge.start()
         self.sealer.start()
+        if self.refresher is not None:
+            self.refresher.start()
         log.info("desk %s (%s) on http://%s:%d, peers on %d", self.config.desk, self.node_id[:12],
                  self.config.host, self.port, self.peer_port)
 
@@ -171,12 +182,15 @@ class DeskNode:
         if self.bridge is not None:
             steps.append(step("the ILS bridge", self.bridge.stop(), 1.0))
         steps.append(step("the sealer", self.sealer.stop(), 1.0))
+        if self.refresher is not None:
+            steps.append(step("the snapshot refresh", self.refresher.stop(), 1.0))
         await asyncio.gather(*steps)
         if self._peer_runner is not None:  # after the links: their handlers run in it
             await step("the peer server", self._peer_runner.cleanup(), RUNNER_CLEANUP)
         await _bounded("the journal's last commit", self.log.store.commit([]),
                        max(FLUSH_RESERVE, deadline + FLUSH_RESERVE - loop.time()))
         self.log.close()
+        self.snapshot.close()
 
     # ---- what mDNS finds and what the log revokes, to the peer table
     def _peer_found(self, peer: Peer) -> None:

@@ -17,6 +17,8 @@ from node.crdt.order import OrderKey
 from node.crdt.records import NodeRecord
 from node.crdt.state import CirculationState, Outcome
 from node.discovery.link_machine import LinkInfo
+from node.snapshot.rows import Item, Patron
+from node.snapshot.store import Manifest
 
 
 class CirculationView(Protocol):
@@ -71,3 +73,16 @@ class LinkedPeers(Protocol):
     desks screen)."""
 
     def linked(self) -> list[LinkInfo]: ...
+
+
+class SnapshotView(Protocol):
+    """What the desk reads of its patron and item snapshot (node/snapshot/store.py): None before the first."""
+
+    @property
+    def manifest(self) -> Manifest | None: ...
+
+    def patron(self, barcode: str) -> Patron | None: ...
+
+    def item(self, barcode: str) -> Item | None: ...
+
+    def search(self, text: str, limit: int = 50) -> list[Patron]: ...

@@ -1,13 +1,22 @@
 """What staff are told at the desk as they scan, from what the log knows: the item is already on loan (a
 checkout that needs the deliberate override), it was not lent since the outage (a checkin or renewal the
-ILS will settle), the patron was already registered offline.
+ILS will settle), the patron was already registered offline; and, once the desk holds a snapshot of the
+ILS (node/snapshot/), what the ILS would have said: the card is unknown or expired, the patron is blocked,
+owes more than the library allows or has reached the loan limit (counting the loans made at every desk
+since the snapshot), the item is unknown, not for loan, or held for someone else; at checkin, a hold waiting
+for a patron (the holds shelf).
 
-A warning is `{code, message}`, and `blocking: "yes"` when the scan needs the override (node/api/circulation.py).
+The bridge applies loans through Koha's offline service, which checks none of this, so these checks are
+the only ones a loan made during an outage gets. A warning is `{code, message}`, and `blocking: "yes"` when
+the scan needs the deliberate override, which the event records (node/api/circulation.py).
 """
 
 from __future__ import annotations
 
-from node.ports import CirculationView
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from node.ports import CirculationView, SnapshotView
 
 ScanWarning = dict[str, str]
 
@@ -16,11 +25,63 @@ def warning(code: str, message: str, **extra: str) -> ScanWarning:
     return {"code": code, "message": message, **extra}
 
 
+def blocking(code: str, message: str) -> ScanWarning:
+    return {"code": code, "message": message, "blocking": "yes"}
+
+
 class ScanWarnings:
-    def __init__(self, log: CirculationView) -> None:
+    def __init__(self, log: CirculationView, snapshot: SnapshotView | None = None, fines_limit_cents: int = 500,
+                 today: Callable[[], str] | None = None) -> None:
         self.log = log
+        self.snapshot = snapshot
+        self.fines_limit_cents = fines_limit_cents
+        self._today = today or (lambda: datetime.now(UTC).astimezone().date().isoformat())
 
     def checkout(self, patron: str, item: str) -> list[ScanWarning]:
+        return self._on_loan(patron, item) + self._patron(patron) + self._item(patron, item)
+
+    def _patron(self, barcode: str) -> list[ScanWarning]:
+        if self.snapshot is None or self.snapshot.manifest is None:
+            return []
+        p = self.snapshot.patron(barcode)
+        if p is None:
+            if barcode in self.log.state.registrations:
+                return []
+            return [warning("unknown_patron", f"patron {barcode} is not known to the ILS (snapshot of "
+                            f"{_day(self.snapshot.manifest.ils_time)}): check the card", blocking="no")]
+        out = []
+        if p.block:
+            out.append(blocking("patron_blocked", f"{p.name} is blocked: {p.block}"))
+        if p.expiry and p.expiry < self._today():
+            out.append(blocking("card_expired", f"{p.name}'s card expired on {p.expiry}"))
+        if p.owes_cents > self.fines_limit_cents:
+            out.append(blocking("fines_over_limit", f"{p.name} owes {p.owes_cents / 100:.2f}, more than the "
+                                f"library's limit of {self.fines_limit_cents / 100:.2f}"))
+        if p.limit is not None:
+            since = self.snapshot.manifest.ils_time
+            lent_since = sum(1 for loan in self.log.state.loans_of(barcode) if (loan.at or 0) > since)
+            if p.loans + lent_since >= p.limit:
+                out.append(blocking("loan_limit_reached", f"{p.name} has {p.loans + lent_since} loans, the limit "
+                                    f"is {p.limit} (loans at the ILS and at every desk since the snapshot)"))
+        return out
+
+    def _item(self, patron: str, barcode: str) -> list[ScanWarning]:
+        if self.snapshot is None or self.snapshot.manifest is None:
+            return []
+        i = self.snapshot.item(barcode)
+        if i is None:
+            return [warning("item_unknown", f"item {barcode} is not known to the ILS: check the barcode",
+                            blocking="no")]
+        out = []
+        if i.not_for_loan or i.lost or i.withdrawn:
+            why = "not for loan" if i.not_for_loan else "lost" if i.lost else "withdrawn"
+            out.append(blocking("item_not_for_loan", f"“{i.title}” ({barcode}) is {why}"))
+        first = i.holds[0] if i.holds else None
+        if first is not None and first.patron != patron:
+            out.append(blocking("item_on_hold", f"“{i.title}” is on hold for patron {first.patron}"))
+        return out
+
+    def _on_loan(self, patron: str, item: str) -> list[ScanWarning]:
         loan = self.log.state.loans.get(item)
         if loan is None:
             return []
@@ -32,6 +93,18 @@ class ScanWarnings:
                  "message": f"item {item} is on loan to patron {loan.patron}{where}"}]
 
     def checkin(self, item: str) -> list[ScanWarning]:
+        return self._returned(item) + self._hold(item)
+
+    def _hold(self, barcode: str) -> list[ScanWarning]:
+        i = self.snapshot.item(barcode) if self.snapshot is not None else None
+        if i is None or not i.holds:
+            return []
+        h = i.holds[0]
+        where = f" (pick-up at {h.pickup})" if h.pickup else ""
+        return [warning("hold_found", f"hold waiting for patron {h.patron}{where}: put it on the holds shelf",
+                        blocking="no")]
+
+    def _returned(self, item: str) -> list[ScanWarning]:
         state = self.log.state
         if item in state.loans:
             return []
@@ -51,3 +124,7 @@ class ScanWarnings:
         if patron in self.log.state.registrations:
             return [warning("already_registered", f"patron {patron} was already registered offline")]
         return []
+
+
+def _day(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).astimezone().date().isoformat()

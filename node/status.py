@@ -15,7 +15,7 @@ from node.crdt.hlc import HybridClock
 from node.crdt.refusals import Refusal
 from node.crdt.state import open_work
 from node.eventlog import wall_ms
-from node.ports import CirculationView
+from node.ports import CirculationView, SnapshotView
 
 
 class StatusLog(CirculationView, Protocol):
@@ -79,6 +79,12 @@ class UploadState(Protocol):
     def problem(self) -> str | None: ...
 
 
+class RefreshState(Protocol):
+    """The snapshot refresh on the bridge (node/snapshot/refresh.py)."""
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
 class DiscoveryCounters(Protocol):
     @property
     def counters(self) -> Mapping[str, int]: ...
@@ -96,6 +102,8 @@ class DeskStatus:
         self.clocks = clocks
         self.bridge = bridge
         self.discovery: DiscoveryCounters | None = None  # mDNS, once started
+        self.snapshot: SnapshotView | None = None  # the patron and item snapshot
+        self.refresh: RefreshState | None = None  # its refresh, on the bridge
 
     def report(self) -> dict[str, Any]:
         state = self.log.state
@@ -121,6 +129,7 @@ class DeskStatus:
             "peers": self.peers.status(),
             "epoch": {"number": self.log.epoch.number, "seal": self.log.epoch.seal or None,
                       "document_events": self.log.doc_events},
+            "snapshot": self._snapshot_status(),
             **bridge,
             "cluster": {"id": self.membership.cluster_id, "name": self.membership.cluster_name,
                         "role": self.membership.role},
@@ -139,6 +148,12 @@ class DeskStatus:
             "max_clock_drift_ms": self.max_clock_drift_ms,
             "clock_suspects": self.clocks.suspects(),
         }
+
+    def _snapshot_status(self) -> dict[str, Any]:
+        manifest = self.snapshot.manifest if self.snapshot is not None else None
+        return {"version": manifest.version if manifest else None, "ils_time": manifest.ils_time if manifest else None,
+                "patrons": manifest.patrons if manifest else 0, "items": manifest.items if manifest else 0,
+                "refresh": self.refresh.to_json() if self.refresh is not None else None}
 
     def bridge_tip(self) -> dict[str, Any] | None:
         """This desk's bridge as its peer links report it in their tips; None when it is not the bridge."""

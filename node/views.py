@@ -10,12 +10,14 @@ from typing import Any
 from node.crdt.conflicts import Conflict
 from node.crdt.event import DESK_KINDS, Event
 from node.crdt.state import Loan
-from node.ports import CirculationView
+from node.ports import CirculationView, SnapshotView
+from node.snapshot.rows import Item, Patron
 
 
 class CirculationViews:
-    def __init__(self, log: CirculationView) -> None:
+    def __init__(self, log: CirculationView, snapshot: SnapshotView | None = None) -> None:
         self.log = log
+        self.snapshot = snapshot
 
     def event_json(self, event: Event) -> dict[str, Any]:
         out = event.to_json()
@@ -52,14 +54,25 @@ class CirculationViews:
         event = self.log.event(registration) if registration else None
         name = event.body["name"] if event is not None else None
         paid = state.payments.get(barcode)
+        known = self.snapshot.patron(barcode) if self.snapshot is not None else None
         return {
             "barcode": barcode,
-            "name": name,
+            "name": name or (known.name if known else None),
+            "ils": patron_facts(known) if known else None,
             "registered_offline": registration is not None,
             "loans": [self.loan_json(loan) for loan in state.loans_of(barcode)],
             "paid_offline": str(paid) if paid is not None else "0",
             "conflicts": [c.id for c in state.open_conflicts() if barcode in c.patrons],
         }
+
+    def patron_search(self, q: str, limit: int = 50) -> list[dict[str, Any]]:
+        """Patrons whose name matches: those registered offline first, then the snapshot's (accents and
+        case ignored, each word a prefix)."""
+        hits = self.registered_patrons(q.casefold())
+        if self.snapshot is not None:
+            hits += [{"barcode": p.barcode, "name": p.name, "source": "ILS snapshot", "ils": patron_facts(p)}
+                     for p in self.snapshot.search(q, limit)]
+        return hits[:limit]
 
     def registered_patrons(self, q: str) -> list[dict[str, Any]]:
         """Patrons registered offline whose name contains `q` (casefolded by the caller)."""
@@ -74,8 +87,10 @@ class CirculationViews:
     def item_json(self, barcode: str) -> dict[str, Any]:
         state = self.log.state
         loan = state.loans.get(barcode)
+        known = self.snapshot.item(barcode) if self.snapshot is not None else None
         return {
             "barcode": barcode,
+            "ils": item_facts(known) if known else None,
             "loan": self.loan_json(loan) if loan else None,
             "returned_by": state.returned.get(barcode),
             "in_house_uses": state.in_house_uses.get(barcode, 0),
@@ -105,3 +120,14 @@ class CirculationViews:
             })
         return rows
 
+
+def patron_facts(p: Patron) -> dict[str, Any]:
+    """What the snapshot says of a patron, as the desk shows it."""
+    return {"name": p.name, "category": p.category, "library": p.library, "expiry": p.expiry, "block": p.block,
+            "owes": f"{p.owes_cents / 100:.2f}", "loans_at_ils": p.loans, "loan_limit": p.limit}
+
+
+def item_facts(i: Item) -> dict[str, Any]:
+    return {"title": i.title, "author": i.author, "callnumber": i.callnumber, "item_type": i.item_type,
+            "library": i.library, "not_for_loan": i.not_for_loan, "lost": i.lost, "withdrawn": i.withdrawn,
+            "holds": [{"patron": h.patron, "waiting": h.waiting, "pickup": h.pickup} for h in i.holds]}

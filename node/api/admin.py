@@ -20,8 +20,8 @@ from aiohttp import web
 
 from node.api.auth import STAFF, require_admin
 from node.api.errors import ApiError
-from node.api.keys import LOG, VIEWS
-from node.api.schemas import ResolutionRequest, read_json
+from node.api.keys import LOG, REFRESHER, STATUS, VIEWS
+from node.api.schemas import EmptyRequest, ResolutionRequest, read_json
 from node.crdt import conflicts as c
 from node.crdt.conflicts import Conflict
 from node.crdt.event import Event, EventError
@@ -80,3 +80,15 @@ async def resolution(request: web.Request) -> web.Response:
         raise ApiError(503, "storage_failure", f"this desk cannot save: {e}") from None
     return web.json_response({"conflict": conflict_id, "events": [request.app[VIEWS].event_json(recorded)]},
                              status=201)
+
+
+@routes.post("/api/v1/snapshot/refresh")
+async def snapshot_refresh(request: web.Request) -> web.Response:
+    """Staff changed a patron at the ILS (a block lifted, a card renewed) and want the desks to know now."""
+    require_admin(request)
+    await read_json(request, EmptyRequest)
+    refresher = request.app[REFRESHER]
+    if refresher is None:
+        raise ApiError(409, "not_the_bridge", "only the bridge desk reads the ILS: ask there")
+    refresher.request()
+    return web.json_response(request.app[STATUS].report()["snapshot"], status=202)

@@ -18,6 +18,7 @@ from node.api.keys import (
     MEMBERSHIP,
     NODE_ID,
     PEERS,
+    REFRESHER,
     REVOCATIONS,
     STATUS,
     VIEWS,
@@ -43,6 +44,7 @@ def build_app(node: DeskNode) -> web.Application:
     app[REVOCATIONS] = node.revocations
     app[MEMBERSHIP] = node.membership
     app[ADMISSIONS] = node.admissions
+    app[REFRESHER] = node.refresher
     setup_auth(app, Path(node.config.data_dir), node.node_id)
     app.add_routes(auth.routes)
     app.add_routes(circulation.routes)

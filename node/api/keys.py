@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # types only: node.desk imports the API
     from node.ports import DeskLog, LinkedPeers
     from node.revocation import Revocations
     from node.scan_warnings import ScanWarnings
+    from node.snapshot.refresh import Refresher
     from node.status import DeskStatus
     from node.trust.admissions import AdmissionStore
     from node.views import CirculationViews
@@ -33,3 +34,4 @@ PEERS: web.AppKey[LinkedPeers] = web.AppKey("peers")
 REVOCATIONS: web.AppKey[Revocations] = web.AppKey("revocations")
 MEMBERSHIP: web.AppKey[Membership] = web.AppKey("membership")
 ADMISSIONS: web.AppKey[AdmissionStore | None] = web.AppKey("admissions")  # only on the desk holding the CA
+REFRESHER: web.AppKey[Refresher | None] = web.AppKey("refresher")  # the snapshot refresh, on the bridge only

@@ -112,6 +112,8 @@ OPERATIONS = [
        {201: ("recorded", s.EventAnswer), 404: ("no such desk", s.ErrorAnswer),
         409: ("already revoked", s.ErrorAnswer)},
        s.RevocationRequest, path_params={"node": {"type": "string", "maxLength": 64}}),
+    Op("post", "/api/v1/snapshot/refresh", "Refresh the ILS snapshot of patrons and items now (admins, on the bridge)",
+       {202: ("started", s.SnapshotStatus), 409: ("this desk is not the bridge", s.ErrorAnswer)}, s.EmptyRequest),
     Op("get", "/api/v1/ui-config", "Settings the desk screens need", {200: ("settings", None)}, public=True),
 ]
 

@@ -44,10 +44,10 @@ async def patron(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/patrons")
 async def patron_search(request: web.Request) -> web.Response:
-    q = request.query.get("q", "").strip().casefold()
+    q = request.query.get("q", "").strip()
     if not q or len(q) > 100:
         raise ApiError(400, "bad_query", "q must be 1-100 characters of a patron's name")
-    return web.json_response({"patrons": request.app[VIEWS].registered_patrons(q)[:50]})
+    return web.json_response({"patrons": request.app[VIEWS].patron_search(q)})
 
 
 @routes.get("/api/v1/items/{barcode}")

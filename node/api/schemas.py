@@ -155,19 +155,54 @@ class LoansAnswer(msgspec.Struct):
     loans: list[LoanOut]
 
 
+class PatronFacts(msgspec.Struct, kw_only=True):
+    """What the ILS snapshot says of a patron (node/snapshot/rows.py)."""
+
+    name: str
+    category: str | None
+    library: str | None
+    expiry: str | None
+    block: str | None
+    owes: str
+    loans_at_ils: int
+    loan_limit: int | None
+
+
+class HoldOut(msgspec.Struct, kw_only=True):
+    patron: str
+    waiting: bool
+    pickup: str | None
+
+
+class ItemFacts(msgspec.Struct, kw_only=True):
+    """What the ILS snapshot says of an item."""
+
+    title: str
+    author: str | None
+    callnumber: str | None
+    item_type: str | None
+    library: str | None
+    not_for_loan: bool
+    lost: bool
+    withdrawn: bool
+    holds: list[HoldOut]
+
+
 class PatronAnswer(msgspec.Struct, kw_only=True):
     barcode: str
     name: str | None
+    ils: PatronFacts | None
     registered_offline: bool
     loans: list[LoanOut]
     paid_offline: str
     conflicts: list[str]
 
 
-class PatronHit(msgspec.Struct):
+class PatronHit(msgspec.Struct, kw_only=True):
     barcode: str
     name: str
     source: str
+    ils: PatronFacts | None = None
 
 
 class PatronSearchAnswer(msgspec.Struct):
@@ -176,6 +211,7 @@ class PatronSearchAnswer(msgspec.Struct):
 
 class ItemAnswer(msgspec.Struct, kw_only=True):
     barcode: str
+    ils: ItemFacts | None
     loan: LoanOut | None
     returned_by: str | None
     in_house_uses: int
@@ -251,10 +287,21 @@ class EpochStatus(msgspec.Struct, kw_only=True):
     document_events: int
 
 
+class SnapshotStatus(msgspec.Struct, kw_only=True):
+    """The patron and item snapshot this desk holds (None fields: none yet), and, on the bridge, its refresh."""
+
+    version: int | None
+    ils_time: int | None
+    patrons: int
+    items: int
+    refresh: dict[str, Any] | None
+
+
 class StatusAnswer(msgspec.Struct, kw_only=True):
     node: dict[str, Any]
     peers: list[dict[str, Any]]
     epoch: EpochStatus
+    snapshot: SnapshotStatus
     upload: dict[str, Any]
     conflicts: int
     warnings: int

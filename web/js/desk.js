@@ -170,10 +170,12 @@ function renderPatronPanel(data = state.patronData) {
     body.append(el('p', { class: 'barcode big', text: state.patron }));
     return;
   }
-  const snapshot = data.snapshot || {};
-  const status = snapshot.status ?? data.status;
-  const blocks = snapshot.blocks ?? data.blocks;
-  const fines = snapshot.fines ?? data.fines;
+  const ils = data.ils; // what the ILS snapshot says (null: not in it, or no snapshot on this desk)
+  const today = new Date().toISOString().slice(0, 10);
+  const status = !ils ? null : !ils.expiry ? t('patron.valid')
+    : ils.expiry < today ? t('patron.expired_on', { date: ils.expiry }) : t('patron.valid_until', { date: ils.expiry });
+  const blocks = ils ? (ils.block ? [ils.block] : []) : undefined;
+  const fines = ils ? ils.owes : undefined;
   const notKnown = el('span', { class: 'muted', text: t('patron.not_known') });
   const name = data.name ? el('span', { text: data.name }) : el('span', { class: 'muted', text: t('patron.name_unknown') });
   const facts = el('dl', { class: 'facts' },

@@ -1,0 +1,153 @@
+"""The desk's rows for a patron and an item, read from Koha's REST shapes through declared schemas.
+
+The ILS is outside the cluster's trust: a row that does not fit the schema is left out and counted, never
+raised on. The rows keep what staff need at the desk while the ILS is away, in the words they use: the
+card's expiry, why the patron is blocked, what they owe, their loan limit; the item's title, whether it may
+be lent, and its holds in serving order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+MAX_TEXT = 200
+
+
+class _KohaRestriction(msgspec.Struct):
+    type: str | None = None
+    expiration_date: str | None = None
+    comment: str | None = None
+
+
+class _KohaPatron(msgspec.Struct):
+    """Koha's /api/v1/patrons row: the fields a desk reads (others are ignored)."""
+
+    cardnumber: str
+    surname: str | None = None
+    firstname: str | None = None
+    category_id: str | None = None
+    library_id: str | None = None
+    expiry_date: str | None = None
+    restricted: bool = False
+    patron_card_lost: bool = False
+    incorrect_address: bool = False
+    account_balance: float = 0.0
+    checkouts_count: int = 0
+    restriction: _KohaRestriction | None = None
+    checkouts_limit: int | None = None
+
+
+class _KohaHold(msgspec.Struct):
+    cardnumber: str | None = None
+    priority: int | None = None
+    status: str | None = None
+    pickup_library_id: str | None = None
+
+
+class _KohaItem(msgspec.Struct):
+    """Koha's /api/v1/items row: the fields a desk reads."""
+
+    external_id: str
+    title: str | None = None
+    author: str | None = None
+    callnumber: str | None = None
+    item_type_id: str | None = None
+    home_library_id: str | None = None
+    not_for_loan_status: int = 0
+    lost_status: int = 0
+    withdrawn: int = 0
+    holds: list[_KohaHold] = []
+
+
+class Hold(msgspec.Struct, frozen=True, array_like=True):
+    patron: str
+    waiting: bool  # on the holds shelf already (Koha status "W")
+    pickup: str | None
+
+
+class Patron(msgspec.Struct, frozen=True, array_like=True):
+    barcode: str
+    name: str
+    category: str | None
+    library: str | None
+    expiry: str | None  # YYYY-MM-DD
+    block: str | None  # why the patron may not borrow, in staff's words
+    owes_cents: int
+    loans: int  # loans at the ILS when the snapshot was taken
+    limit: int | None
+
+
+class Item(msgspec.Struct, frozen=True, array_like=True):
+    barcode: str
+    title: str
+    author: str | None
+    callnumber: str | None
+    item_type: str | None
+    library: str | None
+    not_for_loan: bool
+    lost: bool
+    withdrawn: bool
+    holds: tuple[Hold, ...]
+
+
+def _text(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = " ".join(value.split())[:MAX_TEXT]
+    return value or None
+
+
+def _date(value: str | None) -> str | None:
+    return value[:10] if value and len(value) >= 10 and value[4] == "-" and value[7] == "-" else None
+
+
+def _block(p: _KohaPatron) -> str | None:
+    if p.restriction is not None:
+        until = _date(p.restriction.expiration_date)
+        why = _text(p.restriction.comment)
+        return "debarred" + (f" until {until}" if until else "") + (f": {why}" if why else "")
+    if p.patron_card_lost:
+        return "card reported lost"
+    if p.incorrect_address:
+        return "address unknown (mail returned)"
+    if p.restricted:
+        return "restricted at the ILS"
+    return None
+
+
+def patron_from_koha(row: Any) -> Patron | None:
+    """A desk row from a Koha patron row, or None if it does not fit."""
+    try:
+        p = msgspec.convert(row, _KohaPatron)
+    except (msgspec.ValidationError, TypeError, ValueError):
+        return None
+    barcode = p.cardnumber.strip()
+    if not barcode or len(barcode) > 64:
+        return None
+    surname, firstname = _text(p.surname), _text(p.firstname)
+    name = ", ".join(part for part in (surname, firstname) if part) or barcode
+    owes = round(p.account_balance * 100) if abs(p.account_balance) < 1e9 else 0
+    return Patron(barcode, name, _text(p.category_id), _text(p.library_id), _date(p.expiry_date), _block(p),
+                  owes, max(0, p.checkouts_count), p.checkouts_limit)
+
+
+def item_from_koha(row: Any) -> Item | None:
+    try:
+        i = msgspec.convert(row, _KohaItem)
+    except (msgspec.ValidationError, TypeError, ValueError):
+        return None
+    barcode = i.external_id.strip()
+    if not barcode or len(barcode) > 64:
+        return None
+    holds = tuple(Hold(h.cardnumber, h.status == "W", _text(h.pickup_library_id))
+                  for h in sorted(i.holds, key=lambda h: (h.status != "W", h.priority or 0))
+                  if h.cardnumber)
+    return Item(barcode, _text(i.title) or "(no title)", _text(i.author), _text(i.callnumber), _text(i.item_type_id),
+                _text(i.home_library_id), i.not_for_loan_status != 0, i.lost_status != 0, i.withdrawn != 0, holds)
+
+
+ENCODER = msgspec.msgpack.Encoder()
+PATRON = msgspec.msgpack.Decoder(Patron)
+ITEM = msgspec.msgpack.Decoder(Item)

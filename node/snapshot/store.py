@@ -1,0 +1,178 @@
+"""A snapshot on disk: SQLite, looked up by barcode, searched by name, replaced whole and atomically.
+
+A new version is written to a file of its own (built in a worker thread, fsynced) and moved over the old
+one with one rename, so a desk reads either the old snapshot or the new one, never half of each, and a crash
+while building leaves the old one. Names are searched with SQLite's FTS5 (`unicode61 remove_diacritics 2`):
+"dvorak" finds "Dvořák" and "muller" finds "Müller", each word a prefix ("dvo" finds them too). Rows are
+msgpack (rows.py). Not yet encrypted at rest (see docs/architecture.md, Snapshots).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from node.snapshot.rows import ENCODER, ITEM, PATRON, Item, Patron
+
+SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE patrons (barcode TEXT PRIMARY KEY, row BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE items (barcode TEXT PRIMARY KEY, row BLOB NOT NULL) WITHOUT ROWID;
+CREATE VIRTUAL TABLE names USING fts5(name, barcode UNINDEXED, tokenize = 'unicode61 remove_diacritics 2');
+"""
+_WORD = re.compile(r"\w+", re.UNICODE)
+SEARCH_WORDS = 6
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a snapshot holds: `ils_time` is when the ILS was read (ms), `version` counts refreshes."""
+
+    version: int
+    ils_time: int
+    patrons: int
+    items: int
+    source: str
+
+    def to_json(self) -> dict[str, object]:
+        return {"version": self.version, "ils_time": self.ils_time, "patrons": self.patrons, "items": self.items,
+                "source": self.source}
+
+
+class Builder:
+    """Writes a new snapshot file a page at a time, so that memory holds a page, not the ILS. Each call
+    blocks (SQLite): run them in a worker thread. `finish` makes it durable; `abort` removes it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        for suffix in ("", "-journal", "-wal"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=OFF")  # a file nobody reads until it is complete
+        self._conn.execute("PRAGMA synchronous=OFF")  # fsynced once, at the end
+        self._conn.executescript(SCHEMA)
+        self._conn.execute("BEGIN")
+
+    def add_patrons(self, patrons: Iterable[Patron]) -> None:
+        rows = [(p.barcode, ENCODER.encode(p), p.name) for p in patrons]
+        # A barcode the ILS repeats keeps its last row, and one name entry.
+        self._conn.executemany("DELETE FROM names WHERE barcode = ?",
+                               [(b,) for b, _, _ in rows if self._has("patrons", b)])
+        self._conn.executemany("INSERT OR REPLACE INTO patrons VALUES (?, ?)", [(b, r) for b, r, _ in rows])
+        self._conn.executemany("INSERT INTO names VALUES (?, ?)", [(n, b) for b, _, n in rows])
+
+    def add_items(self, items: Iterable[Item]) -> None:
+        self._conn.executemany("INSERT OR REPLACE INTO items VALUES (?, ?)",
+                               [(i.barcode, ENCODER.encode(i)) for i in items])
+
+    def _has(self, table: str, barcode: str) -> bool:
+        return self._conn.execute(f"SELECT 1 FROM {table} WHERE barcode = ?", (barcode,)).fetchone() is not None
+
+    def finish(self, ils_time: int, version: int, source: str) -> Manifest:
+        count = self._conn.execute
+        manifest = Manifest(version, ils_time, count("SELECT COUNT(*) FROM patrons").fetchone()[0],
+                            count("SELECT COUNT(*) FROM items").fetchone()[0], source)
+        self._conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in manifest.to_json().items()])
+        self._conn.execute("COMMIT")
+        self._conn.close()
+        with open(self.path, "rb") as f:
+            os.fsync(f.fileno())
+        return manifest
+
+    def abort(self) -> None:
+        self._conn.close()
+        self.path.unlink(missing_ok=True)
+
+
+def build(path: Path, patrons: Iterable[Patron], items: Iterable[Item], ils_time: int, version: int,
+          source: str) -> Manifest:
+    """A whole snapshot at once (tests, imports)."""
+    builder = Builder(path)
+    builder.add_patrons(patrons)
+    builder.add_items(items)
+    return builder.finish(ils_time, version, source)
+
+
+def fts_query(text: str) -> str | None:
+    """Staff's words as an FTS5 query: each word a quoted prefix, all required; None if no word."""
+    words = _WORD.findall(text)[:SEARCH_WORDS]
+    return " ".join(f'"{w}"*' for w in words) if words else None
+
+
+class SnapshotStore:
+    """The snapshot a desk holds (`snapshot.sqlite` in its data directory), read on the event loop's thread:
+    a look-up is one indexed read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+        self.manifest: Manifest | None = None
+        self._open()
+
+    def _open(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self.manifest = None
+        if not self.path.exists():
+            return
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        try:
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            self.manifest = Manifest(int(meta["version"]), int(meta["ils_time"]), int(meta["patrons"]),
+                                     int(meta["items"]), meta["source"])
+            self._conn = conn
+        except (sqlite3.Error, KeyError, ValueError):  # a damaged file: as if there were none, until the next
+            self.manifest = None
+            conn.close()
+
+    def next_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".new")
+
+    def switch(self, new: Path) -> None:
+        """Makes the snapshot built at `new` the desk's, atomically (one rename)."""
+        os.replace(new, self.path)
+        fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the rename itself survives a power cut
+        finally:
+            os.close(fd)
+        self._open()
+
+    def patron(self, barcode: str) -> Patron | None:
+        row = self._one("SELECT row FROM patrons WHERE barcode = ?", barcode)
+        return PATRON.decode(row) if row is not None else None
+
+    def item(self, barcode: str) -> Item | None:
+        row = self._one("SELECT row FROM items WHERE barcode = ?", barcode)
+        return ITEM.decode(row) if row is not None else None
+
+    def search(self, text: str, limit: int = 50) -> list[Patron]:
+        query = fts_query(text)
+        if query is None or self._conn is None:
+            return []
+        rows = self._conn.execute(
+            "SELECT p.row FROM names JOIN patrons p ON p.barcode = names.barcode WHERE names MATCH ? "
+            "ORDER BY rank LIMIT ?", (query, limit)).fetchall()
+        return [PATRON.decode(r[0]) for r in rows]
+
+    def _one(self, sql: str, key: str) -> bytes | None:
+        if self._conn is None:
+            return None
+        found = self._conn.execute(sql, (key,)).fetchone()
+        return found[0] if found is not None else None
+
+    def age_s(self, now_ms: int | None = None) -> float | None:
+        if self.manifest is None:
+            return None
+        return ((now_ms if now_ms is not None else time.time_ns() // 1_000_000) - self.manifest.ils_time) / 1000
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
