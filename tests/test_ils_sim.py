@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
@@ -276,6 +277,33 @@ async def test_post_needs_a_csrf_token_bound_to_the_session(sim: Sim) -> None:
 
 
 # --- REST --------------------------------------------------------------------------------------------------
+
+
+async def test_rest_keyset_paging_with_koha_q(sim: Sim) -> None:
+    """`q={"patron_id": {">": n}}` and `_order_by=+patron_id`, as the bridge's snapshot pages."""
+    seen: list[int] = []
+    after = 0
+    async with aiohttp.ClientSession() as session:
+        for _ in range(10):
+            async with session.get(
+                sim.http_url + "/api/v1/patrons",
+                params={"q": json.dumps({"patron_id": {">": after}}), "_order_by": "+patron_id", "_per_page": "70"},
+                headers={"Authorization": sim.basic_auth},
+            ) as r:
+                assert r.status == 200
+                rows = await r.json()
+            seen += [row["patron_id"] for row in rows]
+            if len(rows) < 70:
+                break
+            after = rows[-1]["patron_id"]
+        assert seen == sorted(seen) and len(set(seen)) == 200
+        for params in ({"q": "{"}, {"q": json.dumps({"surname": "x"})}, {"q": json.dumps({"patron_id": {"<": 3}})},
+                       {"q": json.dumps({"patron_id": {">": "3"}})}, {"_order_by": "surname"}):
+            async with session.get(
+                sim.http_url + "/api/v1/patrons", params=params, headers={"Authorization": sim.basic_auth}
+            ) as r:
+                assert r.status == 400, params
+                assert "error" in await r.json()
 
 
 async def test_rest_paging_and_total_count(sim: Sim) -> None:

@@ -430,3 +430,51 @@ async def test_admin_desks_lists_the_cluster(chromium, ui_cluster) -> None:
     await a.shot("21-admin-desks")
     a.assert_no_script_errors()
     await close(a)
+
+
+async def test_the_ils_snapshot_finds_a_patron_without_accents_and_a_block_needs_the_override(
+        chromium, ui_cluster) -> None:
+    c = ui_cluster
+    await c.sim.set_state(online=True)  # the ILS is back: the bridge (desk A) reads its patrons and items
+    code, answer = await post_json(c.session, f"{c.a.url}/api/v1/snapshot/refresh", {})
+    assert code == 202, answer
+
+    async def snapshot_loaded() -> bool:
+        status = (await get_json(c.session, f"{c.a.url}/api/v1/status"))["snapshot"]
+        return bool(status["version"]) and status["refresh"]["state"] == "idle"
+
+    await wait_for(snapshot_loaded, within=60, what="the snapshot at desk A")
+    patrons = await c.sim.all_patrons()
+    accented = next(p for p in patrons if "ř" in p["surname"] or "ü" in p["surname"])
+    plain = accented["surname"].replace("ř", "r").replace("á", "a").replace("ü", "u").lower()
+    blocked = await c.sim.take_blocked_patron()
+    item = (await c.sim.take_available_item())["external_id"]
+
+    a = await open_desk(chromium, c.a)
+    await a.page.fill("#patron-q", plain)
+    hit = a.page.locator("#patron-hits button", has_text=accented["cardnumber"])
+    await expect(hit).to_have_count(1)
+    await expect(hit).to_contain_text(accented["surname"])
+    await a.shot("22-desk-patron-search")
+    await hit.click()
+    body = a.page.locator("#patron-body")
+    await expect(body).to_contain_text(f"{accented['surname']}, {accented['firstname']}")
+    await expect(a.page.locator("#scan")).to_be_focused()
+
+    await a.scan(blocked["cardnumber"])
+    await expect(body).to_contain_text(f"{blocked['surname']}, {blocked['firstname']}")
+    await expect(body.locator("dd.bad")).to_have_count(1)  # the block, from the ILS
+    await a.scan(item)
+    dialog = a.page.locator("#override-dialog")
+    await expect(dialog).to_be_visible()
+    await expect(dialog).to_contain_text("is blocked")
+    await a.shot("23-desk-blocked-patron-override")
+    await a.page.click("#override-confirm")
+    await a.result("warn", f"Lent {item} to {blocked['cardnumber']}")
+    loans = (await get_json(c.session, f"{c.a.url}/api/v1/loans?patron={blocked['cardnumber']}"))["loans"]
+    total = (await get_json(c.session, f"{c.a.url}/api/v1/events?after=0&limit=1"))["total"]
+    latest = (await get_json(c.session, f"{c.a.url}/api/v1/events?after={max(0, total - 50)}"))["events"]
+    assert [loan["item"] for loan in loans] == [item]
+    assert any(e["id"] == loans[0]["event"] and e["body"].get("override") is True for e in latest)
+    a.assert_no_script_errors()
+    await close(a)

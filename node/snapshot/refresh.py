@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from node.ilsbridge.adapters.base import IlsUnavailable, SnapshotKind
+from node.ilsbridge.adapters.base import IlsUnavailable, SnapshotKind, SnapshotUnsupported
 from node.snapshot import store
 from node.snapshot.rows import item_from_koha, patron_from_koha
 from node.snapshot.store import SnapshotStore
@@ -31,9 +31,12 @@ RETRY_S = 60.0
 
 
 class SnapshotSource(Protocol):
-    """What the ILS adapter gives: one page of Koha-shaped rows (adapters/rest.py)."""
+    """What the ILS adapter gives: Koha-shaped rows whose id is above a bound, in id order (adapters/rest.py)."""
 
-    async def fetch_page(self, kind: SnapshotKind, page: int, per_page: int) -> list[dict[str, Any]]: ...
+    async def fetch_after(self, kind: SnapshotKind, after: int, per_page: int) -> list[dict[str, Any]]: ...
+
+
+ID_FIELDS: dict[SnapshotKind, str] = {"patrons": "patron_id", "items": "item_id", "checkouts": "checkout_id"}
 
 
 class Refresher:
@@ -95,6 +98,9 @@ class Refresher:
         except IlsUnavailable as e:
             await asyncio.to_thread(builder.abort)
             return self._failed(f"the ILS did not answer: {e}")
+        except SnapshotUnsupported as e:
+            await asyncio.to_thread(builder.abort)
+            return self._failed(str(e))
         except (OSError, sqlite3.Error) as e:
             await asyncio.to_thread(builder.abort)
             return self._failed(f"the snapshot could not be written: {e}")
@@ -107,17 +113,21 @@ class Refresher:
         return True
 
     async def _pull(self, kind: SnapshotKind, read: Callable[[Any], Any], add: Callable[[list[Any]], None]) -> None:
-        """Every page of `kind`, each written as it comes (memory holds one page)."""
-        page = 1
+        """Every row of `kind`, a page at a time after the last id seen (keyset paging: each page costs the
+        ILS the same), each page written as it comes (memory holds one page)."""
+        after = 0
         while True:
-            got = await self.source.fetch_page(kind, page, self.per_page)
+            got = await self.source.fetch_after(kind, after, self.per_page)
             rows = [row for row in map(read, got) if row is not None]
             self.left_out[kind] += len(got) - len(rows)
             await asyncio.to_thread(add, rows)
             self.progress[kind] += len(got)
             if len(got) < self.per_page:
                 return
-            page += 1
+            last = got[-1].get(ID_FIELDS[kind]) if isinstance(got[-1], dict) else None
+            if not isinstance(last, int) or isinstance(last, bool) or last <= after:
+                raise IlsUnavailable(f"the ILS's {kind} page ends without a greater {ID_FIELDS[kind]} ({last!r})")
+            after = last
 
     def _failed(self, why: str) -> bool:
         self.state, self.last_error = "failed", why

@@ -126,6 +126,35 @@ export function clearPatron() {
   focusScan();
 }
 
+/** Finds patrons by name (the ILS snapshot and offline registrations; accents and case ignored). */
+async function searchPatrons() {
+  const q = $('patron-q').value.trim();
+  const list = clear($('patron-hits'));
+  list.hidden = !q;
+  if (!q) return;
+  let hits = [];
+  try {
+    hits = (await get(`/patrons?q=${enc(q)}`)).patrons;
+  } catch (e) {
+    showError(e);
+    return;
+  }
+  if ($('patron-q').value.trim() !== q) return; // typed on meanwhile
+  if (!hits.length) list.append(el('li', { class: 'muted', text: t('patron.search_none') }));
+  for (const hit of hits.slice(0, 20)) {
+    const button = el('button', { type: 'button', class: 'ghost hit' },
+      el('span', { text: hit.name }), ' ', el('span', { class: 'barcode muted', text: hit.barcode }));
+    if (hit.ils && hit.ils.block) button.append(' ', el('span', { class: 'tag bad', text: t('patron.blocked') }));
+    button.addEventListener('click', () => {
+      $('patron-q').value = '';
+      clear($('patron-hits')).hidden = true;
+      enqueue(() => setPatron(hit.barcode));
+      focusScan();
+    });
+    list.append(el('li', {}, button));
+  }
+}
+
 /** Shows a patron in the panel without making them the desk's current patron (after a checkin). */
 async function showBorrower(barcode) {
   try {
@@ -516,6 +545,8 @@ export function initDesk() {
     return enqueue(() => handleScan(text));
   });
   $('clear-patron').addEventListener('click', clearPatron);
+  $('patron-search').addEventListener('submit', (e) => { e.preventDefault(); searchPatrons(); });
+  $('patron-q').addEventListener('input', debounce(searchPatrons, 250));
   $('view-desk').addEventListener('click', (e) => {
     if (!e.target.closest('input, button, select, textarea, a, table, dl, label')) focusScan();
   });

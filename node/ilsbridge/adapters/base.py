@@ -68,6 +68,10 @@ class IlsAdapter(Protocol):
         Raises IlsUnavailable when the ILS cannot answer now."""
         ...
 
+    async def fetch_after(self, kind: SnapshotKind, after: int, per_page: int) -> list[dict[str, Any]]:
+        """Rows whose id (patron_id, item_id, checkout_id) is above `after`, in id order; [] past the end."""
+        ...
+
     async def fetch_page(self, kind: SnapshotKind, page: int, per_page: int) -> list[dict[str, Any]]:
         """One page (from 1) of patrons, items or checkouts, Koha's field names; [] past the end.
         Raises SnapshotUnsupported where the protocol cannot, IlsUnavailable when the ILS cannot now."""

@@ -223,6 +223,9 @@ class KohaAdapter:
     async def current_loan(self, item_barcode: str) -> str | None:
         return await self.rest.current_loan(item_barcode)
 
+    async def fetch_after(self, kind: SnapshotKind, after: int, per_page: int) -> list[dict[str, Any]]:
+        return await self.rest.fetch_after(kind, after, per_page)
+
     async def fetch_page(self, kind: SnapshotKind, page: int, per_page: int) -> list[dict[str, Any]]:
         return await self.rest.fetch_page(kind, page, per_page)
 

@@ -9,12 +9,15 @@ Reconciliation follows Koha's own resources: the item by `external_id` (its barc
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 
 from node.ilsbridge.adapters.base import SNAPSHOT_KINDS, Credentials, IlsUnavailable, SnapshotKind
+
+ID_FIELDS = {"patrons": "patron_id", "items": "item_id", "checkouts": "checkout_id"}
 
 
 class KohaRest:
@@ -47,6 +50,18 @@ class KohaRest:
         if page < 1 or per_page < 1:
             raise ValueError("page and per_page start at 1")
         body, _ = await self.get_json(f"/api/v1/{kind}", {"_page": str(page), "_per_page": str(per_page)})
+        if not isinstance(body, list):
+            raise IlsUnavailable(f"GET /api/v1/{kind}: expected a JSON list")
+        return body
+
+    async def fetch_after(self, kind: SnapshotKind, after: int, per_page: int) -> list[dict[str, Any]]:
+        """Rows whose id is above `after`, in id order (Koha's `q` and `_order_by`): keyset paging, so each
+        page costs the ILS the same, where `_page` makes it skip every row before it."""
+        if kind not in SNAPSHOT_KINDS:
+            raise ValueError(f"unknown snapshot kind {kind!r}")
+        id_field = ID_FIELDS[kind]
+        body, _ = await self.get_json(f"/api/v1/{kind}", {
+            "q": json.dumps({id_field: {">": after}}), "_order_by": f"+{id_field}", "_per_page": str(per_page)})
         if not isinstance(body, list):
             raise IlsUnavailable(f"GET /api/v1/{kind}: expected a JSON list")
         return body

@@ -240,6 +240,13 @@ class Sip2Adapter:
             return await self.rest.current_loan(item_barcode)
         raise AdapterUnsupported("this ACS does not say who has an item; give a REST base with ?rest=")
 
+    async def fetch_after(self, kind: SnapshotKind, after: int, per_page: int) -> list[dict[str, Any]]:
+        if self.rest is None:
+            raise SnapshotUnsupported(
+                "SIP2 cannot list patrons, items or checkouts; give a REST base with ?rest="
+            )
+        return await self.rest.fetch_after(kind, after, per_page)
+
     async def fetch_page(self, kind: SnapshotKind, page: int, per_page: int) -> list[dict[str, Any]]:
         if self.rest is None:
             raise SnapshotUnsupported(

@@ -326,12 +326,13 @@ class Library:
     # --- REST pages -----------------------------------------------------------------------------------------
 
     def page(
-        self, kind: str, filters: dict[str, str], page: int, per_page: int
+        self, kind: str, filters: dict[str, str], page: int, per_page: int, after: int | None = None
     ) -> tuple[int, list[dict[str, Any]]]:
-        """(total matching rows, the rows of `page`) of patrons, items or checkouts, in Koha's names."""
+        """(total matching rows, the rows of `page`) of patrons, items or checkouts, in Koha's names.
+        `after`: only rows whose id is greater (Koha's `q={"patron_id": {">": n}}`, keyset paging)."""
         id_col, allowed = _KINDS[kind][1:]
-        where: list[str] = []
-        args: list[str | int] = []
+        where: list[str] = [] if after is None else [f"{id_col} > ?"]
+        args: list[str | int] = [] if after is None else [after]
         for name, value in filters.items():
             column = allowed.get(name)
             if column is not None:
@@ -339,7 +340,8 @@ class Library:
                 args.append(value)
         clause = (" WHERE " + " AND ".join(where)) if where else ""
         base = _FROM[kind]
-        total = self.db.execute(f"SELECT COUNT(*) {base}{clause}", args).fetchone()[0]
+        counted = _COUNT_FROM.get(kind, base) if all(w.startswith("i.") for w in where) else base
+        total = self.db.execute(f"SELECT COUNT(*) {counted}{clause}", args).fetchone()[0]
         limit = "" if per_page < 0 else " LIMIT ? OFFSET ?"
         limit_args: list[str | int] = [] if per_page < 0 else [per_page, (page - 1) * per_page]
         rows = self.db.execute(
@@ -507,6 +509,8 @@ _FROM = {
         "FROM checkouts c JOIN items i ON i.item_id = c.item_id JOIN patrons p ON p.patron_id = c.patron_id"
     ),
 }
+# An item has one checkout at most: counting items needs no join (a range count of the primary key).
+_COUNT_FROM = {"items": "FROM items i"}
 _SELECT = {
     "patrons": "p.*, (SELECT COUNT(*) FROM checkouts c WHERE c.patron_id = p.patron_id) AS checkouts_count",
     "items": "i.*, c.checkout_date",

@@ -4,8 +4,11 @@ Koha's own shapes: `GET /api/v1/patrons`, `/api/v1/items`, `/api/v1/checkouts` (
 paged with `_page` (from 1) and `_per_page` (default 20, -1 for all), the total in `X-Total-Count` and
 `Link` headers with first/prev/next/last; query parameters named like a field filter on it (`cardnumber`,
 `category_id`, `external_id`, `item_id`, `patron_id`), so "who has this item now" is
-`GET /api/v1/checkouts?item_id=…` (or `?external_id=<barcode>`). `GET /api/v1/circulation_rules` returns
-Koha's rule sets ({context, issuelength, lengthunit, renewalsallowed, maxissueqty}). Field names are
+`GET /api/v1/checkouts?item_id=…` (or `?external_id=<barcode>`). Koha's JSON `q` is answered in the one
+form a snapshot pages with, `{"patron_id": {">": n}}` (keyset paging, in id order as `_order_by=+patron_id`
+asks), which costs the same for every page where `_page` skips every row before it.
+`GET /api/v1/circulation_rules` returns Koha's rule sets ({context, issuelength, lengthunit, renewalsallowed,
+maxissueqty}). Field names are
 Koha's: patron_id, cardnumber, surname, firstname, category_id, library_id, date_of_birth, date_enrolled,
 expiry_date, email, phone, restricted, patron_card_lost, incorrect_address (Koha's "gone no address"),
 account_balance and checkouts_count (embeds in Koha, always present here); item_id, biblio_id,
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -83,8 +87,15 @@ class RestApi:
                 return _error(400, "_page and _per_page must be integers")
             if page < 1 or per_page == 0 or per_page < -1 or per_page > MAX_PER_PAGE:
                 return _error(400, f"_page must be >= 1 and _per_page -1 or 1..{MAX_PER_PAGE}")
-            filters = {k: v for k, v in request.query.items() if not k.startswith("_")}
-            total, rows = self.library.page(kind, filters, page, per_page)
+            filters = {k: v for k, v in request.query.items() if not k.startswith("_") and k != "q"}
+            try:
+                after = _after(request.query.get("q"), _ID_FIELDS[kind])
+            except ValueError as e:
+                return _error(400, str(e))
+            order = request.query.get("_order_by", _ID_FIELDS[kind]).lstrip("+ ")
+            if order != _ID_FIELDS[kind]:
+                return _error(400, f"_order_by: this simulator orders {kind} by {_ID_FIELDS[kind]} only")
+            total, rows = self.library.page(kind, filters, page, per_page, after)
             response = web.json_response(rows)
             response.headers["X-Total-Count"] = str(total)
             response.headers["X-Base-Total-Count"] = str(total)
@@ -118,6 +129,20 @@ class RestApi:
         if not self._authorized(request):
             return _error(401, "Authentication failure.")
         return web.json_response(self.library.calendar_json())
+
+
+def _after(q: str | None, id_field: str) -> int | None:
+    """Koha's `q` (a JSON query), in the one form a snapshot uses: {"<id>": {">": n}}."""
+    if q is None:
+        return None
+    try:
+        query = json.loads(q)
+        bound = query[id_field][">"]
+        if set(query) != {id_field} or set(query[id_field]) != {">"} or not isinstance(bound, int):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f'q: this simulator answers {{"{id_field}": {{">": <number>}}}} only') from None
+    return int(bound)
 
 
 def _links(request: web.Request, page: int, per_page: int, total: int) -> str:
