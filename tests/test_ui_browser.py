@@ -451,6 +451,7 @@ async def test_the_ils_snapshot_finds_a_patron_without_accents_and_a_block_needs
     item = (await c.sim.take_available_item())["external_id"]
 
     a = await open_desk(chromium, c.a)
+    await expect(a.page.locator("#cb-snapshot")).to_contain_text("ILS data of")  # its age, in the cluster bar
     await a.page.fill("#patron-q", plain)
     hit = a.page.locator("#patron-hits button", has_text=accented["cardnumber"])
     await expect(hit).to_have_count(1)

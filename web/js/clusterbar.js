@@ -42,6 +42,21 @@ function renderClock(suspects) {
     [...suspects.map((s) => `${clockText(s)} (${how(s)})`), t('cluster.clock_hint')].join('\n'));
 }
 
+const SNAPSHOT_STALE_MS = 2 * 86_400_000; // older than two days: staff should know the ILS data may be out of date
+
+// How old the ILS's patron and item data at this desk is (none yet: the pill stays hidden).
+function renderSnapshot(snapshot) {
+  const node = $('cb-snapshot');
+  node.hidden = !(snapshot && snapshot.version);
+  if (node.hidden) return;
+  const age = Date.now() - snapshot.ils_time;
+  const refresh = snapshot.refresh;
+  const detail = [t('cluster.snapshot_counts', { patrons: fmt.number(snapshot.patrons), items: fmt.number(snapshot.items) })];
+  if (refresh && refresh.state === 'failed' && refresh.last_error) detail.push(refresh.last_error);
+  pill('cb-snapshot', age > SNAPSHOT_STALE_MS ? 'warn' : 'good',
+    t('cluster.snapshot', { time: fmt.dateTime(snapshot.ils_time) }), detail.join('\n'));
+}
+
 export function render(status = last) {
   renderLive();
   if (!status) return;
@@ -66,6 +81,8 @@ export function render(status = last) {
   else pill('cb-bridge', 'good', bridge.is_me ? t('cluster.bridge_me') : t('cluster.bridge', { desk: bridge.desk }));
 
   renderUpload(status.upload || { pending: 0, applied: 0, failed: 0, uploading: false });
+
+  renderSnapshot(status.snapshot);
 
   renderClock(status.clock_suspects || []);
 
