@@ -13,8 +13,10 @@ the scan needs the deliberate override, which the event records (node/api/circul
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from node.ports import CirculationView, SnapshotView
 
@@ -25,8 +27,9 @@ def warning(code: str, message: str, **extra: str) -> ScanWarning:
     return {"code": code, "message": message, **extra}
 
 
-def blocking(code: str, message: str) -> ScanWarning:
-    return {"code": code, "message": message, "blocking": "yes"}
+def blocking(code: str, message: str, **extra: str) -> ScanWarning:
+    """A warning the scan needs the override for; `extra`: the facts the desk screen words it with."""
+    return {"code": code, "message": message, "blocking": "yes", **extra}
 
 
 class ScanWarnings:
@@ -47,23 +50,43 @@ class ScanWarnings:
         if p is None:
             if barcode in self.log.state.registrations:
                 return []
-            return [warning("unknown_patron", f"patron {barcode} is not known to the ILS (snapshot of "
-                            f"{_day(self.snapshot.manifest.ils_time)}): check the card", blocking="no")]
+            day = _day(self.snapshot.manifest.ils_time)
+            return [warning("unknown_patron", f"patron {barcode} is not known to the ILS (snapshot of {day}): "
+                            "check the card", blocking="no", patron=barcode, date=day)]
         out = []
         if p.block:
-            out.append(blocking("patron_blocked", f"{p.name} is blocked: {p.block}"))
+            out.append(blocking("patron_blocked", f"{p.name} is blocked: {p.block}", name=p.name, reason=p.block))
         if p.expiry and p.expiry < self._today():
-            out.append(blocking("card_expired", f"{p.name}'s card expired on {p.expiry}"))
-        if p.owes_cents > self.fines_limit_cents:
-            out.append(blocking("fines_over_limit", f"{p.name} owes {p.owes_cents / 100:.2f}, more than the "
-                                f"library's limit of {self.fines_limit_cents / 100:.2f}"))
+            out.append(blocking("card_expired", f"{p.name}'s card expired on {p.expiry}", name=p.name,
+                                date=p.expiry))
+        if p.owes_cents > self.fines_limit_cents:  # less what was paid at the desks since the snapshot
+            owes = p.owes_cents - self._paid_since(barcode, self.snapshot.manifest.ils_time)
+            if owes > self.fines_limit_cents:
+                amount, limit = f"{owes / 100:.2f}", f"{self.fines_limit_cents / 100:.2f}"
+                out.append(blocking("fines_over_limit", f"{p.name} owes {amount}, more than the library's limit "
+                                    f"of {limit}", name=p.name, amount=amount, limit=limit))
         if p.limit is not None:
             since = self.snapshot.manifest.ils_time
             lent_since = sum(1 for loan in self.log.state.loans_of(barcode) if (loan.at or 0) > since)
             if p.loans + lent_since >= p.limit:
-                out.append(blocking("loan_limit_reached", f"{p.name} has {p.loans + lent_since} loans, the limit "
-                                    f"is {p.limit} (loans at the ILS and at every desk since the snapshot)"))
+                loans = str(p.loans + lent_since)
+                out.append(blocking("loan_limit_reached", f"{p.name} has {loans} loans, the limit is {p.limit} "
+                                    "(loans at the ILS and at every desk since the snapshot)", name=p.name,
+                                    loans=loans, limit=str(p.limit)))
         return out
+
+    def _paid_since(self, patron: str, since: int) -> int:
+        """Cents paid at any desk after `since` (asked only of a patron over the limit: a pass over memory).
+        A payment stays in memory until the fold's base moves past it, 10,000 events on; the next refresh
+        has it in the ILS's balance by then, unless the ILS stayed away all that time."""
+        voided = self.log.state.voided
+        paid = Decimal(0)
+        for event in self.log.ordered():
+            if (event.kind == "payment" and event.problem is None and event.at > since
+                    and event.body.get("patron") == patron and event.id not in voided):
+                with contextlib.suppress(ArithmeticError, TypeError, ValueError):
+                    paid += Decimal(event.body["amount"])
+        return int(paid * 100)
 
     def _item(self, patron: str, barcode: str) -> list[ScanWarning]:
         if self.snapshot is None or self.snapshot.manifest is None:
@@ -71,14 +94,16 @@ class ScanWarnings:
         i = self.snapshot.item(barcode)
         if i is None:
             return [warning("item_unknown", f"item {barcode} is not known to the ILS: check the barcode",
-                            blocking="no")]
+                            blocking="no", item=barcode)]
         out = []
         if i.not_for_loan or i.lost or i.withdrawn:
             why = "not for loan" if i.not_for_loan else "lost" if i.lost else "withdrawn"
-            out.append(blocking("item_not_for_loan", f"“{i.title}” ({barcode}) is {why}"))
+            out.append(blocking("item_not_for_loan", f"“{i.title}” ({barcode}) is {why}", title=i.title,
+                                reason=why.replace(" ", "_")))
         first = i.holds[0] if i.holds else None
         if first is not None and first.patron != patron:
-            out.append(blocking("item_on_hold", f"“{i.title}” is on hold for patron {first.patron}"))
+            out.append(blocking("item_on_hold", f"“{i.title}” is on hold for patron {first.patron}", title=i.title,
+                                patron=first.patron))
         return out
 
     def _on_loan(self, patron: str, item: str) -> list[ScanWarning]:
@@ -102,7 +127,7 @@ class ScanWarnings:
         h = i.holds[0]
         where = f" (pick-up at {h.pickup})" if h.pickup else ""
         return [warning("hold_found", f"hold waiting for patron {h.patron}{where}: put it on the holds shelf",
-                        blocking="no")]
+                        blocking="no", patron=h.patron, title=i.title)]
 
     def _returned(self, item: str) -> list[ScanWarning]:
         state = self.log.state

@@ -96,7 +96,9 @@ class Sealer:
 
     async def _seal(self) -> None:
         try:
-            seal = await self.log.seal("bridge" if self.bridge else "desk")
+            # Shielded: a desk that stops while the seal is being written lets the write finish (its journal is
+            # flushed at stop), where a cancel inside it would be taken for a storage failure.
+            seal = await asyncio.shield(self.log.seal("bridge" if self.bridge else "desk"))
         except Exception:  # a failed journal: the desk stops taking scans anyway; tried again at the next change
             log.exception("sealing failed; trying again at the next change")
             return

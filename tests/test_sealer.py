@@ -74,3 +74,20 @@ async def test_a_bridge_seals_before_any_fallback(tmp_path: Path) -> None:
         for sealer in sealers:
             await sealer.stop()
         close_all(logs)
+
+
+async def test_a_desk_that_stops_while_sealing_keeps_its_storage_and_the_seal(tmp_path: Path) -> None:
+    [log] = await started(tmp_path, ["alone"])
+    try:
+        await scans(log, 5, "S")  # linked (make_log): in the document
+        sealer = Sealer(log, log.identity.node_id, 3, bridge=True)
+        sealer.start()
+        for _ in range(3):
+            await asyncio.sleep(0)  # the sealer is now waiting for its seal's commit
+        async with asyncio.timeout(5):  # a cancel swallowed inside the seal would keep the task alive
+            await sealer.stop()
+        await log.store.commit([])
+        assert log.failed is None  # a cancel is not a storage failure
+        assert log.epoch.number == 1  # and the seal was written whole
+    finally:
+        close_all([log])

@@ -31,7 +31,7 @@ async def test_the_bridge_pulls_a_snapshot_and_the_desk_warns_from_it(tmp_path: 
         blocked = await sim.take_blocked_patron()
         expired = await sim.take_expired_patron()
         fined = await sim.take_patron_with_fines()
-        shelf = [(await sim.take_available_item())["external_id"] for _ in range(6)]
+        shelf = [(await sim.take_available_item())["external_id"] for _ in range(7)]
         held, _ = await sim.take_item_with_hold(on_loan=False)
         creds = tmp_path / "ils-credentials"
         creds.write_text(f"user={sim.user}\npassword={sim.password}\n")
@@ -74,8 +74,17 @@ async def test_the_bridge_pulls_a_snapshot_and_the_desk_warns_from_it(tmp_path: 
                 code, answer = await checkout(session, bridge, patron["cardnumber"], item_barcode)
                 assert code == 409 and answer["error"]["code"] == "needs_override", answer
                 assert expected in codes(answer), answer
+                said = next(w for w in answer["warnings"] if w["code"] == expected)
+                assert said["name"] == f"{patron['surname']}, {patron['firstname']}", said  # the screen words it
                 code, answer = await checkout(session, bridge, patron["cardnumber"], item_barcode, override=True)
                 assert code == 201 and answer["event"]["body"].get("override") is True, answer
+            # what the fined patron pays at the desk counts: paid up, no fines warning
+            owed = f"{fined['account_balance']:.2f}"
+            code, answer = await post_json(session, f"{bridge.url}/api/v1/payments",
+                                           {"patron": fined["cardnumber"], "amount": owed})
+            assert code == 201, answer
+            code, answer = await checkout(session, bridge, fined["cardnumber"], shelf.pop())
+            assert code == 201 and "fines_over_limit" not in codes(answer), answer
             code, answer = await checkout(session, bridge, good["cardnumber"], held["external_id"])
             assert code == 409 and "item_on_hold" in codes(answer), answer
             code, answer = await checkout(session, bridge, "99999999999", shelf.pop())

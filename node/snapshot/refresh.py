@@ -104,9 +104,13 @@ class Refresher:
         except (OSError, sqlite3.Error) as e:
             await asyncio.to_thread(builder.abort)
             return self._failed(f"the snapshot could not be written: {e}")
-        except BaseException:  # cancelled (the desk stops): no half-built file left behind
-            builder.abort()
+        except asyncio.CancelledError:  # the desk stops: no half-built file left behind
+            builder.abort()  # waits for the page being written (Builder's lock)
             raise
+        except Exception as e:  # anything else the ILS's data leads to: this refresh fails, the next one runs
+            log.exception("snapshot refresh failed")
+            await asyncio.to_thread(builder.abort)
+            return self._failed(f"the snapshot could not be made: {type(e).__name__}: {e}")
         self.state, self.last_error, self.last_success = "idle", None, time.time_ns() // 1_000_000
         log.info("snapshot %d: %d patrons, %d items (%s left out)", manifest.version, manifest.patrons,
                  manifest.items, self.left_out)
@@ -114,16 +118,17 @@ class Refresher:
 
     async def _pull(self, kind: SnapshotKind, read: Callable[[Any], Any], add: Callable[[list[Any]], None]) -> None:
         """Every row of `kind`, a page at a time after the last id seen (keyset paging: each page costs the
-        ILS the same), each page written as it comes (memory holds one page)."""
+        ILS the same), each page written as it comes (memory holds one page). Only an empty page ends it: an
+        ILS may give fewer rows a page than asked (Koha caps `_per_page`)."""
         after = 0
         while True:
             got = await self.source.fetch_after(kind, after, self.per_page)
+            if not got:
+                return
             rows = [row for row in map(read, got) if row is not None]
             self.left_out[kind] += len(got) - len(rows)
             await asyncio.to_thread(add, rows)
             self.progress[kind] += len(got)
-            if len(got) < self.per_page:
-                return
             last = got[-1].get(ID_FIELDS[kind]) if isinstance(got[-1], dict) else None
             if not isinstance(last, int) or isinstance(last, bool) or last <= after:
                 raise IlsUnavailable(f"the ILS's {kind} page ends without a greater {ID_FIELDS[kind]} ({last!r})")

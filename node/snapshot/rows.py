@@ -8,6 +8,7 @@ be lent, and its holds in serving order.
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 import msgspec
@@ -92,11 +93,21 @@ class Item(msgspec.Struct, frozen=True, array_like=True):
     holds: tuple[Hold, ...]
 
 
+MAX_COUNT = 1_000_000  # loans and limits beyond this are not a patron's
+
+
 def _text(value: str | None) -> str | None:
+    """Text as the desk keeps it: composed (NFC), spaces collapsed, bounded, and encodable (a lone
+    surrogate, which JSON allows, would fail in SQLite and msgpack: replaced)."""
     if value is None:
         return None
+    value = unicodedata.normalize("NFC", value.encode("utf-8", "replace").decode("utf-8"))
     value = " ".join(value.split())[:MAX_TEXT]
     return value or None
+
+
+def _count(value: int | None) -> int | None:
+    return value if value is not None and 0 <= value <= MAX_COUNT else None
 
 
 def _date(value: str | None) -> str | None:
@@ -123,14 +134,14 @@ def patron_from_koha(row: Any) -> Patron | None:
         p = msgspec.convert(row, _KohaPatron)
     except (msgspec.ValidationError, TypeError, ValueError):
         return None
-    barcode = p.cardnumber.strip()
+    barcode = _text(p.cardnumber) or ""
     if not barcode or len(barcode) > 64:
         return None
     surname, firstname = _text(p.surname), _text(p.firstname)
     name = ", ".join(part for part in (surname, firstname) if part) or barcode
     owes = round(p.account_balance * 100) if abs(p.account_balance) < 1e9 else 0
-    return Patron(barcode, name, _text(p.category_id), _text(p.library_id), _date(p.expiry_date), _block(p),
-                  owes, max(0, p.checkouts_count), p.checkouts_limit)
+    return Patron(barcode, name, _text(p.category_id), _text(p.library_id), _date(_text(p.expiry_date)), _block(p),
+                  owes, _count(p.checkouts_count) or 0, _count(p.checkouts_limit))
 
 
 def item_from_koha(row: Any) -> Item | None:
@@ -138,12 +149,12 @@ def item_from_koha(row: Any) -> Item | None:
         i = msgspec.convert(row, _KohaItem)
     except (msgspec.ValidationError, TypeError, ValueError):
         return None
-    barcode = i.external_id.strip()
+    barcode = _text(i.external_id) or ""
     if not barcode or len(barcode) > 64:
         return None
-    holds = tuple(Hold(h.cardnumber, h.status == "W", _text(h.pickup_library_id))
-                  for h in sorted(i.holds, key=lambda h: (h.status != "W", h.priority or 0))
-                  if h.cardnumber)
+    holds = tuple(Hold(patron, h.status == "W", _text(h.pickup_library_id))
+                  for h in sorted(i.holds, key=lambda h: (h.status != "W", min(max(h.priority or 0, 0), MAX_COUNT)))
+                  if (patron := _text(h.cardnumber)))
     return Item(barcode, _text(i.title) or "(no title)", _text(i.author), _text(i.callnumber), _text(i.item_type_id),
                 _text(i.home_library_id), i.not_for_loan_status != 0, i.lost_status != 0, i.withdrawn != 0, holds)
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import threading
 import time
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,23 +59,31 @@ class Builder:
         self._conn.execute("PRAGMA synchronous=OFF")  # fsynced once, at the end
         self._conn.executescript(SCHEMA)
         self._conn.execute("BEGIN")
+        # Pages are written in a worker thread; an abort (the desk stops) waits for the page being written.
+        self._lock = threading.Lock()
 
     def add_patrons(self, patrons: Iterable[Patron]) -> None:
-        rows = [(p.barcode, ENCODER.encode(p), p.name) for p in patrons]
-        # A barcode the ILS repeats keeps its last row, and one name entry.
-        self._conn.executemany("DELETE FROM names WHERE barcode = ?",
-                               [(b,) for b, _, _ in rows if self._has("patrons", b)])
-        self._conn.executemany("INSERT OR REPLACE INTO patrons VALUES (?, ?)", [(b, r) for b, r, _ in rows])
-        self._conn.executemany("INSERT INTO names VALUES (?, ?)", [(n, b) for b, _, n in rows])
+        last = {p.barcode: p for p in patrons}  # a barcode the ILS repeats keeps its last row, and one name
+        rows = [(p.barcode, ENCODER.encode(p), p.name) for p in last.values()]
+        with self._lock:
+            self._conn.executemany("DELETE FROM names WHERE barcode = ?",
+                                   [(b,) for b, _, _ in rows if self._has("patrons", b)])
+            self._conn.executemany("INSERT OR REPLACE INTO patrons VALUES (?, ?)", [(b, r) for b, r, _ in rows])
+            self._conn.executemany("INSERT INTO names VALUES (?, ?)", [(n, b) for b, _, n in rows])
 
     def add_items(self, items: Iterable[Item]) -> None:
-        self._conn.executemany("INSERT OR REPLACE INTO items VALUES (?, ?)",
-                               [(i.barcode, ENCODER.encode(i)) for i in items])
+        rows = [(i.barcode, ENCODER.encode(i)) for i in items]
+        with self._lock:
+            self._conn.executemany("INSERT OR REPLACE INTO items VALUES (?, ?)", rows)
 
     def _has(self, table: str, barcode: str) -> bool:
         return self._conn.execute(f"SELECT 1 FROM {table} WHERE barcode = ?", (barcode,)).fetchone() is not None
 
     def finish(self, ils_time: int, version: int, source: str) -> Manifest:
+        with self._lock:
+            return self._finish(ils_time, version, source)
+
+    def _finish(self, ils_time: int, version: int, source: str) -> Manifest:
         count = self._conn.execute
         manifest = Manifest(version, ils_time, count("SELECT COUNT(*) FROM patrons").fetchone()[0],
                             count("SELECT COUNT(*) FROM items").fetchone()[0], source)
@@ -85,8 +95,9 @@ class Builder:
         return manifest
 
     def abort(self) -> None:
-        self._conn.close()
-        self.path.unlink(missing_ok=True)
+        with self._lock:
+            self._conn.close()
+            self.path.unlink(missing_ok=True)
 
 
 def build(path: Path, patrons: Iterable[Patron], items: Iterable[Item], ils_time: int, version: int,
@@ -99,8 +110,9 @@ def build(path: Path, patrons: Iterable[Patron], items: Iterable[Item], ils_time
 
 
 def fts_query(text: str) -> str | None:
-    """Staff's words as an FTS5 query: each word a quoted prefix, all required; None if no word."""
-    words = _WORD.findall(text)[:SEARCH_WORDS]
+    """Staff's words as an FTS5 query: each word a quoted prefix, all required; None if no word. Composed
+    first (NFC): a keyboard that types "ř" as r and a combining caron would split the word."""
+    words = _WORD.findall(unicodedata.normalize("NFC", text))[:SEARCH_WORDS]
     return " ".join(f'"{w}"*' for w in words) if words else None
 
 

@@ -285,6 +285,9 @@ function renderVisit() {
   }
 }
 
+const SNAPSHOT_WARNINGS = ['unknown_patron', 'patron_blocked', 'card_expired', 'fines_over_limit',
+  'loan_limit_reached', 'item_unknown', 'item_not_for_loan', 'item_on_hold', 'hold_found'];
+
 async function warningTexts(warnings, item) {
   const out = [];
   for (const w of warnings || []) {
@@ -297,6 +300,9 @@ async function warningTexts(warnings, item) {
       out.push(t(state.mode === 'renew' ? 'warning.no_offline_loan_renew' : 'warning.no_offline_loan_checkin', { item }));
     } else if (['already_on_loan_to_patron', 'not_on_loan', 'already_registered'].includes(w.code)) {
       out.push(t(`warning.${w.code}`, { item, patron: state.card || state.patron }));
+    } else if (SNAPSHOT_WARNINGS.includes(w.code)) { // what the ILS would have said (its snapshot)
+      const reason = w.code === 'item_not_for_loan' ? t(`warning.not_lendable.${w.reason}`) : w.reason;
+      out.push(t(`warning.${w.code}`, { ...w, item, reason, date: w.date ? fmt.date(Date.parse(`${w.date}T12:00:00`)) : '' }));
     } else {
       out.push(w.message || w.code);
     }
