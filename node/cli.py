@@ -123,6 +123,10 @@ def _add_files(sub: argparse._SubParsersAction) -> None:
         "export", help="export a desk's merged log as .koc, OffCirc.dat or pending.xacts"))
     offline_files.add_import_arguments(sub.add_parser(
         "import", help="import an offline file into a desk; every bad line is reported"))
+    snapshot = sub.add_parser("snapshot", help="the ILS snapshot of patrons and items at the bridge desk")
+    actions = snapshot.add_subparsers(dest="snapshot_command", required=True)
+    offline_files.add_refresh_arguments(actions.add_parser(
+        "refresh", help="have the bridge desk read the ILS's patrons and items now (an admin's name and password)"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -280,10 +284,12 @@ def main(argv: list[str] | None = None) -> int:
 
         return {"init": membership_cli.run_init, "join": membership_cli.run_join,
                 "admit": membership_cli.run_admit}[args.command](args)
-    if args.command in ("export", "import"):
+    if args.command in ("export", "import", "snapshot"):
         from node import offline_files
 
-        return offline_files.run_export(args) if args.command == "export" else offline_files.run_import(args)
+        run = {"export": offline_files.run_export, "import": offline_files.run_import,
+               "snapshot": offline_files.run_snapshot_refresh}[args.command]
+        return run(args)
     if args.command == "ils-sim":
         if getattr(args, "sim_missing", False):
             print("circmesh: the ILS simulator is not installed in this build", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""`circmesh export` and `circmesh import`: offline files to and from a running desk, through its API.
+"""`circmesh export`, `circmesh import` and `circmesh snapshot refresh`: commands for a running desk, through its API.
 
 The desk owns its SQLite file while it runs, so the commands talk to it over HTTP like a browser would,
 signed in as a staff user (name and password from CIRCMESH_USER / CIRCMESH_PASSWORD, or asked for).
@@ -35,13 +35,19 @@ def add_import_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tz", help="time zone the file's local times are in (default: this machine's)")
 
 
-def _credentials() -> tuple[str, str]:
+def add_refresh_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--desk", default="http://127.0.0.1:8080",
+                   help="the bridge desk's URL (default http://127.0.0.1:8080)")
+    p.add_argument("--wait", action="store_true", help="wait until the new snapshot is in use (or the refresh fails)")
+
+
+def credentials() -> tuple[str, str]:
     name = os.environ.get("CIRCMESH_USER") or input("staff name: ")
     password = os.environ.get("CIRCMESH_PASSWORD") or getpass.getpass("password: ")
     return name, password
 
 
-async def _signed_in(session: aiohttp.ClientSession, desk: str, credentials: tuple[str, str]) -> dict[str, str]:
+async def signed_in(session: aiohttp.ClientSession, desk: str, credentials: tuple[str, str]) -> dict[str, str]:
     name, password = credentials
     async with session.post(f"{desk}/api/v1/session", json={"name": name, "password": password}) as r:
         if r.status == 404:
@@ -53,11 +59,11 @@ async def _signed_in(session: aiohttp.ClientSession, desk: str, credentials: tup
 
 
 def run_export(args: argparse.Namespace) -> int:
-    credentials = _credentials()
+    login = credentials()
 
     async def main() -> int:
         async with aiohttp.ClientSession() as session:
-            headers = await _signed_in(session, args.desk, credentials)
+            headers = await signed_in(session, args.desk, login)
             params = {"format": args.format} | ({"tz": args.tz} if args.tz else {})
             async with session.get(f"{args.desk}/api/v1/export", params=params, headers=headers) as r:
                 if r.status != 200:
@@ -84,13 +90,13 @@ def run_import(args: argparse.Namespace) -> int:
         print(f"circmesh import: {e}", file=sys.stderr)
         return 2
 
-    credentials = _credentials()
+    login = credentials()
 
     async def main() -> int:
         # No overall deadline: the desk answers a file of many megabytes only once every line is recorded.
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            headers = await _signed_in(session, args.desk, credentials)
+            headers = await signed_in(session, args.desk, login)
             params = {"skip_errors": "true" if args.skip_errors else "false", "name": args.file.name}
             if args.format:
                 params["format"] = args.format
@@ -108,5 +114,41 @@ def run_import(args: argparse.Namespace) -> int:
         if body.get("message"):
             print(body["message"], file=sys.stderr)
         return 0 if not body["errors"] else 1
+
+    return asyncio.run(main())
+
+
+def run_snapshot_refresh(args: argparse.Namespace) -> int:
+    """Asks the bridge for a refresh; with --wait, follows /status until a newer version is in use or the
+    refresh says why it failed (bounded: a million patrons take about two minutes)."""
+    login = credentials()
+
+    async def main() -> int:
+        async with aiohttp.ClientSession() as session:
+            headers = await signed_in(session, args.desk, login)
+            async with session.post(f"{args.desk}/api/v1/snapshot/refresh", json={}, headers=headers) as r:
+                body = await r.json(content_type=None)
+            if "error" in body:
+                print(f"circmesh snapshot refresh: {body['error']['message']}", file=sys.stderr)
+                return 1
+            before = body.get("version") or 0
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 1800
+            while args.wait and loop.time() < deadline:
+                await asyncio.sleep(1)
+                async with session.get(f"{args.desk}/api/v1/status", headers=headers) as r:
+                    body = (await r.json(content_type=None))["snapshot"]
+                refresh = body.get("refresh") or {}
+                if (body.get("version") or 0) > before and refresh.get("state") == "idle":
+                    break
+                if refresh.get("state") == "failed":
+                    print(f"circmesh snapshot refresh: {refresh.get('last_error')}", file=sys.stderr)
+                    return 1
+            else:
+                if args.wait:
+                    print("circmesh snapshot refresh: still running after 30 minutes", file=sys.stderr)
+                    return 1
+        print(json.dumps(body))
+        return 0
 
     return asyncio.run(main())

@@ -4,13 +4,17 @@ see at checkout and checkin; a blocking one is refused until the override, which
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from tests.ilssim import running_simulator
-from tests.procs import DeskProcess, get_json, post_json, wait_for
+from tests.procs import TEST_PASSWORD, TEST_USER, DeskProcess, get_json, post_json, wait_for
 
 pytestmark = pytest.mark.multiprocess
 
@@ -117,6 +121,18 @@ async def test_the_bridge_pulls_a_snapshot_and_the_desk_warns_from_it(tmp_path: 
                 return await snapshot_version(bridge) > before
 
             await wait_for(newer, within=60, what="a refreshed snapshot")
+
+            # and from the command line, waiting for the new version
+            version = await snapshot_version(bridge)
+            env = os.environ | {"CIRCMESH_USER": TEST_USER, "CIRCMESH_PASSWORD": TEST_PASSWORD}
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "node.cli", "snapshot", "refresh", "--desk", bridge.url, "--wait", env=env,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            async with asyncio.timeout(120):
+                out, err = await proc.communicate()
+            assert proc.returncode == 0, err.decode()
+            printed = json.loads(out.decode().strip().splitlines()[-1])
+            assert printed["version"] > version and printed["patrons"] == len(patrons), printed
             code, answer = await post_json(session, f"{front.url}/api/v1/snapshot/refresh", {})
             assert code == 409 and answer["error"]["code"] == "not_the_bridge", answer
         finally:

@@ -435,9 +435,12 @@ async def test_admin_desks_lists_the_cluster(chromium, ui_cluster) -> None:
 async def test_the_ils_snapshot_finds_a_patron_without_accents_and_a_block_needs_the_override(
         chromium, ui_cluster) -> None:
     c = ui_cluster
-    await c.sim.set_state(online=True)  # the ILS is back: the bridge (desk A) reads its patrons and items
-    code, answer = await post_json(c.session, f"{c.a.url}/api/v1/snapshot/refresh", {})
-    assert code == 202, answer
+    await c.sim.set_state(online=True)  # the ILS is back: an admin has the bridge (desk A) read it now
+    admin = await open_desk(chromium, c.a, ADMIN)
+    await admin.goto("#/admin/uploads")
+    await admin.page.click("#snapshot-refresh")
+    await expect(admin.page.locator("#uploads-message")).to_have_text(text_of("en", "uploads.snapshot_started"))
+    await close(admin)
 
     async def snapshot_loaded() -> bool:
         status = (await get_json(c.session, f"{c.a.url}/api/v1/status"))["snapshot"]

@@ -1,6 +1,6 @@
 // The upload report: the ILS's answer to every scan, filterable, exportable as CSV.
 
-import { ApiError, get } from '../api.js';
+import { ApiError, get, post } from '../api.js';
 import { kindName } from '../describe.js';
 import { $, clear, debounce, el } from '../dom.js';
 import { fmt, t } from '../i18n.js';
@@ -87,7 +87,20 @@ export function showUploads(on) {
   if (on) loadUploads();
 }
 
+// Staff changed patrons at the ILS (a block lifted, a card renewed): the bridge reads them all again now.
+async function refreshSnapshot() {
+  const message = $('uploads-message');
+  try {
+    await post('/snapshot/refresh', {});
+    message.textContent = t('uploads.snapshot_started');
+  } catch (e) {
+    message.textContent = e instanceof ApiError && e.code === 'not_the_bridge' ? t('uploads.snapshot_not_bridge')
+      : (e.message || String(e));
+  }
+}
+
 export function initUploads() {
+  $('snapshot-refresh').addEventListener('click', refreshSnapshot);
   $('uploads-filter').addEventListener('submit', (e) => { e.preventDefault(); loadUploads(); });
   $('uploads-status').addEventListener('change', loadUploads);
   $('uploads-q').addEventListener('input', debounce(loadUploads, 250));
