@@ -82,8 +82,12 @@ async def test_a_desk_that_stops_while_sealing_keeps_its_storage_and_the_seal(tm
         await scans(log, 5, "S")  # linked (make_log): in the document
         sealer = Sealer(log, log.identity.node_id, 3, bridge=True)
         sealer.start()
-        for _ in range(3):
-            await asyncio.sleep(0)  # the sealer is now waiting for its seal's commit
+        for _ in range(1000):  # until the seal is built (seq 6): its commit is then being awaited
+            if log.seq > 5:
+                break
+            await asyncio.sleep(0)
+        else:
+            raise AssertionError("the sealer never began its seal")
         async with asyncio.timeout(5):  # a cancel swallowed inside the seal would keep the task alive
             await sealer.stop()
         await log.store.commit([])

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from node.ilsbridge.adapters.base import IlsUnavailable, SnapshotKind, SnapshotUnsupported
+from node.ilsbridge.adapters.base import ID_FIELDS, IlsUnavailable, SnapshotKind, SnapshotUnsupported
 from node.snapshot import store
 from node.snapshot.rows import item_from_koha, patron_from_koha
 from node.snapshot.store import SnapshotStore
@@ -34,9 +34,6 @@ class SnapshotSource(Protocol):
     """What the ILS adapter gives: Koha-shaped rows whose id is above a bound, in id order (adapters/rest.py)."""
 
     async def fetch_after(self, kind: SnapshotKind, after: int, per_page: int) -> list[dict[str, Any]]: ...
-
-
-ID_FIELDS: dict[SnapshotKind, str] = {"patrons": "patron_id", "items": "item_id", "checkouts": "checkout_id"}
 
 
 class Refresher:
@@ -95,22 +92,13 @@ class Refresher:
             self.state = "writing"
             manifest = await asyncio.to_thread(builder.finish, began, version, self.name)
             self.snapshot.switch(self.snapshot.next_path())
-        except IlsUnavailable as e:
-            await asyncio.to_thread(builder.abort)
-            return self._failed(f"the ILS did not answer: {e}")
-        except SnapshotUnsupported as e:
-            await asyncio.to_thread(builder.abort)
-            return self._failed(str(e))
-        except (OSError, sqlite3.Error) as e:
-            await asyncio.to_thread(builder.abort)
-            return self._failed(f"the snapshot could not be written: {e}")
         except asyncio.CancelledError:  # the desk stops: no half-built file left behind
             builder.abort()  # waits for the page being written (Builder's lock)
             raise
-        except Exception as e:  # anything else the ILS's data leads to: this refresh fails, the next one runs
-            log.exception("snapshot refresh failed")
+        except Exception as e:  # whatever it was, this refresh fails and says why; the next one runs
+            why = _why(e)
             await asyncio.to_thread(builder.abort)
-            return self._failed(f"the snapshot could not be made: {type(e).__name__}: {e}")
+            return self._failed(why)
         self.state, self.last_error, self.last_success = "idle", None, time.time_ns() // 1_000_000
         log.info("snapshot %d: %d patrons, %d items (%s left out)", manifest.version, manifest.patrons,
                  manifest.items, self.left_out)
@@ -138,3 +126,15 @@ class Refresher:
         self.state, self.last_error = "failed", why
         log.warning("snapshot refresh stopped: %s", why)
         return False
+
+
+def _why(e: Exception) -> str:
+    """A failed refresh's reason, for /status (called in the handler: an unexpected one is logged whole)."""
+    if isinstance(e, IlsUnavailable):
+        return f"the ILS did not answer: {e}"
+    if isinstance(e, SnapshotUnsupported):
+        return str(e)
+    if isinstance(e, (OSError, sqlite3.Error)):
+        return f"the snapshot could not be written: {e}"
+    log.exception("snapshot refresh failed")  # anything else the ILS's data led to
+    return f"the snapshot could not be made: {type(e).__name__}: {e}"

@@ -13,7 +13,6 @@ import os
 import re
 import sqlite3
 import threading
-import time
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -180,11 +179,6 @@ class SnapshotStore:
             return None
         found = self._conn.execute(sql, (key,)).fetchone()
         return found[0] if found is not None else None
-
-    def age_s(self, now_ms: int | None = None) -> float | None:
-        if self.manifest is None:
-            return None
-        return ((now_ms if now_ms is not None else time.time_ns() // 1_000_000) - self.manifest.ils_time) / 1000
 
     def close(self) -> None:
         if self._conn is not None:

@@ -27,6 +27,8 @@ from node.ilsbridge.operation import Operation, Outcome
 
 SnapshotKind = Literal["patrons", "items", "checkouts"]
 SNAPSHOT_KINDS: tuple[str, ...] = ("patrons", "items", "checkouts")
+# The id each kind is paged by (keyset paging: `fetch_after`).
+ID_FIELDS: dict[SnapshotKind, str] = {"patrons": "patron_id", "items": "item_id", "checkouts": "checkout_id"}
 USER_ENV = "CIRCMESH_ILS_USER"
 PASSWORD_ENV = "CIRCMESH_ILS_PASSWORD"
 

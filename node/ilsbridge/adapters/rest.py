@@ -15,9 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from node.ilsbridge.adapters.base import SNAPSHOT_KINDS, Credentials, IlsUnavailable, SnapshotKind
-
-ID_FIELDS = {"patrons": "patron_id", "items": "item_id", "checkouts": "checkout_id"}
+from node.ilsbridge.adapters.base import ID_FIELDS, SNAPSHOT_KINDS, Credentials, IlsUnavailable, SnapshotKind
 
 
 class KohaRest:
