@@ -34,7 +34,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--peer-port", type=int, default=0, help="port for peer links (0: any free port)")
     p.add_argument("--peer", action="append", default=[], metavar="HOST:PORT",
                    help="a peer's link address; repeat for several peers")
-    p.add_argument("--loan-days", type=int, default=21, help="loan period when no due date is given")
+    p.add_argument("--loan-days", type=int, default=21,
+                   help="loan period in days when no due date is given and the ILS's loan rules (from the "
+                        "snapshot) have none for the patron and item")
     p.add_argument("--interface", action="append", metavar="IP", dest="interfaces",
                    help="find peers by mDNS only on this interface address; repeat for several "
                         "(default: every LAN interface; the demo and tests use 127.0.0.1)")
@@ -53,6 +55,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fines-limit", default="5.00", metavar="AMOUNT",
                    help="warn at checkout (the override is needed) when the ILS snapshot says the patron owes more "
                         "than this (default 5.00)")
+    p.add_argument("--branch", metavar="LIBRARY",
+                   help="the library this desk is at, as the ILS names it (Koha's library_id): a returned item "
+                        "of another library, or held for pick-up at one, is said to be in transit there")
     p.add_argument("--snapshot-every", type=float, default=6.0, metavar="HOURS",
                    help="on the bridge desk: refresh the snapshot of the ILS's patrons and items this often, and "
                         "at start (default 6)")
@@ -180,6 +185,7 @@ def _run(args: argparse.Namespace) -> int:
         mdns=not args.no_mdns, interfaces=args.interfaces, limits=limits,
         max_import=int(args.max_import_mib * 1024 * 1024), max_clock_drift_ms=round(args.max_clock_drift * 1000),
         fines_limit_cents=int(fines_limit * 100), snapshot_every_s=args.snapshot_every * 3600,
+        branch=args.branch or None,
     )
 
     from node.cluster import NotEnrolled

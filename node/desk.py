@@ -22,12 +22,15 @@ from node.crdt.hlc import DEFAULT_MAX_DRIFT_MS
 from node.discovery.mdns import Discovery, Peer
 from node.discovery.peers import LogLinks, PeerTable
 from node.discovery.tls import TlsTransport, serve_tls
+from node.due_dates import DueDates
 from node.eventlog import EventLog
 from node.ilsbridge.adapters.base import load_credentials, make_adapter
 from node.ilsbridge.bridge import Bridge, BridgeConfig
 from node.revocation import Revocations
 from node.scan_warnings import ScanWarnings
 from node.sealer import SEAL_EVERY, Sealer
+from node.snapshot.atrest import ChunkFiles, load_or_create_key
+from node.snapshot.fetch import Fetcher
 from node.snapshot.refresh import INTERVAL_S as REFRESH_INTERVAL_S
 from node.snapshot.refresh import Refresher
 from node.snapshot.store import SnapshotStore
@@ -68,6 +71,7 @@ class DeskConfig:
     max_import: int = MAX_IMPORT  # largest offline file POST /api/v1/imports takes, in bytes
     max_clock_drift_ms: int = DEFAULT_MAX_DRIFT_MS  # peers push this desk's clock at most this far ahead
     fines_limit_cents: int = 500  # a patron owing more is warned about at checkout (needs the override)
+    branch: str | None = None  # the library this desk is at: returns of other libraries' items go in transit
     snapshot_every_s: float = REFRESH_INTERVAL_S  # the bridge refreshes the patron and item snapshot this often
 
 
@@ -86,15 +90,21 @@ class DeskNode:
         self.revocations = Revocations(self.log)
         self.transport = TlsTransport(identity, self.membership, config.data_dir / "tls",
                                       revoked=self.revocations.nodes)
-        links = LogLinks(self.log)
+        key = load_or_create_key(config.data_dir)
+        self.snapshot = SnapshotStore(config.data_dir / "snapshot.sqlite", key)
+        self.chunk_files = ChunkFiles(config.data_dir / "snapshot-chunks", key)
+        building = asyncio.Lock()  # one new snapshot file at a time: the bridge's refresh or a fetch
+        self.fetcher = Fetcher(self.log, self.snapshot, self.chunk_files, building, self.log.refuse)
+        links = LogLinks(self.log, chunks=self.fetcher)
         self.peers = PeerTable(links, self.transport)
+        self.fetcher.peers = self.peers
         self.admissions = AdmissionStore() if self.membership.ca is not None else None
         self.discovery: Discovery | None = None
         self._mdns_dialled: dict[str, str] = {}  # node id -> the address dialled because mDNS announced it
         self._peer_server: asyncio.Server | None = None
-        self.snapshot = SnapshotStore(config.data_dir / "snapshot.sqlite")
         self.views = CirculationViews(self.log, self.snapshot)
-        self.warnings = ScanWarnings(self.log, self.snapshot, config.fines_limit_cents)
+        self.warnings = ScanWarnings(self.log, self.snapshot, config.fines_limit_cents, branch=config.branch)
+        self.due_dates = DueDates(self.snapshot, config.loan_days)
         self.clocks = ClockSuspects(self.node_id, self.log, self.peers, config.max_clock_drift_ms)
         self.live = LiveFeed(self.views.event_json)
         self.bridge: Bridge | None = None
@@ -104,11 +114,12 @@ class DeskNode:
             self.bridge = Bridge(self.log, adapter, config.ils, BridgeConfig(concurrency=config.upload_concurrency),
                                  clock_offset=self.clocks.offset)
         self.sealer = Sealer(self.log, self.node_id, config.seal_every, bridge=self.bridge is not None)
-        self.refresher = (Refresher(adapter, self.snapshot, name=config.ils or "ILS", interval=config.snapshot_every_s)
+        self.refresher = (Refresher(adapter, self.snapshot, self.chunk_files, self.log, building,
+                                    name=config.ils or "ILS", interval=config.snapshot_every_s)
                           if self.bridge is not None else None)
         self.status = DeskStatus(self.node_id, config.desk, config.max_clock_drift_ms, self.log, self.peers,
                                  self.membership, self.clocks, self.bridge)
-        self.status.snapshot, self.status.refresh = self.snapshot, self.refresher
+        self.status.snapshot, self.status.refresh, self.status.fetch = self.snapshot, self.refresher, self.fetcher
         if self.bridge is not None:
             links.bridge_state = self.status.bridge_tip
         self._web_runner: web.AppRunner | None = None
@@ -148,6 +159,7 @@ class DeskNode:
         if self.bridge is not None:
             await self.bridge.start()
         self.sealer.start()
+        self.fetcher.start()
         if self.refresher is not None:
             self.refresher.start()
         log.info("desk %s (%s) on http://%s:%d, peers on %d", self.config.desk, self.node_id[:12],
@@ -182,6 +194,7 @@ class DeskNode:
         if self.bridge is not None:
             steps.append(step("the ILS bridge", self.bridge.stop(), 1.0))
         steps.append(step("the sealer", self.sealer.stop(), 1.0))
+        steps.append(step("the snapshot fetch", self.fetcher.stop(), 1.0))
         if self.refresher is not None:
             steps.append(step("the snapshot refresh", self.refresher.stop(), 1.0))
         await asyncio.gather(*steps)

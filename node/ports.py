@@ -9,6 +9,7 @@ next to it: the bridge's `UploadLog` (node/ilsbridge/bridge.py), the peer table'
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
@@ -17,7 +18,8 @@ from node.crdt.order import OrderKey
 from node.crdt.records import NodeRecord
 from node.crdt.state import CirculationState, Outcome
 from node.discovery.link_machine import LinkInfo
-from node.snapshot.rows import Item, Patron
+from node.snapshot.loanrules import LoanRules
+from node.snapshot.rows import IlsLoan, Item, Patron
 from node.snapshot.store import Manifest
 
 
@@ -81,8 +83,29 @@ class SnapshotView(Protocol):
     @property
     def manifest(self) -> Manifest | None: ...
 
+    @property
+    def rules(self) -> LoanRules | None: ...
+
     def patron(self, barcode: str) -> Patron | None: ...
 
     def item(self, barcode: str) -> Item | None: ...
 
+    def loan(self, item: str) -> IlsLoan | None: ...
+
+    def loans_of(self, patron: str) -> list[IlsLoan]: ...
+
     def search(self, text: str, limit: int = 50) -> list[Patron]: ...
+
+
+class SnapshotLog(Protocol):
+    """What snapshot distribution needs of the log (node/snapshot): the newest snapshot it names
+    (`state.snapshot`), a way for the bridge to name a new one, and a wake-up when the log changes."""
+
+    @property
+    def state(self) -> CirculationState: ...
+
+    async def append(self, kind: str, body: dict[str, Any], staff: str, *, at: int | None = None) -> Event: ...
+
+    def waker(self) -> asyncio.Event: ...
+
+    def drop_waker(self, waker: asyncio.Event) -> None: ...

@@ -4,7 +4,9 @@ ILS will settle), the patron was already registered offline; and, once the desk 
 ILS (node/snapshot/), what the ILS would have said: the card is unknown or expired, the patron is blocked,
 owes more than the library allows or has reached the loan limit (counting the loans made at every desk
 since the snapshot), the item is unknown, not for loan, or held for someone else; at checkin, a hold waiting
-for a patron (the holds shelf).
+for a patron (the holds shelf), or that it goes to another library (`--branch`: a hold to be picked up
+there, or the item's home). Loans open at the ILS when the snapshot was taken count as loans until a
+desk ends them (snapshot/overlay.py).
 
 The bridge applies loans through Koha's offline service, which checks none of this, so these checks are
 the only ones a loan made during an outage gets. A warning is `{code, message}`, and `blocking: "yes"` when
@@ -19,6 +21,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from node.ports import CirculationView, SnapshotView
+from node.snapshot.overlay import ils_loan, returned_since
 
 ScanWarning = dict[str, str]
 
@@ -34,10 +37,11 @@ def blocking(code: str, message: str, **extra: str) -> ScanWarning:
 
 class ScanWarnings:
     def __init__(self, log: CirculationView, snapshot: SnapshotView | None = None, fines_limit_cents: int = 500,
-                 today: Callable[[], str] | None = None) -> None:
+                 today: Callable[[], str] | None = None, branch: str | None = None) -> None:
         self.log = log
         self.snapshot = snapshot
         self.fines_limit_cents = fines_limit_cents
+        self.branch = branch  # the library this desk is at (Koha's library_id): items of another go back
         self._today = today or (lambda: datetime.now(UTC).astimezone().date().isoformat())
 
     def checkout(self, patron: str, item: str) -> list[ScanWarning]:
@@ -68,8 +72,9 @@ class ScanWarnings:
         if p.limit is not None:
             since = self.snapshot.manifest.ils_time
             lent_since = sum(1 for loan in self.log.state.loans_of(barcode) if (loan.at or 0) > since)
-            if p.loans + lent_since >= p.limit:
-                loans = str(p.loans + lent_since)
+            ended = returned_since(self.log, self.snapshot, barcode) if self.snapshot.manifest.loans else 0
+            if p.loans + lent_since - ended >= p.limit:
+                loans = str(p.loans + lent_since - ended)
                 out.append(blocking("loan_limit_reached", f"{p.name} has {loans} loans, the limit is {p.limit} "
                                     "(loans at the ILS and at every desk since the snapshot)", name=p.name,
                                     loans=loans, limit=str(p.limit)))
@@ -109,7 +114,7 @@ class ScanWarnings:
     def _on_loan(self, patron: str, item: str) -> list[ScanWarning]:
         loan = self.log.state.loans.get(item)
         if loan is None:
-            return []
+            return self._on_ils_loan(patron, item)
         if loan.patron == patron:
             return [{"code": "already_on_loan_to_patron", "blocking": "yes",
                      "message": f"item {item} is already on loan to this patron: renew it instead"}]
@@ -117,30 +122,54 @@ class ScanWarnings:
         return [{"code": "item_on_loan", "blocking": "yes",
                  "message": f"item {item} is on loan to patron {loan.patron}{where}"}]
 
+    def _on_ils_loan(self, patron: str, item: str) -> list[ScanWarning]:
+        """Lent online before the outage (the snapshot's loans), and not returned at a desk since."""
+        loan = ils_loan(self.log, self.snapshot, item)
+        if loan is None:
+            return []
+        due = f", due {loan.due}" if loan.due else ""
+        if loan.patron == patron:
+            return [blocking("already_on_loan_to_patron", f"item {item} is already on loan to this patron at the "
+                             f"ILS{due}: renew it instead")]
+        return [blocking("item_on_ils_loan", f"item {item} is on loan to patron {loan.patron} at the ILS{due}",
+                         patron=loan.patron, date=loan.due or "")]
+
     def checkin(self, item: str) -> list[ScanWarning]:
         return self._returned(item) + self._hold(item)
 
     def _hold(self, barcode: str) -> list[ScanWarning]:
+        """Where the returned item goes: the holds shelf here, another library for a hold there, or home."""
         i = self.snapshot.item(barcode) if self.snapshot is not None else None
-        if i is None or not i.holds:
+        if i is None:
             return []
-        h = i.holds[0]
-        where = f" (pick-up at {h.pickup})" if h.pickup else ""
-        return [warning("hold_found", f"hold waiting for patron {h.patron}{where}: put it on the holds shelf",
-                        blocking="no", patron=h.patron, title=i.title)]
+        if i.holds:
+            h = i.holds[0]
+            if h.pickup and self.branch and h.pickup != self.branch:
+                return [warning("hold_in_transit", f"hold for patron {h.patron}: send “{i.title}” to {h.pickup}",
+                                blocking="no", patron=h.patron, title=i.title, branch=h.pickup)]
+            where = f" (pick-up at {h.pickup})" if h.pickup else ""
+            return [warning("hold_found", f"hold waiting for patron {h.patron}{where}: put it on the holds shelf",
+                            blocking="no", patron=h.patron, title=i.title)]
+        if i.library and self.branch and i.library != self.branch:
+            return [warning("in_transit", f"in transit to {i.library}: send “{i.title}” home", blocking="no",
+                            title=i.title, branch=i.library)]
+        return []
 
     def _returned(self, item: str) -> list[ScanWarning]:
         state = self.log.state
-        if item in state.loans:
+        if item in state.loans or ils_loan(self.log, self.snapshot, item) is not None:
             return []
         if item in state.returned:
             return [{"code": "not_on_loan", "blocking": "no",
                      "message": f"item {item} was already checked in since the outage"}]
+        if self.snapshot is not None and self.snapshot.manifest is not None and self.snapshot.manifest.loans:
+            return [warning("not_lent", f"item {item} was not on loan at the ILS nor lent since the outage",
+                            blocking="no", date=_day(self.snapshot.manifest.ils_time))]
         return [{"code": "no_offline_loan", "blocking": "no",
                  "message": f"no loan of item {item} since the outage; the ILS will check it in"}]
 
     def renewal(self, item: str) -> list[ScanWarning]:
-        if item in self.log.state.loans:
+        if item in self.log.state.loans or ils_loan(self.log, self.snapshot, item) is not None:
             return []
         return [{"code": "no_offline_loan", "blocking": "no",
                  "message": f"no loan of item {item} since the outage; the ILS will renew it if it can"}]

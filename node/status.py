@@ -80,7 +80,7 @@ class UploadState(Protocol):
 
 
 class RefreshState(Protocol):
-    """The snapshot refresh on the bridge (node/snapshot/refresh.py)."""
+    """The snapshot refresh on the bridge (node/snapshot/refresh.py), or its fetch at a desk (fetch.py)."""
 
     def to_json(self) -> dict[str, Any]: ...
 
@@ -104,6 +104,7 @@ class DeskStatus:
         self.discovery: DiscoveryCounters | None = None  # mDNS, once started
         self.snapshot: SnapshotView | None = None  # the patron and item snapshot
         self.refresh: RefreshState | None = None  # its refresh, on the bridge
+        self.fetch: RefreshState | None = None  # its fetch from the peers (node/snapshot/fetch.py)
 
     def report(self) -> dict[str, Any]:
         state = self.log.state
@@ -153,7 +154,9 @@ class DeskStatus:
         manifest = self.snapshot.manifest if self.snapshot is not None else None
         return {"version": manifest.version if manifest else None, "ils_time": manifest.ils_time if manifest else None,
                 "patrons": manifest.patrons if manifest else 0, "items": manifest.items if manifest else 0,
-                "refresh": self.refresh.to_json() if self.refresh is not None else None}
+                "loans": manifest.loans if manifest else 0,
+                "refresh": self.refresh.to_json() if self.refresh is not None else None,
+                "fetch": self.fetch.to_json() if self.fetch is not None else None}
 
     def bridge_tip(self) -> dict[str, Any] | None:
         """This desk's bridge as its peer links report it in their tips; None when it is not the bridge."""

@@ -11,6 +11,7 @@ from node.crdt.conflicts import Conflict
 from node.crdt.event import DESK_KINDS, Event
 from node.crdt.state import Loan
 from node.ports import CirculationView, SnapshotView
+from node.snapshot.overlay import ils_loan, ils_loans_of
 from node.snapshot.rows import Item, Patron
 
 
@@ -61,6 +62,8 @@ class CirculationViews:
             "ils": patron_facts(known) if known else None,
             "registered_offline": registration is not None,
             "loans": [self.loan_json(loan) for loan in state.loans_of(barcode)],
+            "ils_loans": [{"item": loan.item, "due": loan.due}
+                          for loan in ils_loans_of(self.log, self.snapshot, barcode)],
             "paid_offline": str(paid) if paid is not None else "0",
             "conflicts": [c.id for c in state.open_conflicts() if barcode in c.patrons],
         }
@@ -84,14 +87,24 @@ class CirculationViews:
                 hits.append({"barcode": barcode, "name": name, "source": "registered offline"})
         return hits
 
+    def borrower(self, item: str) -> str | None:
+        """Who has the item: a loan made at a desk, else one open at the ILS (the snapshot's)."""
+        loan = self.log.state.loans.get(item)
+        if loan is not None:
+            return loan.patron
+        at_ils = ils_loan(self.log, self.snapshot, item)
+        return at_ils.patron if at_ils else None
+
     def item_json(self, barcode: str) -> dict[str, Any]:
         state = self.log.state
         loan = state.loans.get(barcode)
         known = self.snapshot.item(barcode) if self.snapshot is not None else None
+        at_ils = ils_loan(self.log, self.snapshot, barcode)
         return {
             "barcode": barcode,
             "ils": item_facts(known) if known else None,
             "loan": self.loan_json(loan) if loan else None,
+            "ils_loan": {"patron": at_ils.patron, "due": at_ils.due} if at_ils else None,
             "returned_by": state.returned.get(barcode),
             "in_house_uses": state.in_house_uses.get(barcode, 0),
             "conflicts": [c.id for c in state.open_conflicts() if c.item == barcode],

@@ -74,6 +74,10 @@ class Sim:
     async def reset(self) -> None:
         await self.set_state(online=True, latency_ms=0, failure_rate=0.0)
 
+    async def restrict(self, cardnumber: str, until: str | None, comment: str | None) -> None:
+        """Staff at the ILS restrict a patron (until a date, or for good)."""
+        await self._json("POST", f"/sim/patrons/{cardnumber}/restriction", json={"until": until, "comment": comment})
+
     async def ledger(self, after: int = 0) -> list[dict[str, Any]]:
         return await self._json("GET", f"/sim/ledger?after={after}")
 

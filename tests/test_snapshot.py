@@ -13,6 +13,8 @@ from node.snapshot import store
 from node.snapshot.rows import Hold, Item, Patron, item_from_koha, patron_from_koha
 from node.snapshot.store import SnapshotStore, fts_query
 
+KEY = bytes(range(32))
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
@@ -31,7 +33,7 @@ def test_whatever_the_ils_sends_is_read_or_left_out_never_raised_on(patron, item
     assert p is None or (isinstance(p, Patron) and p.barcode and p.name)
     i = item_from_koha(item)
     assert i is None or (isinstance(i, Item) and i.barcode and i.title)
-    builder = store.Builder(Path(":memory:"))  # and what is read can be written
+    builder = store.Builder(Path(":memory:"), KEY)  # and what is read can be written
     builder.add_patrons([p] if p else [])
     builder.add_items([i] if i else [])
     builder.abort()
@@ -41,7 +43,7 @@ def test_text_sqlite_or_msgpack_would_refuse_is_made_safe() -> None:
     p = patron_from_koha({"cardnumber": "7", "surname": "\ud800Dvor\u030cák", "checkouts_count": 2**70,
                           "checkouts_limit": -3})
     assert p is not None and p.name == "?Dvořák" and p.loans == 0 and p.limit is None
-    builder = store.Builder(Path(":memory:"))
+    builder = store.Builder(Path(":memory:"), KEY)
     builder.add_patrons([p])
     builder.abort()
 
@@ -72,8 +74,8 @@ def patrons() -> list[Patron]:
 
 
 def built(tmp_path: Path, people: list[Patron], version: int = 1) -> SnapshotStore:
-    snapshot = SnapshotStore(tmp_path / "snapshot.sqlite")
-    store.build(snapshot.next_path(), people, [Item("39000001", "Rusalka", None, None, None, None, False, False,
+    snapshot = SnapshotStore(tmp_path / "snapshot.sqlite", KEY)
+    store.build(snapshot.next_path(), KEY, people, [Item("39000001", "Rusalka", None, None, None, None, False, False,
                                                     False, ())], 1_700_000_000_000, version, "test ILS")
     snapshot.switch(snapshot.next_path())
     return snapshot
@@ -104,41 +106,41 @@ def test_names_are_found_without_their_accents_and_by_prefix(tmp_path: Path) -> 
 def test_a_new_version_replaces_the_old_one_whole(tmp_path: Path) -> None:
     snapshot = built(tmp_path, patrons())
     second = [Patron("24000000", "Novák, Jan", "ADULT", "MAIN", "2030-01-01", "debarred", 0, 0, 5)]
-    store.build(snapshot.next_path(), second, [], 1_700_000_100_000, 2, "test ILS")
+    store.build(snapshot.next_path(), KEY, second, [], 1_700_000_100_000, 2, "test ILS")
     assert snapshot.patron("23000000") is not None  # until the switch, the old version answers
     snapshot.switch(snapshot.next_path())
     assert snapshot.patron("23000000") is None and snapshot.patron("24000000").block == "debarred"
     assert snapshot.manifest.version == 2 and snapshot.manifest.items == 0
     assert [p.name for p in snapshot.search("novak")] == ["Novák, Jan"]
     assert not snapshot.next_path().exists()
-    reopened = SnapshotStore(tmp_path / "snapshot.sqlite")  # and a restart finds it
+    reopened = SnapshotStore(tmp_path / "snapshot.sqlite", KEY)  # and a restart finds it
     assert reopened.manifest == snapshot.manifest
 
 
 def test_a_damaged_snapshot_file_is_as_none(tmp_path: Path) -> None:
     (tmp_path / "snapshot.sqlite").write_bytes(b"not a database" * 100)
-    snapshot = SnapshotStore(tmp_path / "snapshot.sqlite")
+    snapshot = SnapshotStore(tmp_path / "snapshot.sqlite", KEY)
     assert snapshot.manifest is None and snapshot.patron("1") is None and snapshot.search("x") == []
     conn = sqlite3.connect(tmp_path / "other.sqlite")
     conn.execute("CREATE TABLE meta (key TEXT, value TEXT)")
     conn.commit()
     conn.close()
-    assert SnapshotStore(tmp_path / "other.sqlite").manifest is None  # no manifest in it
+    assert SnapshotStore(tmp_path / "other.sqlite", KEY).manifest is None  # no manifest in it
 
 
 def test_a_barcode_the_ils_repeats_keeps_its_last_row_and_one_name(tmp_path: Path) -> None:
-    builder = store.Builder(tmp_path / "new.sqlite")
+    builder = store.Builder(tmp_path / "new.sqlite", KEY)
     first = Patron("23", "Dvořák, Antonín", None, None, None, None, 0, 0, None)
     builder.add_patrons([first])
     builder.add_patrons([Patron("23", "Svoboda, Petr", None, None, None, None, 0, 0, None),
                          Patron("23", "Novák, Jan", None, None, None, "debarred", 0, 0, None)])  # twice in a page
     manifest = builder.finish(1, 1, "test")
-    snapshot = SnapshotStore(tmp_path / "snapshot.sqlite")
+    snapshot = SnapshotStore(tmp_path / "snapshot.sqlite", KEY)
     snapshot.switch(tmp_path / "new.sqlite")
     assert manifest.patrons == 1 and snapshot.patron("23").block == "debarred"
     assert snapshot.search("dvorak") == snapshot.search("svoboda") == []
     assert [p.barcode for p in snapshot.search("novak")] == ["23"]
-    aborted = store.Builder(tmp_path / "half.sqlite")
+    aborted = store.Builder(tmp_path / "half.sqlite", KEY)
     aborted.add_patrons([first])
     aborted.abort()
     assert not (tmp_path / "half.sqlite").exists()

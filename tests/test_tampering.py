@@ -1,6 +1,6 @@
 """A hostile peer on the peer port: garbage, frames out of order, an altered copy of another desk's event,
-an unsigned event, an event from an unknown key. Each is refused, counted in /status, changes nothing, and
-the node keeps serving desks and honest peers."""
+an unsigned event, an event from an unknown key, a snapshot chunk with wrong bytes or not asked for. Each is
+refused, counted in /status, changes nothing, and the node keeps serving desks and honest peers."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from automerge.core import ROOT, ScalarType
 from node.crdt.document import LogDocument
 from node.desk import DeskNode
 from node.discovery import frames
+from node.snapshot.chunks import Cutter
+from node.snapshot.rows import Patron
 from node.trust.ca import issue_node_certificate
 from node.trust.certs import cert_pem
 from node.trust.tlsctx import client_context
@@ -222,3 +224,41 @@ async def test_an_honest_new_peer_is_accepted(desk, session) -> None:
     await peer.pull()
     _, loans = await api(session, desk, "GET", "/loans?item=I5")
     assert loans["loans"][0]["desk"] == "visitor"
+
+
+async def test_a_snapshot_chunk_with_wrong_bytes_is_refused_and_asked_again(desk, session) -> None:
+    """A member serves the snapshot the desk must fetch, and sends one chunk with a bit flipped: refused and
+    counted, the link stays, the chunk is asked again and the right bytes kept, and the desk switches to the
+    snapshot. A chunk nobody asked for ends the link."""
+    cutter = Cutter(rows_per_chunk=7)
+    cutter.add("patrons", [Patron(f"23{k:04d}", f"Dvořák, Anna {k}", None, None, None, None, 0, 0, None)
+                           for k in range(50)])
+    index, data = cutter.finish(1, 1_790_000_000_000, 50, 0, "test ILS")
+    served = dict([*cutter.take(), (index, data)])
+    await desk.log.append("snapshot", {"index": index, "version": 1, "ils_time": 1_790_000_000_000, "patrons": 50,
+                                       "items": 0, "source": "test ILS"}, "bridge")
+    peer = HostilePeer(session, desk)
+    await peer.connect()
+    asked: list[str] = []
+    async with asyncio.timeout(30):
+        while desk.snapshot.manifest is None:
+            msg = await peer.ws.receive()
+            frame = frames.decode(msg.data)
+            if not isinstance(frame, frames.ChunkWant):
+                continue
+            for name in frame.names:
+                chunk = served[name]
+                if not asked:  # the first chunk asked for (the index) goes wrong once
+                    chunk = chunk[:-1] + bytes([chunk[-1] ^ 1])
+                asked.append(name)
+                await peer.ws.send_bytes(frames.encode(frames.Chunk(name, chunk)))
+    assert asked[0] == index and asked.count(index) == 2 and set(asked) == set(served)
+    assert desk.snapshot.manifest.index == index and desk.snapshot.patron("230049").name == "Dvořák, Anna 49"
+    _, body = await api(session, desk, "GET", "/status")
+    assert body["refusals"]["bad_chunk"] == 1 and body["snapshot"]["fetch"]["refused"] == 1, body["refusals"]
+    assert body["peers"] and body["snapshot"]["version"] == 1  # the link stayed up
+    await peer.ws.send_bytes(frames.encode(frames.Chunk(index, data)))  # nobody asked for it now
+    await peer.expect_drop()
+    _, body = await api(session, desk, "GET", "/status")
+    assert body["refusals"]["unasked_chunk"] == 1
+    await _still_serving(session, desk, "I-after-chunks")

@@ -14,6 +14,7 @@ from node.api.keys import (
     ADMISSIONS,
     CLOCKS,
     CONFIG,
+    DUE_DATES,
     LOG,
     MEMBERSHIP,
     NODE_ID,
@@ -45,6 +46,7 @@ def build_app(node: DeskNode) -> web.Application:
     app[MEMBERSHIP] = node.membership
     app[ADMISSIONS] = node.admissions
     app[REFRESHER] = node.refresher
+    app[DUE_DATES] = node.due_dates
     setup_auth(app, Path(node.config.data_dir), node.node_id)
     app.add_routes(auth.routes)
     app.add_routes(circulation.routes)

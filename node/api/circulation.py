@@ -17,7 +17,7 @@ from aiohttp import web
 
 from node.api.auth import STAFF
 from node.api.errors import ApiError, barcode_or_400
-from node.api.keys import CONFIG, LOG, VIEWS, WARNINGS
+from node.api.keys import CONFIG, DUE_DATES, LOG, VIEWS, WARNINGS
 from node.api.schemas import (
     CheckinRequest,
     CheckoutRequest,
@@ -46,12 +46,13 @@ def _barcode(request: web.Request, value: str, what: str) -> str:
     return barcode_or_400(value, what, _limits(request))
 
 
-def _due_ms(request: web.Request, value: int | str | None) -> int:
+def _due_ms(request: web.Request, value: int | str | None, patron: str | None, item: str) -> int:
     """A due date given as ms, an ISO date (end of that day, desk time) or an ISO date-time, inside the
-    desk's window (so that it is inside the log's bounds too)."""
+    desk's window (so that it is inside the log's bounds too); none given: the ILS's loan rules and calendar
+    (node/due_dates.py)."""
     now = wall_ms()
     if value is None:
-        return int(now + request.app[CONFIG].loan_days * 86_400_000)
+        return request.app[DUE_DATES].default(patron, item, now)
     due: int | None = value if isinstance(value, int) else None
     if isinstance(value, str):
         try:
@@ -95,7 +96,7 @@ async def record(request: web.Request, kind: str, body: dict[str, Any], warnings
 async def checkout(request: web.Request) -> web.Response:
     body = await read_json(request, CheckoutRequest)
     patron, item = _barcode(request, body.patron, "patron barcode"), _barcode(request, body.item, "item barcode")
-    due = _due_ms(request, body.due)
+    due = _due_ms(request, body.due, patron, item)
     override = body.override
     warnings = request.app[WARNINGS].checkout(patron, item)
     blocking = [w for w in warnings if w.get("blocking") == "yes"]
@@ -118,10 +119,11 @@ async def checkin(request: web.Request) -> web.Response:
 async def renewal(request: web.Request) -> web.Response:
     body = await read_json(request, RenewalRequest)
     item = _barcode(request, body.item, "item barcode")
-    due = _due_ms(request, body.due)
+    patron = _barcode(request, body.patron, "patron barcode") if body.patron else None
+    due = _due_ms(request, body.due, patron or request.app[VIEWS].borrower(item), item)
     event_body: dict[str, Any] = {"item": item, "due": due}
-    if body.patron:
-        event_body["patron"] = _barcode(request, body.patron, "patron barcode")
+    if patron:
+        event_body["patron"] = patron
     return await record(request, "renew", event_body, request.app[WARNINGS].renewal(item))
 
 

@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # types only: node.desk imports the API
     from node.clock_suspects import ClockSuspects
     from node.cluster import Membership
     from node.desk import DeskConfig
+    from node.due_dates import DueDates
     from node.ports import DeskLog, LinkedPeers
     from node.revocation import Revocations
     from node.scan_warnings import ScanWarnings
@@ -34,4 +35,5 @@ PEERS: web.AppKey[LinkedPeers] = web.AppKey("peers")
 REVOCATIONS: web.AppKey[Revocations] = web.AppKey("revocations")
 MEMBERSHIP: web.AppKey[Membership] = web.AppKey("membership")
 ADMISSIONS: web.AppKey[AdmissionStore | None] = web.AppKey("admissions")  # only on the desk holding the CA
+DUE_DATES: web.AppKey[DueDates] = web.AppKey("due_dates")  # when a loan is due unless staff say
 REFRESHER: web.AppKey[Refresher | None] = web.AppKey("refresher")  # the snapshot refresh, on the bridge only

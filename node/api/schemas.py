@@ -188,12 +188,22 @@ class ItemFacts(msgspec.Struct, kw_only=True):
     holds: list[HoldOut]
 
 
+class IlsLoanOut(msgspec.Struct, kw_only=True):
+    """A loan open at the ILS when the snapshot was taken, not ended at a desk since (`item` or `patron`:
+    the other side of it)."""
+
+    item: str | None = None
+    patron: str | None = None
+    due: str | None
+
+
 class PatronAnswer(msgspec.Struct, kw_only=True):
     barcode: str
     name: str | None
     ils: PatronFacts | None
     registered_offline: bool
     loans: list[LoanOut]
+    ils_loans: list[IlsLoanOut]
     paid_offline: str
     conflicts: list[str]
 
@@ -213,6 +223,7 @@ class ItemAnswer(msgspec.Struct, kw_only=True):
     barcode: str
     ils: ItemFacts | None
     loan: LoanOut | None
+    ils_loan: IlsLoanOut | None
     returned_by: str | None
     in_house_uses: int
     conflicts: list[str]
@@ -287,14 +298,31 @@ class EpochStatus(msgspec.Struct, kw_only=True):
     document_events: int
 
 
+class SnapshotFetch(msgspec.Struct, kw_only=True):
+    """Getting the newest snapshot from the peers: `have` of `needed` chunks of `version` (its index too);
+    `fetched` chunks kept from peers since the desk started (held ones are not fetched again); `refused`
+    chunks whose bytes did not match their name (asked again elsewhere)."""
+
+    state: Literal["idle", "fetching", "installing", "failed"]
+    version: int | None
+    have: int
+    needed: int
+    fetched: int
+    refused: int
+    last_error: str | None
+
+
 class SnapshotStatus(msgspec.Struct, kw_only=True):
-    """The patron and item snapshot this desk holds (None fields: none yet), and, on the bridge, its refresh."""
+    """The patron and item snapshot this desk holds (None fields: none yet), on the bridge its refresh, and
+    at every desk its fetch from the peers."""
 
     version: int | None
     ils_time: int | None
     patrons: int
     items: int
+    loans: int
     refresh: dict[str, Any] | None
+    fetch: SnapshotFetch | None
 
 
 class StatusAnswer(msgspec.Struct, kw_only=True):

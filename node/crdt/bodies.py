@@ -129,6 +129,18 @@ class SealBody(Body, kw_only=True):
     upto: Annotated[dict[NodeId, Count], msgspec.Meta(max_length=10_000)]
 
 
+class SnapshotBody(Body, kw_only=True):
+    """The bridge read the ILS: every desk fetches this snapshot's chunks from its peers (node/snapshot). Only
+    the index chunk's name travels in the log; the counts and time are for staff before the chunks arrive."""
+
+    index: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+    version: Annotated[int, msgspec.Meta(ge=1, le=2**53)]
+    ils_time: Millis
+    patrons: Count
+    items: Count
+    source: Text
+
+
 BODY_TYPES: dict[str, type[Body]] = {
     "checkout": CheckoutBody,
     "checkin": ItemBody,
@@ -142,6 +154,7 @@ BODY_TYPES: dict[str, type[Body]] = {
     "away": MemberBody,
     "applied": AppliedBody,
     "seal": SealBody,
+    "snapshot": SnapshotBody,
 }
 
 

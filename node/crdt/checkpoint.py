@@ -16,9 +16,9 @@ import msgpack
 
 from node.crdt.clocks import Bound, ClockEvidence
 from node.crdt.conflicts import Conflict
-from node.crdt.state import CirculationState, Loan, Outcome, shared
+from node.crdt.state import CirculationState, Loan, Outcome, SnapshotRef, shared
 
-VERSION = 1
+VERSION = 2  # 2: the newest snapshot
 OrderKey = tuple[int, int, str, int]
 
 
@@ -59,6 +59,8 @@ def encode(key: OrderKey, state: CirculationState) -> bytes:
         "flagged": {n: _conflict(k) for n, k in clocks.flagged.items()},
         "folded": clocks.folded,
         "acknowledged": clocks.acknowledged,
+        "snapshot": None if state.snapshot is None else [
+            getattr(state.snapshot, f) for f in SnapshotRef.__slots__],
         "events_seen": state.events_seen,
         "baseline_known": state._baseline_known,
     }
@@ -90,6 +92,7 @@ def decode(data: bytes) -> tuple[OrderKey, CirculationState]:
             quarantined=o["quarantined"],
             disputed={k: tuple(v) for k, v in o["disputed"].items()},
             clocks=clocks,
+            snapshot=None if o["snapshot"] is None else SnapshotRef(*o["snapshot"]),
             events_seen=o["events_seen"],
             _baseline_known=o["baseline_known"],
         )

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from node.cluster import TrustPolicy
 from node.crdt.epochs import Epochs
-from node.crdt.event import Event, applied_target, chain_hash, decode_kept
+from node.crdt.event import Event, applied_target, chain_hash, decode_kept, kind_column
 from node.crdt.order import Base, History, OrderedLog, OrderKey, causal_sequence
 from node.crdt.records import NodeRecord, decode_record, record_key
 from node.crdt.refusals import Refusal, Refused
@@ -136,7 +136,7 @@ class LogCore:
         """Keys to write back: a journal from before order stamps were kept, or a crash between a local
         event's commit and the fix of its key (a peer's clock ran ahead) left its hlc as its key."""
         keys = [(event, row, self.ordered_log.key_of(event.id)) for event, row in taken]
-        return Opened(stamps_due=[(event.id, key, event.kind, applied_target(event))
+        return Opened(stamps_due=[(event.id, key, kind_column(event), applied_target(event))
                                   for event, row, key in keys if row.key != key],
                       top=max((key for _, _, key in keys), default=None))
 
@@ -284,11 +284,11 @@ class LogCore:
     def stamp_fixes(self, local: Iterable[Event]) -> list[StampFix]:
         """Local events were written with their hlc as their order key, which it is unless a peer's clock ran
         ahead; and a restamp (order.py) changes keys already written: the keys memory has, to write."""
-        fixes = [(e.id, key, e.kind, applied_target(e)) for e in local
+        fixes = [(e.id, key, kind_column(e), applied_target(e)) for e in local
                  if (key := self.ordered_log.key_of(e.id)) != own_key(e)]
         if self.ordered_log.restamps != self.restamps:
             self.restamps = self.ordered_log.restamps
-            fixes = [(e.id, self.ordered_log.key_of(e.id), e.kind, applied_target(e))
+            fixes = [(e.id, self.ordered_log.key_of(e.id), kind_column(e), applied_target(e))
                      for e in self.ordered_log.by_id.values()]
         return fixes
 
@@ -303,4 +303,4 @@ def own_key(event: Event) -> OrderKey:
 
 
 def journal_entry(event: Event, raw: bytes, pos: int, key: OrderKey) -> JournalEntry:
-    return JournalEntry(event.id, raw, event.problem, event.kind, pos, key, applied_target(event))
+    return JournalEntry(event.id, raw, event.problem, kind_column(event), pos, key, applied_target(event))

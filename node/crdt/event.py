@@ -46,6 +46,12 @@ def applied_target(event: Event) -> str | None:
     return target if isinstance(target, str) else None
 
 
+def kind_column(event: Event) -> str:
+    """The event's kind as the journal's `kind` column: its text, or "" for an odd event whose kind is not
+    text (quarantined, and kept whole in `raw`). An integer beyond SQLite's would fail the write otherwise."""
+    return event.kind if isinstance(event.kind, str) else ""
+
+
 def chain_hash(raw: bytes) -> bytes:
     return hashlib.sha256(raw).digest()
 

@@ -21,6 +21,8 @@ class Refusal(StrEnum):
     IMPOSTOR = "impostor"  # the hello names another node than the TLS certificate proved
     UNASKED_RUN = "unasked_run"  # a journal run outside what was asked, or out of order
     FLOOD = "flood"  # more `want`s waiting to be served than a link allows
+    UNASKED_CHUNK = "unasked_chunk"  # a snapshot chunk that was not asked for
+    BAD_CHUNK = "bad_chunk"  # a snapshot chunk whose bytes are not what its name says (fetched elsewhere)
     # what a sync message touched (node/crdt/verify.py, EventLog.receive_sync)
     BAD_SIGNATURE = "bad_signature"
     BROKEN_CHAIN = "broken_chain"  # an event whose `prev` is not the hash of its desk's previous event

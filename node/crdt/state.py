@@ -50,6 +50,24 @@ class Outcome:
     event: str  # the applied event's own id
 
 
+@dataclass(frozen=True, slots=True)
+class SnapshotRef:
+    """The newest ILS snapshot the log names (a `snapshot` event): its index chunk and its facts."""
+
+    index: str
+    version: int
+    ils_time: int
+    patrons: int
+    items: int
+    source: str
+    event: str
+
+    def newer_than(self, other: SnapshotRef | None) -> bool:
+        """Newest by the ILS time it reflects, then version, then event id: the same on every desk, whatever
+        order the events came in."""
+        return other is None or (self.ils_time, self.version, self.event) > (other.ils_time, other.version, other.event)
+
+
 @dataclass
 class CirculationState:
     loans: dict[str, Loan] = field(default_factory=dict)
@@ -66,6 +84,7 @@ class CirculationState:
     quarantined: dict[str, str] = field(default_factory=dict)  # event id -> why it cannot be read
     disputed: dict[str, tuple[str, ...]] = field(default_factory=dict)  # conflict -> disagreeing resolves
     clocks: ClockEvidence = field(default_factory=ClockEvidence)  # desks whose clocks the log shows ahead
+    snapshot: SnapshotRef | None = None  # the newest snapshot of the ILS the desks share
     events_seen: int = 0
     _baseline_known: bool = False
 
@@ -207,6 +226,13 @@ def _seal(state: CirculationState, e: Event) -> None:
     """A seal changes how events travel (epochs.py), not what they mean."""
 
 
+def _snapshot(state: CirculationState, e: Event) -> None:
+    b = e.body
+    ref = SnapshotRef(b["index"], b["version"], b["ils_time"], b["patrons"], b["items"], shared(b["source"]), e.id)
+    if ref.newer_than(state.snapshot):
+        state.snapshot = ref
+
+
 _RULES = {
     "checkout": _checkout,
     "checkin": _checkin,
@@ -218,6 +244,7 @@ _RULES = {
     "away": _away,
     "applied": _applied,
     "seal": _seal,
+    "snapshot": _snapshot,
 }
 
 

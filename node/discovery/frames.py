@@ -13,22 +13,26 @@ want  {t, ranges}               — journal runs asked for: [[node, first seq, l
 run   {t, node, first, events, record, done}
                                 — one desk's events first.. in a hash chain (raw signed bytes), with that
                                   desk's node record; `done`: nothing more comes for what was asked of it
+chunks {t, names}               — snapshot chunks asked for by name (node/snapshot/chunks.py), a few at once
+chunk {t, name, data}           — one of them, or data nil: the sender has not got it
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import msgpack
 
 from node.crdt.epochs import FIRST_TAG, EpochTag
 from node.trust.identity import is_node_id
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3  # 3: snapshot chunks
 MAX_FRAME = 64 * 1024 * 1024
 MAX_RANGES = 10_000
 MAX_RUN_EVENTS = 20_000
+MAX_CHUNK_NAMES = 16
+MAX_CHUNK_DATA = 16 * 1024 * 1024
 
 
 class FrameError(ValueError):
@@ -73,12 +77,23 @@ class Run:
     done: bool = False
 
 
+@dataclass(frozen=True)
+class ChunkWant:
+    names: list[str]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    name: str
+    data: bytes | None
+
+
 BRIDGE_FIELDS = {"node": str, "desk": str, "term": int, "reachable": bool, "last_probe": int, "uploading": bool,
                  "problem": str}
 OPTIONAL_BRIDGE_FIELDS = {"last_probe", "problem"}
 
 
-Frame = Hello | Sync | Tip | Want | Run
+Frame = Hello | Sync | Tip | Want | Run | ChunkWant | Chunk
 
 
 def encode(frame: Frame) -> bytes:
@@ -95,6 +110,10 @@ def encode(frame: Frame) -> bytes:
             obj["bridge"] = frame.bridge
     elif isinstance(frame, Want):
         obj = {"t": "want", "ranges": [list(r) for r in frame.ranges]}
+    elif isinstance(frame, ChunkWant):
+        obj = {"t": "chunks", "names": frame.names}
+    elif isinstance(frame, Chunk):
+        obj = {"t": "chunk", "name": frame.name, "data": frame.data}
     else:
         obj = {"t": "run", "node": frame.node, "first": frame.first, "events": frame.events,
                "record": frame.record, "done": frame.done}
@@ -162,7 +181,22 @@ def decode(data: object) -> Frame:
         if first < 1:
             raise FrameError("run starts before the first event")
         return Run(node, first, events, record, done)
+    if kind == "chunks":
+        wanted = obj.get("names")
+        if (not isinstance(wanted, list) or not 1 <= len(wanted) <= MAX_CHUNK_NAMES
+                or not all(_is_chunk_name(n) for n in wanted)):
+            raise FrameError(f"chunks must name 1 to {MAX_CHUNK_NAMES} chunks by their SHA-256")
+        return ChunkWant(wanted)
+    if kind == "chunk":
+        name, data = obj.get("name"), obj.get("data")
+        if not _is_chunk_name(name) or not (data is None or (isinstance(data, bytes) and len(data) <= MAX_CHUNK_DATA)):
+            raise FrameError("chunk has no name, or data that is not bytes")
+        return Chunk(name, data)
     raise FrameError(f"unknown frame type {kind!r}")
+
+
+def _is_chunk_name(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def _vector(vector: object, where: str) -> dict[str, int]:

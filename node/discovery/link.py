@@ -7,7 +7,8 @@ the machine asks for (sync messages for the current epoch's document, once the l
 tip), and sleeps until the document changes or the machine's next deadline. The server task answers the
 peer's wants from the journal, apart from the reader, so that two desks serving each other large runs
 never wait on each other's full socket buffers. Anything a peer sends that does not parse or verify closes
-the link; the node goes on.
+the link; the node goes on. Snapshot chunks are asked for by the desk's fetcher (`ask_chunks`), served by the
+server task from `ChunkService`, and handed to it as they come.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from node.discovery import frames
 from node.discovery.catchup import WINDOW
 from node.discovery.link_machine import (
     Action,
+    ApplyChunk,
     ApplyRun,
     ApplySync,
     CatchUp,
@@ -37,6 +39,7 @@ from node.discovery.link_machine import (
     LinkMachine,
     Now,
     Send,
+    ServeChunks,
     ServeRuns,
 )
 from node.eventlog import EventLog, RefusedSync, wall_ms
@@ -63,14 +66,35 @@ class WebSocket(Protocol):
     async def close(self) -> bool: ...
 
 
+class ChunkService(Protocol):
+    """Snapshot chunks, for the links (node/snapshot/fetch.py): those this desk keeps, to serve, and those
+    its peers send, asked for by the fetcher, to judge and keep."""
+
+    async def read(self, name: str) -> bytes | None: ...
+
+    def received(self, node: str, name: str, data: bytes | None) -> None: ...
+
+
+class NoChunks:
+    """A link without snapshots (tests of the log alone): it has no chunk and asks for none."""
+
+    async def read(self, name: str) -> bytes | None:
+        return None
+
+    def received(self, node: str, name: str, data: bytes | None) -> None:
+        pass
+
+
 def now() -> Now:
     return Now(time.monotonic(), wall_ms())
 
 
 class PeerLink:
     def __init__(self, eventlog: EventLog, ws: WebSocket, *, outbound: bool, address: str,
-                 bridge_state: Callable[[], dict[str, Any] | None] = lambda: None) -> None:
+                 bridge_state: Callable[[], dict[str, Any] | None] = lambda: None,
+                 chunks: ChunkService | None = None) -> None:
         self.log = eventlog
+        self.chunks: ChunkService = chunks if chunks is not None else NoChunks()
         self.bridge_state = bridge_state
         self.ws = ws
         self.outbound = outbound
@@ -81,7 +105,7 @@ class PeerLink:
         self._sync_epoch = eventlog.epoch.seal  # the document `_sync_state` is a conversation about
         self._round_due = False
         self._closing = False
-        self._wants: asyncio.Queue[list[tuple[str, int, int]]] = asyncio.Queue()
+        self._wants: asyncio.Queue[ServeRuns | ServeChunks] = asyncio.Queue()
 
     async def handshake(self, proven: str | None = None) -> LinkInfo:
         """Exchanges hellos. `proven` is the node id the peer's certificate proves: the hello must agree."""
@@ -154,12 +178,26 @@ class PeerLink:
                 await self._perform(self.machine.sync_message(message, epoch.seal))
         await self._perform(self.machine.tip(dict(self.log.vector), self.bridge_state(), now(), self.log.epoch.tag))
 
+    async def ask_chunks(self, names: list[str]) -> bool:
+        """Asks the peer for snapshot chunks; False if the link cannot (closed, or too many asked already)."""
+        actions = self.machine.ask_chunks(names)
+        if not actions:
+            return False
+        await self._perform(actions)
+        return True
+
     async def _serve(self) -> None:
-        """Answers the peer's wants in order, a run (about RUN_BYTES) at a time, the last of each `done`."""
+        """Answers the peer's wants in order: journal ranges a run (about RUN_BYTES) at a time, the last of
+        each `done`; snapshot chunks one frame each."""
         while True:
-            ranges = await self._wants.get()
-            for node, first, wanted in ranges:
-                last = min(wanted, first + WINDOW - 1)  # a peer is served a window at a time, as it asks
+            wanted = await self._wants.get()
+            if isinstance(wanted, ServeChunks):
+                for name in wanted.names:
+                    await self._perform(self.machine.chunk_frame(name, await self.chunks.read(name)))
+                self.machine.served()
+                continue
+            for node, first, wanted_last in wanted.ranges:
+                last = min(wanted_last, first + WINDOW - 1)  # a peer is served a window at a time, as it asks
                 record = self.log.record_raw(node)
                 while True:
                     raws = await self.log.read_run(node, first, last) if first <= last else []
@@ -192,8 +230,11 @@ class PeerLink:
                     assert self.info is not None
                     ranges = self.log.catchup.plan(self, self.info.peer_vector, self.log.vector, self.log.revoked)
                     round_due |= await self._perform(self.machine.want(ranges))
-                case ServeRuns(ranges):
-                    self._wants.put_nowait(ranges)
+                case ServeRuns() | ServeChunks():
+                    self._wants.put_nowait(action)
+                case ApplyChunk(name, data):
+                    assert self.info is not None
+                    self.chunks.received(self.info.node, name, data)
                 case GenerateSync():
                     round_due = True
                 case Linked(info):

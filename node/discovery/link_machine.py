@@ -12,7 +12,8 @@ While SYNCING, two things travel: Automerge sync messages for the current epoch'
 desks in the same epoch: a message for another epoch's document is dropped, not refused, since either side
 may have just moved), and journal runs (catchup.py) for whatever the document did not bring: this side
 asks with `want` for ranges the plan gives it, and a run is taken only inside what was asked and in order;
-a peer's `want` is served by the loop.
+a peer's `want` is served by the loop. Snapshot chunks travel the same way: asked by name (`chunks`), served
+by the loop, and taken only if asked; whether a chunk's bytes are right is the fetcher's to judge.
 
 Every way this side ends a link is a `Close(Refusal)`; the peer hanging up (`closed()`) is not a refusal.
 """
@@ -30,6 +31,7 @@ from node.discovery import frames
 HELLO_TIMEOUT = 10.0  # seconds a peer has to say hello
 TIP_EVERY = 2.0  # seconds: clock offset, lag and the bridge's state stay fresh on quiet links
 MAX_WANTS = 64  # a peer's `want`s waiting to be served; more is a flood
+MAX_CHUNKS_ASKED = 64  # chunks asked of a peer and not yet answered
 
 
 class State(Enum):
@@ -65,6 +67,8 @@ class LinkInfo:
     run_events_out: int = 0
     run_bytes_in: int = 0  # the events' bytes in those runs
     run_bytes_out: int = 0
+    chunk_bytes_in: int = 0  # snapshot chunks
+    chunk_bytes_out: int = 0
     bridge: dict[str, Any] | None = None
 
 
@@ -105,6 +109,21 @@ class ApplyRun:
 
 
 @dataclass(frozen=True)
+class ServeChunks:
+    """The peer wants these snapshot chunks: send each (`chunk_frame`), data None for one not held."""
+
+    names: list[str]
+
+
+@dataclass(frozen=True)
+class ApplyChunk:
+    """A chunk that was asked for (or None: the peer has not got it): hand it to the fetcher."""
+
+    name: str
+    data: bytes | None
+
+
+@dataclass(frozen=True)
 class GenerateSync:
     """A write round is due: once the log is durable, hand each sync message Automerge generates to
     `sync_message`, then offer a `tip`. Never sooner: no peer may hold an event its author could lose."""
@@ -125,7 +144,7 @@ class Close:
     report: bool = True
 
 
-Action = Send | ApplySync | GenerateSync | Linked | Close | CatchUp | ServeRuns | ApplyRun
+Action = Send | ApplySync | GenerateSync | Linked | Close | CatchUp | ServeRuns | ApplyRun | ServeChunks | ApplyChunk
 
 
 class LinkMachine:
@@ -143,6 +162,7 @@ class LinkMachine:
         self._last_tip: tuple[dict[str, int], dict[str, Any] | None, EpochTag] | None = None
         self.asked: dict[str, tuple[int, int]] = {}  # node -> (next seq expected, last asked)
         self.wants_waiting = 0  # the peer's wants handed to the loop and not yet served
+        self.chunks_asked: set[str] = set()  # snapshot chunks asked of the peer, not yet answered
 
     # ---- our hello carries what we hold
     def hello(self, epoch: EpochTag, vector: dict[str, int], now: Now) -> list[Action]:
@@ -182,6 +202,17 @@ class LinkMachine:
             return [ServeRuns(frame.ranges)]
         if isinstance(frame, frames.Run):
             return self._run(frame)
+        if isinstance(frame, frames.ChunkWant):
+            if self.wants_waiting >= MAX_WANTS:
+                return self._close(Refusal.FLOOD, f"more than {MAX_WANTS} wants waiting")
+            self.wants_waiting += 1
+            return [ServeChunks(frame.names)]
+        if isinstance(frame, frames.Chunk):
+            if frame.name not in self.chunks_asked:
+                return self._close(Refusal.UNASKED_CHUNK, f"chunk {frame.name[:12]} was not asked for")
+            self.chunks_asked.discard(frame.name)
+            self.info.chunk_bytes_in += len(frame.data or b"")
+            return [ApplyChunk(frame.name, frame.data)]
         moved = frame.epoch != self.info.peer_epoch
         self.info.peer_vector = frame.vector
         self.info.peer_epoch = frame.epoch
@@ -267,6 +298,22 @@ class LinkMachine:
         self.info.run_events_out += len(run.events)
         self.info.run_bytes_out += sum(map(len, run.events))
         return [Send(frames.encode(run))]
+
+    def ask_chunks(self, names: list[str]) -> list[Action]:
+        """Ask the peer for these snapshot chunks (the fetcher's choice), unless too many are asked already."""
+        names = [n for n in names if n not in self.chunks_asked][:frames.MAX_CHUNK_NAMES]
+        if self.state is not State.SYNCING or not names or len(self.chunks_asked) + len(names) > MAX_CHUNKS_ASKED:
+            return []
+        self.chunks_asked.update(names)
+        return [Send(frames.encode(frames.ChunkWant(names)))]
+
+    def chunk_frame(self, name: str, data: bytes | None) -> list[Action]:
+        """One chunk we serve, framed."""
+        if self.state is not State.SYNCING:
+            return []
+        assert self.info is not None
+        self.info.chunk_bytes_out += len(data or b"")
+        return [Send(frames.encode(frames.Chunk(name, data)))]
 
     def served(self) -> None:
         """One of the peer's wants has been answered."""

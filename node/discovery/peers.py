@@ -17,8 +17,8 @@ from typing import Any, Protocol
 import aiohttp
 from aiohttp import web
 
-from node.discovery.link import CLOSE_TIMEOUT, LinkClosed, PeerLink, WebSocket, ws_client_timeout
-from node.discovery.link_machine import LinkInfo
+from node.discovery.link import CLOSE_TIMEOUT, ChunkService, LinkClosed, PeerLink, WebSocket, ws_client_timeout
+from node.discovery.link_machine import LinkInfo, State
 from node.discovery.transport import Transport
 from node.eventlog import EventLog
 from node.tasks import reap
@@ -49,8 +49,9 @@ class LinkSource(Protocol):
 class LogLinks:
     """Links over this desk's log, telling peers in their tips what `bridge_state` says of its bridge."""
 
-    def __init__(self, eventlog: EventLog) -> None:
+    def __init__(self, eventlog: EventLog, chunks: ChunkService | None = None) -> None:
         self._log = eventlog
+        self._chunks = chunks
         self.bridge_state: Callable[[], dict[str, Any] | None] = lambda: None
 
     @property
@@ -62,7 +63,8 @@ class LogLinks:
         return self._log.vector
 
     def new_link(self, ws: WebSocket, *, outbound: bool, address: str) -> PeerLink:
-        return PeerLink(self._log, ws, outbound=outbound, address=address, bridge_state=self.bridge_state)
+        return PeerLink(self._log, ws, outbound=outbound, address=address, bridge_state=self.bridge_state,
+                        chunks=self._chunks)
 
 
 class PeerTable:
@@ -241,6 +243,10 @@ class PeerTable:
                     await self._session.close()
             except TimeoutError:
                 log.info("peer connections still closing after %.1f s; left to the OS", CLOSE_GRACE)
+
+    def chunk_links(self) -> dict[str, PeerLink]:
+        """The links up now, by the peer's node id: where the snapshot fetcher asks for chunks."""
+        return {node: link for node, link in self.links.items() if link.machine.state is State.SYNCING}
 
     def linked(self) -> list[LinkInfo]:
         """What is known of every peer linked now."""

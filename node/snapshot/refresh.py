@@ -4,7 +4,8 @@ Pulled while the ILS is reachable: at the bridge's start, every `interval` after
 staff ask (`POST /api/v1/snapshot/refresh`, `circmesh snapshot refresh`). A page the ILS fails to give
 stops this refresh (the desk keeps the snapshot it had) and the next try comes after a back-off; rows that do
 not fit the schema are left out and counted. The rows are written to a new file in a worker thread, so
-scans go on while a million patrons are written.
+scans go on while a million patrons are written, and cut into chunks as they come (chunks.py); once the desk
+has switched, a `snapshot` event names the new index, and every other desk fetches the chunks (fetch.py).
 """
 
 from __future__ import annotations
@@ -12,20 +13,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from node.ilsbridge.adapters.base import ID_FIELDS, IlsUnavailable, SnapshotKind, SnapshotUnsupported
+from node.ports import SnapshotLog
 from node.snapshot import store
-from node.snapshot.rows import item_from_koha, patron_from_koha
-from node.snapshot.store import SnapshotStore
+from node.snapshot.atrest import ChunkFiles
+from node.snapshot.chunks import CHUNK_ROWS, Cutter, Kind
+from node.snapshot.loanrules import rules_from_koha
+from node.snapshot.rows import item_from_koha, loan_from_koha, patron_from_koha
+from node.snapshot.store import DbError, Manifest, SnapshotStore
 from node.tasks import reap
 
 log = logging.getLogger(__name__)
 
 PER_PAGE = 1_000
+CHUNK_KINDS: dict[SnapshotKind, Kind] = {"patrons": "patrons", "items": "items", "checkouts": "loans"}
 INTERVAL_S = 6 * 3600.0
 RETRY_S = 60.0
 
@@ -35,12 +40,19 @@ class SnapshotSource(Protocol):
 
     async def fetch_after(self, kind: SnapshotKind, after: int, per_page: int) -> list[dict[str, Any]]: ...
 
+    async def fetch_rules(self) -> tuple[Any, Any]: ...
+
 
 class Refresher:
-    def __init__(self, source: SnapshotSource, snapshot: SnapshotStore, *, name: str = "ILS",
-                 interval: float = INTERVAL_S, per_page: int = PER_PAGE) -> None:
+    def __init__(self, source: SnapshotSource, snapshot: SnapshotStore, chunks: ChunkFiles, log: SnapshotLog,
+                 building: asyncio.Lock, *, name: str = "ILS", interval: float = INTERVAL_S,
+                 per_page: int = PER_PAGE, rows_per_chunk: int = CHUNK_ROWS) -> None:
         self.source = source
         self.snapshot = snapshot
+        self.chunks = chunks
+        self.log = log
+        self.building = building  # one new snapshot file at a time: a refresh here, or an install (fetch.py)
+        self.rows_per_chunk = rows_per_chunk
         self.name = name
         self.interval = interval
         self.per_page = per_page
@@ -69,6 +81,7 @@ class Refresher:
                 "last_error": self.last_error, "last_success": self.last_success}
 
     async def _run(self) -> None:
+        await self._publish()  # a refresh whose event was not written before the desk stopped
         wait = self.interval
         while True:
             with contextlib.suppress(TimeoutError):
@@ -79,19 +92,36 @@ class Refresher:
 
     async def refresh(self) -> bool:
         """One whole refresh, streamed page by page into a new file; True when the desk switched to it."""
+        async with self.building:
+            switched = await self._refresh()
+        if switched:
+            await self._publish()
+        return switched
+
+    async def _refresh(self) -> bool:
         began = time.time_ns() // 1_000_000
-        self.progress, self.left_out, self.state = {"patrons": 0, "items": 0}, {"patrons": 0, "items": 0}, "pulling"
-        version = (self.snapshot.manifest.version if self.snapshot.manifest else 0) + 1
+        self.progress = {"patrons": 0, "items": 0, "checkouts": 0}
+        self.left_out, self.state = dict.fromkeys(self.progress, 0), "pulling"
+        latest = self.log.state.snapshot
+        version = max(self.snapshot.manifest.version if self.snapshot.manifest else 0,
+                      latest.version if latest else 0) + 1
         try:
-            builder = await asyncio.to_thread(store.Builder, self.snapshot.next_path())
-        except (OSError, sqlite3.Error) as e:
+            builder = await asyncio.to_thread(store.Builder, self.snapshot.next_path(), self.snapshot.key)
+        except (OSError, DbError) as e:
             return self._failed(f"the snapshot could not be written: {e}")
+        cutter = Cutter(self.rows_per_chunk)
         try:
-            await self._pull("patrons", patron_from_koha, builder.add_patrons)
-            await self._pull("items", item_from_koha, builder.add_items)
+            await self._pull("patrons", patron_from_koha, builder.add_patrons, cutter)
+            await self._pull("items", item_from_koha, builder.add_items, cutter)
+            await self._pull("checkouts", loan_from_koha, builder.add_loans, cutter)
+            rules = rules_from_koha(*await self.source.fetch_rules())
             self.state = "writing"
-            manifest = await asyncio.to_thread(builder.finish, began, version, self.name)
+            patrons, items, loans = await asyncio.to_thread(builder.counts)
+            index, data = cutter.finish(version, began, patrons, items, self.name, loans, rules)
+            await asyncio.to_thread(self._keep, [*cutter.take(), (index, data)])
+            manifest = await asyncio.to_thread(builder.finish, began, version, self.name, index, rules)
             self.snapshot.switch(self.snapshot.next_path())
+            await asyncio.to_thread(self.chunks.keep, {*(e.name for e in cutter.entries), index})
         except asyncio.CancelledError:  # the desk stops: no half-built file left behind
             builder.abort()  # waits for the page being written (Builder's lock)
             raise
@@ -104,7 +134,21 @@ class Refresher:
                  manifest.items, self.left_out)
         return True
 
-    async def _pull(self, kind: SnapshotKind, read: Callable[[Any], Any], add: Callable[[list[Any]], None]) -> None:
+    def _keep(self, cut: list[tuple[str, bytes]]) -> None:
+        for name, data in cut:
+            self.chunks.put(name, data)
+
+    async def _publish(self) -> None:
+        """Names this desk's snapshot in the log, unless the log names it or a newer one already."""
+        manifest = self.snapshot.manifest
+        latest = self.log.state.snapshot
+        if manifest is None or not manifest.index or (latest is not None and (latest.ils_time, latest.version) >= (
+                manifest.ils_time, manifest.version)):
+            return
+        await self.log.append("snapshot", snapshot_body(manifest), "bridge")
+
+    async def _pull(self, kind: SnapshotKind, read: Callable[[Any], Any], add: Callable[[list[Any]], None],
+                    cutter: Cutter) -> None:
         """Every row of `kind`, a page at a time after the last id seen (keyset paging: each page costs the
         ILS the same), each page written as it comes (memory holds one page). Only an empty page ends it: an
         ILS may give fewer rows a page than asked (Koha caps `_per_page`)."""
@@ -116,6 +160,8 @@ class Refresher:
             rows = [row for row in map(read, got) if row is not None]
             self.left_out[kind] += len(got) - len(rows)
             await asyncio.to_thread(add, rows)
+            cutter.add(CHUNK_KINDS[kind], rows)
+            await asyncio.to_thread(self._keep, cutter.take())
             self.progress[kind] += len(got)
             last = got[-1].get(ID_FIELDS[kind]) if isinstance(got[-1], dict) else None
             if not isinstance(last, int) or isinstance(last, bool) or last <= after:
@@ -134,7 +180,13 @@ def _why(e: Exception) -> str:
         return f"the ILS did not answer: {e}"
     if isinstance(e, SnapshotUnsupported):
         return str(e)
-    if isinstance(e, (OSError, sqlite3.Error)):
+    if isinstance(e, (OSError, DbError)):
         return f"the snapshot could not be written: {e}"
     log.exception("snapshot refresh failed")  # anything else the ILS's data led to
     return f"the snapshot could not be made: {type(e).__name__}: {e}"
+
+
+def snapshot_body(manifest: Manifest) -> dict[str, Any]:
+    """The `snapshot` event's body (node/crdt/bodies.py SnapshotBody) for a snapshot this desk holds."""
+    return {"index": manifest.index, "version": manifest.version, "ils_time": manifest.ils_time,
+            "patrons": manifest.patrons, "items": manifest.items, "source": manifest.source[:200]}

@@ -62,6 +62,14 @@ class _KohaItem(msgspec.Struct):
     holds: list[_KohaHold] = []
 
 
+class _KohaCheckout(msgspec.Struct):
+    """Koha's /api/v1/checkouts row: the item's barcode and the borrower's card (embedded in Koha)."""
+
+    external_id: str
+    cardnumber: str
+    due_date: str | None = None
+
+
 class Hold(msgspec.Struct, frozen=True, array_like=True):
     patron: str
     waiting: bool  # on the holds shelf already (Koha status "W")
@@ -91,6 +99,19 @@ class Item(msgspec.Struct, frozen=True, array_like=True):
     lost: bool
     withdrawn: bool
     holds: tuple[Hold, ...]
+
+
+class IlsLoan(msgspec.Struct, frozen=True, array_like=True):
+    """A loan open at the ILS when the snapshot was taken (made online, before the outage)."""
+
+    item: str
+    patron: str
+    due: str | None  # YYYY-MM-DD
+
+    @property
+    def barcode(self) -> str:
+        """The item's: where chunks are cut (chunks.py) and the row's key."""
+        return self.item
 
 
 MAX_COUNT = 1_000_000  # loans and limits beyond this are not a patron's
@@ -159,6 +180,18 @@ def item_from_koha(row: Any) -> Item | None:
                 _text(i.home_library_id), i.not_for_loan_status != 0, i.lost_status != 0, i.withdrawn != 0, holds)
 
 
+def loan_from_koha(row: Any) -> IlsLoan | None:
+    try:
+        c = msgspec.convert(row, _KohaCheckout)
+    except (msgspec.ValidationError, TypeError, ValueError):
+        return None
+    item, patron = _text(c.external_id) or "", _text(c.cardnumber) or ""
+    if not item or not patron or len(item) > 64 or len(patron) > 64:
+        return None
+    return IlsLoan(item, patron, _date(_text(c.due_date)))
+
+
 ENCODER = msgspec.msgpack.Encoder()
 PATRON = msgspec.msgpack.Decoder(Patron)
 ITEM = msgspec.msgpack.Decoder(Item)
+ILS_LOAN = msgspec.msgpack.Decoder(IlsLoan)

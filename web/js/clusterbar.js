@@ -47,12 +47,20 @@ const SNAPSHOT_STALE_MS = 2 * 86_400_000; // older than two days: staff should k
 // How old the ILS's patron and item data at this desk is (none yet: the pill stays hidden).
 function renderSnapshot(snapshot) {
   const node = $('cb-snapshot');
-  node.hidden = !(snapshot && snapshot.version);
+  const fetch = snapshot && snapshot.fetch;
+  const fetching = fetch && fetch.state === 'fetching' && fetch.needed;
+  node.hidden = !(snapshot && (snapshot.version || fetching));
   if (node.hidden) return;
+  if (fetching && !snapshot.version) { // a new desk getting its first snapshot from its peers
+    pill('cb-snapshot', 'warn', t('cluster.snapshot_fetching', { have: fmt.number(fetch.have), needed: fmt.number(fetch.needed) }));
+    return;
+  }
   const age = Date.now() - snapshot.ils_time;
   const refresh = snapshot.refresh;
   const detail = [t('cluster.snapshot_counts', { patrons: fmt.number(snapshot.patrons), items: fmt.number(snapshot.items) })];
   if (refresh && refresh.state === 'failed' && refresh.last_error) detail.push(refresh.last_error);
+  if (fetching) detail.push(t('cluster.snapshot_fetching', { have: fmt.number(fetch.have), needed: fmt.number(fetch.needed) }));
+  if (fetch && fetch.state === 'failed' && fetch.last_error) detail.push(fetch.last_error);
   pill('cb-snapshot', age > SNAPSHOT_STALE_MS ? 'warn' : 'good',
     t('cluster.snapshot', { time: fmt.dateTime(snapshot.ils_time) }), detail.join('\n'));
 }

@@ -227,8 +227,10 @@ function renderPatronPanel(data = state.patronData) {
   if (tags.childNodes.length) body.append(tags);
 
   const loans = [...(data.loans || [])].sort((a, b) => (b.at || 0) - (a.at || 0));
-  body.append(el('h3', {}, t('patron.loans'), ' ', el('span', { class: 'count', text: fmt.number(loans.length) })));
-  if (!loans.length) {
+  const atIls = data.ils_loans || []; // lent online before the outage, not returned at a desk since
+  const count = loans.length + atIls.length;
+  body.append(el('h3', {}, t('patron.loans'), ' ', el('span', { class: 'count', text: fmt.number(count) })));
+  if (!count) {
     body.append(el('p', { class: 'empty', text: t('patron.loans_none') }));
     return;
   }
@@ -238,7 +240,12 @@ function renderPatronPanel(data = state.patronData) {
     el('td', {}, el('span', { class: `desk-chip${loan.node === state.node ? ' mine' : ''}`,
       title: loan.node === state.node ? t('patron.this_desk') : null, text: loan.desk || '—' })),
     el('td', { text: fmt.shortDate(loan.due) }),
-  ));
+  )).concat(atIls.map((loan) => el('tr', { class: 'ils', dataset: { item: loan.item } },
+    el('td', { class: 'barcode', text: loan.item }),
+    el('td', { text: t('patron.before_outage') }),
+    el('td', {}, el('span', { class: 'desk-chip', text: t('patron.at_ils') })),
+    el('td', { text: loan.due ? fmt.shortDate(Date.parse(loan.due)) : '—' }),
+  )));
   body.append(el('table', { class: 'loans' },
     el('thead', {}, el('tr', {},
       el('th', { text: t('patron.item') }), el('th', { text: t('patron.lent') }),
@@ -286,7 +293,8 @@ function renderVisit() {
 }
 
 const SNAPSHOT_WARNINGS = ['unknown_patron', 'patron_blocked', 'card_expired', 'fines_over_limit',
-  'loan_limit_reached', 'item_unknown', 'item_not_for_loan', 'item_on_hold', 'hold_found'];
+  'loan_limit_reached', 'item_unknown', 'item_not_for_loan', 'item_on_hold', 'hold_found', 'item_on_ils_loan',
+  'not_lent', 'in_transit', 'hold_in_transit'];
 
 async function warningTexts(warnings, item) {
   const out = [];

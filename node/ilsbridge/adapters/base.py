@@ -79,6 +79,11 @@ class IlsAdapter(Protocol):
         Raises SnapshotUnsupported where the protocol cannot, IlsUnavailable when the ILS cannot now."""
         ...
 
+    async def fetch_rules(self) -> tuple[Any, Any]:
+        """Koha's circulation rule sets and the opening calendar (JSON; None for one the ILS lacks).
+        Raises SnapshotUnsupported where the protocol cannot, IlsUnavailable when the ILS cannot now."""
+        ...
+
     async def close(self) -> None: ...
 
 

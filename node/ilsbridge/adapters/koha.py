@@ -229,6 +229,9 @@ class KohaAdapter:
     async def fetch_page(self, kind: SnapshotKind, page: int, per_page: int) -> list[dict[str, Any]]:
         return await self.rest.fetch_page(kind, page, per_page)
 
+    async def fetch_rules(self) -> tuple[Any, Any]:
+        return await self.rest.fetch_rules()
+
 
 def _outcome(status: int, text: str) -> Outcome:
     """Koha's answer to one offline-service request as an Outcome."""

@@ -64,6 +64,20 @@ class KohaRest:
             raise IlsUnavailable(f"GET /api/v1/{kind}: expected a JSON list")
         return body
 
+    async def fetch_rules(self) -> tuple[Any, Any]:
+        """Koha's circulation rule sets and the opening calendar, as JSON; None for either the ILS does not
+        serve (a Koha without the calendar route answers 404: due dates then ignore closed days)."""
+        out: list[Any] = []
+        for path in ("/api/v1/circulation_rules", "/api/v1/contrib/circmesh/calendar"):
+            try:
+                body, _ = await self.get_json(path)
+            except IlsUnavailable as exc:
+                if "HTTP 404" not in str(exc):
+                    raise
+                body = None
+            out.append(body)
+        return out[0], out[1]
+
     async def current_loan(self, item_barcode: str) -> str | None:
         try:
             items, _ = await self.get_json("/api/v1/items", {"external_id": item_barcode})

@@ -254,6 +254,11 @@ class Sip2Adapter:
             )
         return await self.rest.fetch_page(kind, page, per_page)
 
+    async def fetch_rules(self) -> tuple[Any, Any]:
+        if self.rest is None:
+            raise SnapshotUnsupported("SIP2 cannot give loan rules; give a REST base with ?rest=")
+        return await self.rest.fetch_rules()
+
 
 def no_patron_message(item: str) -> str:
     return f"renewal of item {item} names no patron and the ILS cannot tell who has it: renew it at the ILS"

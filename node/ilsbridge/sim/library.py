@@ -253,6 +253,16 @@ class Library:
         ).fetchone()
         return int(row[0])
 
+    def restrict(self, cardnumber: str, until: str | None, comment: str | None) -> bool:
+        """Staff at the ILS add a restriction (until a date, or for good: None); False if there is no such
+        patron."""
+        cur = self.db.execute(
+            "UPDATE patrons SET debarred_until = ?, debarred_comment = ? WHERE cardnumber = ?",
+            (until or "9999-12-31", comment, cardnumber),
+        )
+        self.db.commit()
+        return cur.rowcount == 1
+
     def add_pending(
         self,
         userid: str,

@@ -8,6 +8,8 @@ is applied) as often as `failure_rate` says:
   [{seq, protocol, action, timestamp, cardnumber, barcode, amount, outcome}].
 - `GET /sim/loans` → the current loans [{barcode, cardnumber, due}].
 - `GET /sim/pending` → Koha's pending_offline_operations (what `pending=true` queued).
+- `POST /sim/patrons/{cardnumber}/restriction {until, comment}` → staff at the ILS restrict a patron
+  (a debarment until a date, or for good when `until` is null).
 """
 
 from __future__ import annotations
@@ -137,6 +139,22 @@ def _control_routes(app: web.Application, library: Library, state: SimState) -> 
     async def pending(request: web.Request) -> web.Response:
         return web.json_response(library.pending())
 
+    async def restrict(request: web.Request) -> web.Response:
+        """Staff at the ILS restrict a patron (a debarment): {"until": "YYYY-MM-DD" or null, "comment"}."""
+        try:
+            payload = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return web.json_response({"error": "body must be JSON"}, status=400)
+        if not isinstance(payload, dict):
+            return web.json_response({"error": "body must be a JSON object"}, status=400)
+        until, comment = payload.get("until"), payload.get("comment")
+        if not (until is None or isinstance(until, str)) or not (comment is None or isinstance(comment, str)):
+            return web.json_response({"error": "until and comment must be text or null"}, status=400)
+        if not library.restrict(request.match_info["cardnumber"], until, comment):
+            return web.json_response({"error": "no such patron"}, status=404)
+        return web.json_response({"restricted": request.match_info["cardnumber"]})
+
+    app.router.add_post("/sim/patrons/{cardnumber}/restriction", restrict)
     app.router.add_get("/sim/state", get_state)
     app.router.add_post("/sim/state", post_state)
     app.router.add_get("/sim/ledger", ledger)
