@@ -15,6 +15,7 @@ from types import FrameType
 
 from node import __version__, collector
 from node.sealer import SEAL_EVERY
+from node.snapshot.retention import DAY_MS, RETENTION_DAYS
 
 log = logging.getLogger("node.cli")
 HARD_EXIT_GRACE = 3.0  # seconds beyond DeskNode's STOP_TIMEOUT before a stop that overran is cut short
@@ -58,6 +59,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--branch", metavar="LIBRARY",
                    help="the library this desk is at, as the ILS names it (Koha's library_id): a returned item "
                         "of another library, or held for pick-up at one, is said to be in transit there")
+    p.add_argument("--snapshot-retention", type=float, default=RETENTION_DAYS, metavar="DAYS",
+                   help="delete the snapshot of the ILS's patrons (and its key) once it is older than this and "
+                        f"nothing of the outage is left to upload (default {RETENTION_DAYS:g})")
     p.add_argument("--snapshot-every", type=float, default=6.0, metavar="HOURS",
                    help="on the bridge desk: refresh the snapshot of the ILS's patrons and items this often, and "
                         "at start (default 6)")
@@ -128,10 +132,13 @@ def _add_files(sub: argparse._SubParsersAction) -> None:
         "export", help="export a desk's merged log as .koc, OffCirc.dat or pending.xacts"))
     offline_files.add_import_arguments(sub.add_parser(
         "import", help="import an offline file into a desk; every bad line is reported"))
-    snapshot = sub.add_parser("snapshot", help="the ILS snapshot of patrons and items at the bridge desk")
+    snapshot = sub.add_parser("snapshot", help="the snapshot of the ILS's patrons and items every desk holds")
     actions = snapshot.add_subparsers(dest="snapshot_command", required=True)
     offline_files.add_refresh_arguments(actions.add_parser(
         "refresh", help="have the bridge desk read the ILS's patrons and items now (an admin's name and password)"))
+    offline_files.add_snapshot_import_arguments(actions.add_parser(
+        "import", help="build the snapshot from files (Koha's patron export, an items CSV) at a desk, for an ILS "
+                       "without REST; every desk then gets it"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,7 +192,7 @@ def _run(args: argparse.Namespace) -> int:
         mdns=not args.no_mdns, interfaces=args.interfaces, limits=limits,
         max_import=int(args.max_import_mib * 1024 * 1024), max_clock_drift_ms=round(args.max_clock_drift * 1000),
         fines_limit_cents=int(fines_limit * 100), snapshot_every_s=args.snapshot_every * 3600,
-        branch=args.branch or None,
+        branch=args.branch or None, snapshot_retention_ms=int(args.snapshot_retention * DAY_MS),
     )
 
     from node.cluster import NotEnrolled
@@ -294,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         from node import offline_files
 
         run = {"export": offline_files.run_export, "import": offline_files.run_import,
-               "snapshot": offline_files.run_snapshot_refresh}[args.command]
+               "snapshot": offline_files.run_snapshot}[args.command]
         return run(args)
     if args.command == "ils-sim":
         if getattr(args, "sim_missing", False):

@@ -200,8 +200,9 @@ def run_demo(args: argparse.Namespace) -> int:
             argv = [sys.executable, "-m", "node.cli", "run", "--data", str(data / f"desk-{i}"),
                     "--desk", DESK_NAMES[i - 1], "--port", str(base + 10 + i), "--peer-port", str(base + 50 + i),
                     "--interface", "127.0.0.1", "--log-level", "WARNING", *peers]
-            if i == 1:  # the first desk is the bridge to the ILS
-                argv += ["--ils", f"koha+http://{ils['http']}", "--ils-credentials", str(credentials)]
+            if i == 1:  # the first desk is the bridge to the ILS; it creates patrons registered at the desks
+                argv += ["--ils", f"koha+http://{ils['http']}?branchcode=MAIN&category=ADULT",
+                         "--ils-credentials", str(credentials)]
             _, ready = start_process(children, argv, DESK_NAMES[i - 1])
             desks.append({"name": DESK_NAMES[i - 1], "url": ready["url"], "node": ready["node"]})
         ils_info = {"http": f"http://{ils['http']}", "sip2": ils["sip2"], "user": ils["user"],

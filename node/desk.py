@@ -26,15 +26,18 @@ from node.due_dates import DueDates
 from node.eventlog import EventLog
 from node.ilsbridge.adapters.base import load_credentials, make_adapter
 from node.ilsbridge.bridge import Bridge, BridgeConfig
+from node.live_lookup import LiveLookup
 from node.revocation import Revocations
 from node.scan_warnings import ScanWarnings
 from node.sealer import SEAL_EVERY, Sealer
 from node.snapshot.atrest import ChunkFiles, load_or_create_key
 from node.snapshot.fetch import Fetcher
+from node.snapshot.importer import SnapshotImport
 from node.snapshot.refresh import INTERVAL_S as REFRESH_INTERVAL_S
 from node.snapshot.refresh import Refresher
+from node.snapshot.retention import DAY_MS, RETENTION_DAYS
 from node.snapshot.store import SnapshotStore
-from node.status import DeskStatus
+from node.status import DeskStatus, pending_uploads
 from node.tasks import reap
 from node.trust.admissions import AdmissionStore
 from node.trust.identity import load_or_create_identity
@@ -72,6 +75,7 @@ class DeskConfig:
     max_clock_drift_ms: int = DEFAULT_MAX_DRIFT_MS  # peers push this desk's clock at most this far ahead
     fines_limit_cents: int = 500  # a patron owing more is warned about at checkout (needs the override)
     branch: str | None = None  # the library this desk is at: returns of other libraries' items go in transit
+    snapshot_retention_ms: int = int(RETENTION_DAYS * DAY_MS)  # an older snapshot is purged once all is uploaded
     snapshot_every_s: float = REFRESH_INTERVAL_S  # the bridge refreshes the patron and item snapshot this often
 
 
@@ -94,7 +98,9 @@ class DeskNode:
         self.snapshot = SnapshotStore(config.data_dir / "snapshot.sqlite", key)
         self.chunk_files = ChunkFiles(config.data_dir / "snapshot-chunks", key)
         building = asyncio.Lock()  # one new snapshot file at a time: the bridge's refresh or a fetch
-        self.fetcher = Fetcher(self.log, self.snapshot, self.chunk_files, building, self.log.refuse)
+        self.fetcher = Fetcher(self.log, self.snapshot, self.chunk_files, building, self.log.refuse,
+                               key_dir=config.data_dir, retention_ms=config.snapshot_retention_ms,
+                               pending=lambda: pending_uploads(self.log))
         links = LogLinks(self.log, chunks=self.fetcher)
         self.peers = PeerTable(links, self.transport)
         self.fetcher.peers = self.peers
@@ -104,7 +110,7 @@ class DeskNode:
         self._peer_server: asyncio.Server | None = None
         self.views = CirculationViews(self.log, self.snapshot)
         self.warnings = ScanWarnings(self.log, self.snapshot, config.fines_limit_cents, branch=config.branch)
-        self.due_dates = DueDates(self.snapshot, config.loan_days)
+        self.due_dates = DueDates(self.snapshot, config.loan_days, config.branch, config.limits.due_fits)
         self.clocks = ClockSuspects(self.node_id, self.log, self.peers, config.max_clock_drift_ms)
         self.live = LiveFeed(self.views.event_json)
         self.bridge: Bridge | None = None
@@ -113,13 +119,19 @@ class DeskNode:
             adapter = make_adapter(config.ils, credentials)
             self.bridge = Bridge(self.log, adapter, config.ils, BridgeConfig(concurrency=config.upload_concurrency),
                                  clock_offset=self.clocks.offset)
+        bridge = self.bridge
+        self.live_lookup = LiveLookup(adapter if bridge is not None else None,
+                                      lambda: bridge is not None and bridge.reachable, self.snapshot)
         self.sealer = Sealer(self.log, self.node_id, config.seal_every, bridge=self.bridge is not None)
+        self.importer = SnapshotImport(self.snapshot, self.chunk_files, self.log, building,
+                                       config.data_dir / "snapshot-import")
         self.refresher = (Refresher(adapter, self.snapshot, self.chunk_files, self.log, building,
                                     name=config.ils or "ILS", interval=config.snapshot_every_s)
                           if self.bridge is not None else None)
         self.status = DeskStatus(self.node_id, config.desk, config.max_clock_drift_ms, self.log, self.peers,
                                  self.membership, self.clocks, self.bridge)
         self.status.snapshot, self.status.refresh, self.status.fetch = self.snapshot, self.refresher, self.fetcher
+        self.status.file_import = self.importer
         if self.bridge is not None:
             links.bridge_state = self.status.bridge_tip
         self._web_runner: web.AppRunner | None = None
@@ -195,6 +207,7 @@ class DeskNode:
             steps.append(step("the ILS bridge", self.bridge.stop(), 1.0))
         steps.append(step("the sealer", self.sealer.stop(), 1.0))
         steps.append(step("the snapshot fetch", self.fetcher.stop(), 1.0))
+        steps.append(step("the snapshot import", self.importer.stop(), 1.0))
         if self.refresher is not None:
             steps.append(step("the snapshot refresh", self.refresher.stop(), 1.0))
         await asyncio.gather(*steps)

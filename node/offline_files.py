@@ -1,4 +1,5 @@
-"""`circmesh export`, `circmesh import` and `circmesh snapshot refresh`: commands for a running desk, through its API.
+"""`circmesh export`, `circmesh import`, `circmesh snapshot refresh` and `circmesh snapshot import`: commands for a
+running desk, through its API.
 
 The desk owns its SQLite file while it runs, so the commands talk to it over HTTP like a browser would,
 signed in as a staff user (name and password from CIRCMESH_USER / CIRCMESH_PASSWORD, or asked for).
@@ -8,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -39,6 +42,16 @@ def add_refresh_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--desk", default="http://127.0.0.1:8080",
                    help="the bridge desk's URL (default http://127.0.0.1:8080)")
     p.add_argument("--wait", action="store_true", help="wait until the new snapshot is in use (or the refresh fails)")
+
+
+def add_snapshot_import_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--patrons", type=Path, required=True,
+                   help="a CSV of patrons with Koha's borrowers columns (cardnumber, surname, firstname, categorycode, "
+                        "branchcode, dateexpiry, debarred, ...), such as Koha's patron export")
+    p.add_argument("--items", type=Path, help="a CSV of items (barcode, title, author, itemcallnumber, itype, "
+                                              "homebranch, notforloan, itemlost, withdrawn)")
+    p.add_argument("--desk", default="http://127.0.0.1:8080", help="the desk's URL (default http://127.0.0.1:8080)")
+    p.add_argument("--wait", action="store_true", help="wait until the new snapshot is in use (or the build fails)")
 
 
 def credentials() -> tuple[str, str]:
@@ -118,18 +131,38 @@ def run_import(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
-def run_snapshot_refresh(args: argparse.Namespace) -> int:
-    """Asks the bridge for a refresh; with --wait, follows /status until a newer version is in use or the
-    refresh says why it failed (bounded: a million patrons take about two minutes)."""
+def run_snapshot(args: argparse.Namespace) -> int:
+    """`snapshot refresh` asks the bridge for a refresh; `snapshot import` sends files to a desk. With --wait,
+    follows /status until a newer version is in use or it says why it failed (bounded: a million patrons
+    take a few minutes)."""
+    importing = args.snapshot_command == "import"
+    what = f"circmesh snapshot {args.snapshot_command}"
+    part = "file_import" if importing else "refresh"
+    for path in [args.patrons, args.items] if importing else []:
+        if path is not None and not path.is_file():
+            print(f"{what}: no such file: {path}", file=sys.stderr)
+            return 2
     login = credentials()
 
-    async def main() -> int:
-        async with aiohttp.ClientSession() as session:
-            headers = await signed_in(session, args.desk, login)
+    async def start(session: aiohttp.ClientSession, headers: dict[str, str]) -> dict[str, Any]:
+        if not importing:
             async with session.post(f"{args.desk}/api/v1/snapshot/refresh", json={}, headers=headers) as r:
-                body = await r.json(content_type=None)
+                body: dict[str, Any] = await r.json(content_type=None)
+                return body
+        form = aiohttp.FormData()
+        for name, f in opened.items():
+            form.add_field(name, f, filename=Path(f.name).name, content_type="text/csv")  # streamed, not read
+        async with session.post(f"{args.desk}/api/v1/snapshot/import", data=form, headers=headers) as r:
+            body = await r.json(content_type=None)
+            return body
+
+    async def main() -> int:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            headers = await signed_in(session, args.desk, login)
+            body = await start(session, headers)
             if "error" in body:
-                print(f"circmesh snapshot refresh: {body['error']['message']}", file=sys.stderr)
+                print(f"{what}: {body['error']['message']}", file=sys.stderr)
                 return 1
             before = body.get("version") or 0
             loop = asyncio.get_running_loop()
@@ -138,17 +171,20 @@ def run_snapshot_refresh(args: argparse.Namespace) -> int:
                 await asyncio.sleep(1)
                 async with session.get(f"{args.desk}/api/v1/status", headers=headers) as r:
                     body = (await r.json(content_type=None))["snapshot"]
-                refresh = body.get("refresh") or {}
-                if (body.get("version") or 0) > before and refresh.get("state") == "idle":
+                state = (body.get(part) or {}).get("state")
+                if (body.get("version") or 0) > before and state == "idle":
                     break
-                if refresh.get("state") == "failed":
-                    print(f"circmesh snapshot refresh: {refresh.get('last_error')}", file=sys.stderr)
+                if state == "failed":
+                    print(f"{what}: {(body.get(part) or {}).get('last_error')}", file=sys.stderr)
                     return 1
             else:
                 if args.wait:
-                    print("circmesh snapshot refresh: still running after 30 minutes", file=sys.stderr)
+                    print(f"{what}: still running after 30 minutes", file=sys.stderr)
                     return 1
         print(json.dumps(body))
         return 0
 
-    return asyncio.run(main())
+    with contextlib.ExitStack() as files:
+        opened = {name: files.enter_context(open(getattr(args, name), "rb"))
+                  for name in ("patrons", "items") if importing and getattr(args, name) is not None}
+        return asyncio.run(main())

@@ -16,12 +16,15 @@ the scan needs the deliberate override, which the event records (node/api/circul
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from node.live_lookup import Live
 from node.ports import CirculationView, SnapshotView
 from node.snapshot.overlay import ils_loan, returned_since
+from node.snapshot.rows import IlsLoan
 
 ScanWarning = dict[str, str]
 
@@ -44,18 +47,25 @@ class ScanWarnings:
         self.branch = branch  # the library this desk is at (Koha's library_id): items of another go back
         self._today = today or (lambda: datetime.now(UTC).astimezone().date().isoformat())
 
-    def checkout(self, patron: str, item: str) -> list[ScanWarning]:
-        return self._on_loan(patron, item) + self._patron(patron) + self._item(patron, item)
+    def checkout(self, patron: str, item: str, live: Live | None = None) -> list[ScanWarning]:
+        """`live`: what the ILS said just now of what the snapshot does not hold (live_lookup.py)."""
+        live = live or Live()
+        return self._on_loan(patron, item, live) + self._patron(patron, live) + self._item(patron, item, live)
 
-    def _patron(self, barcode: str) -> list[ScanWarning]:
-        if self.snapshot is None or self.snapshot.manifest is None:
-            return []
-        p = self.snapshot.patron(barcode)
+    def _held(self) -> SnapshotView | None:
+        return self.snapshot if self.snapshot is not None and self.snapshot.manifest is not None else None
+
+    def _patron(self, barcode: str, live: Live) -> list[ScanWarning]:
+        held = self._held()
+        p = held.patron(barcode) if held is not None else None
+        since = held.manifest.ils_time if held is not None and held.manifest is not None else 0
+        if p is None and live.patron is not None:
+            p, since = live.patron, _now_ms()  # the ILS's word now: nothing at the desks since
         if p is None:
-            if barcode in self.log.state.registrations:
+            if barcode in self.log.state.registrations or (held is None and live.patron_known is None):
                 return []
-            day = _day(self.snapshot.manifest.ils_time)
-            return [warning("unknown_patron", f"patron {barcode} is not known to the ILS (snapshot of {day}): "
+            day = self._today() if live.patron_known is False else _day(since)
+            return [warning("unknown_patron", f"patron {barcode} is not known to the ILS (as of {day}): "
                             "check the card", blocking="no", patron=barcode, date=day)]
         out = []
         if p.block:
@@ -64,15 +74,15 @@ class ScanWarnings:
             out.append(blocking("card_expired", f"{p.name}'s card expired on {p.expiry}", name=p.name,
                                 date=p.expiry))
         if p.owes_cents > self.fines_limit_cents:  # less what was paid at the desks since the snapshot
-            owes = p.owes_cents - self._paid_since(barcode, self.snapshot.manifest.ils_time)
+            owes = p.owes_cents - self._paid_since(barcode, since)
             if owes > self.fines_limit_cents:
                 amount, limit = f"{owes / 100:.2f}", f"{self.fines_limit_cents / 100:.2f}"
                 out.append(blocking("fines_over_limit", f"{p.name} owes {amount}, more than the library's limit "
                                     f"of {limit}", name=p.name, amount=amount, limit=limit))
         if p.limit is not None:
-            since = self.snapshot.manifest.ils_time
             lent_since = sum(1 for loan in self.log.state.loans_of(barcode) if (loan.at or 0) > since)
-            ended = returned_since(self.log, self.snapshot, barcode) if self.snapshot.manifest.loans else 0
+            counted = held is not None and held.manifest is not None and held.manifest.loans and held.patron(barcode)
+            ended = returned_since(self.log, held, barcode) if counted else 0
             if p.loans + lent_since - ended >= p.limit:
                 loans = str(p.loans + lent_since - ended)
                 out.append(blocking("loan_limit_reached", f"{p.name} has {loans} loans, the limit is {p.limit} "
@@ -93,11 +103,14 @@ class ScanWarnings:
                     paid += Decimal(event.body["amount"])
         return int(paid * 100)
 
-    def _item(self, patron: str, barcode: str) -> list[ScanWarning]:
-        if self.snapshot is None or self.snapshot.manifest is None:
-            return []
-        i = self.snapshot.item(barcode)
+    def _item(self, patron: str, barcode: str, live: Live) -> list[ScanWarning]:
+        held = self._held()
+        i = held.item(barcode) if held is not None else None
         if i is None:
+            i = live.item
+        if i is None:
+            if held is None and live.item_known is None:
+                return []
             return [warning("item_unknown", f"item {barcode} is not known to the ILS: check the barcode",
                             blocking="no", item=barcode)]
         out = []
@@ -111,10 +124,10 @@ class ScanWarnings:
                                 patron=first.patron))
         return out
 
-    def _on_loan(self, patron: str, item: str) -> list[ScanWarning]:
+    def _on_loan(self, patron: str, item: str, live: Live) -> list[ScanWarning]:
         loan = self.log.state.loans.get(item)
         if loan is None:
-            return self._on_ils_loan(patron, item)
+            return self._on_ils_loan(patron, item, live)
         if loan.patron == patron:
             return [{"code": "already_on_loan_to_patron", "blocking": "yes",
                      "message": f"item {item} is already on loan to this patron: renew it instead"}]
@@ -122,9 +135,12 @@ class ScanWarnings:
         return [{"code": "item_on_loan", "blocking": "yes",
                  "message": f"item {item} is on loan to patron {loan.patron}{where}"}]
 
-    def _on_ils_loan(self, patron: str, item: str) -> list[ScanWarning]:
-        """Lent online before the outage (the snapshot's loans), and not returned at a desk since."""
+    def _on_ils_loan(self, patron: str, item: str, live: Live) -> list[ScanWarning]:
+        """Lent online before the outage (the snapshot's loans, or the ILS's word now), and not returned at a
+        desk since."""
         loan = ils_loan(self.log, self.snapshot, item)
+        if loan is None and live.holder is not None and item not in self.log.state.returned:
+            loan = IlsLoan(item, live.holder, None)
         if loan is None:
             return []
         due = f", due {loan.due}" if loan.due else ""
@@ -180,5 +196,12 @@ class ScanWarnings:
         return []
 
 
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 def _day(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).astimezone().date().isoformat()
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC).astimezone().date().isoformat()
+    except (ValueError, OverflowError, OSError):  # a time no calendar shows: said as it is
+        return str(ms)

@@ -18,6 +18,12 @@ from node.eventlog import wall_ms
 from node.ports import CirculationView, SnapshotView
 
 
+def pending_uploads(log: CirculationView) -> int:
+    """Desk events the ILS has not answered. Open work is in memory (the fold's base keeps it there)."""
+    state = log.state
+    return sum(1 for e in log.ordered() if open_work(e, state.voided, log.answered))
+
+
 class StatusLog(CirculationView, Protocol):
     """What `/status` reads of the log beyond its views: this desk's sequence and clock, its storage
     health, and the refusals counted by kind (with the latest messages)."""
@@ -85,6 +91,12 @@ class RefreshState(Protocol):
     def to_json(self) -> dict[str, Any]: ...
 
 
+class ImportState(Protocol):
+    """A snapshot built from files (node/snapshot/importer.py): None before the first."""
+
+    def to_json(self) -> dict[str, Any] | None: ...
+
+
 class DiscoveryCounters(Protocol):
     @property
     def counters(self) -> Mapping[str, int]: ...
@@ -105,11 +117,11 @@ class DeskStatus:
         self.snapshot: SnapshotView | None = None  # the patron and item snapshot
         self.refresh: RefreshState | None = None  # its refresh, on the bridge
         self.fetch: RefreshState | None = None  # its fetch from the peers (node/snapshot/fetch.py)
+        self.file_import: ImportState | None = None  # a snapshot built from files (node/snapshot/importer.py)
 
     def report(self) -> dict[str, Any]:
         state = self.log.state
-        # Open work is in memory (the fold's base keeps it there); history's outcomes are counted in the state.
-        pending = sum(1 for e in self.log.ordered() if open_work(e, state.voided, self.log.answered))
+        pending = pending_uploads(self.log)
         applied = state.retired.get("applied", 0)
         refused = sum(n for status, n in state.retired.items() if status != "applied")
         for target, outcome in state.outcomes.items():
@@ -156,7 +168,8 @@ class DeskStatus:
                 "patrons": manifest.patrons if manifest else 0, "items": manifest.items if manifest else 0,
                 "loans": manifest.loans if manifest else 0,
                 "refresh": self.refresh.to_json() if self.refresh is not None else None,
-                "fetch": self.fetch.to_json() if self.fetch is not None else None}
+                "fetch": self.fetch.to_json() if self.fetch is not None else None,
+                "file_import": self.file_import.to_json() if self.file_import is not None else None}
 
     def bridge_tip(self) -> dict[str, Any] | None:
         """This desk's bridge as its peer links report it in their tips; None when it is not the bridge."""

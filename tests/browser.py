@@ -175,8 +175,8 @@ async def ui_cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
         credentials = root / "ils-credentials"
         credentials.write_text(f"user={sim.user}\npassword={sim.password}\n")
         credentials.chmod(0o600)
-        a = DeskProcess(root / "a", "Front desk", [], extra=["--ils", sim.koha_url, "--ils-credentials",
-                                                             str(credentials)])
+        a = DeskProcess(root / "a", "Front desk", [], extra=[  # it creates the patrons registered at a desk
+            "--ils", sim.koha_url + "?branchcode=MAIN&category=ADULT", "--ils-credentials", str(credentials)])
         b = DeskProcess(root / "b", "Returns", [])
         relay = Relay(a.peer_port)
         await relay.start()

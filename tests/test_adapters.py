@@ -6,6 +6,7 @@ import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -23,6 +24,7 @@ from node.ilsbridge.adapters import (
 )
 from node.ilsbridge.adapters.koha import KohaAdapter
 from node.ilsbridge.operation import Operation, Outcome
+from node.snapshot.rows import item_from_koha, patron_from_koha
 from tests.ilssim import Sim, start_simulator, wait_until
 
 pytestmark = pytest.mark.usefixtures("sim_reset")  # `sim` (one per module) is in conftest.py
@@ -135,6 +137,27 @@ def _code(adapter: IlsAdapter, message: str) -> str:
         "Item not found.": "item_not_found",
         "Item not issued.": "not_issued",
     }[message]
+
+
+async def test_live_look_ups_read_as_a_snapshot_row(sim: Sim, adapter: IlsAdapter) -> None:
+    """What a desk asks at scan time of a card or item its snapshot lacks (SIP2 63/17, Koha REST)."""
+    blocked, good = await sim.take_blocked_patron(), await sim.take_patron()
+    lent, borrower = await sim.take_item_on_loan()
+    shelf = await sim.take_available_item()
+    p = patron_from_koha(await adapter.patron_info(blocked["cardnumber"]))
+    assert p is not None and p.barcode == blocked["cardnumber"] and p.block, p
+    assert blocked["surname"] in p.name
+    g = patron_from_koha(await adapter.patron_info(good["cardnumber"]))
+    assert g is not None and g.block is None and g.limit and g.limit > 0, g
+    assert await adapter.patron_info("00000000000000") is None
+    row, holder = await adapter.item_info(lent["external_id"])
+    assert item_from_koha(row).title == lent["title"] and holder == borrower
+    row, holder = await adapter.item_info(shelf["external_id"])
+    assert item_from_koha(row).barcode == shelf["external_id"] and holder is None
+    assert await adapter.item_info("NO-SUCH-ITEM") == (None, None)
+    await sim.set_state(online=False)
+    with pytest.raises(IlsUnavailable):
+        await adapter.patron_info(good["cardnumber"])
 
 
 async def test_probe_follows_the_ils(sim: Sim, adapter: IlsAdapter) -> None:
@@ -283,6 +306,38 @@ async def test_koha_pending_mode_and_branchcode(sim: Sim) -> None:
     assert (queued["action"], queued["branchcode"]) == ("issue", "MAIN")
 
 
+async def test_koha_creates_a_patron_registered_at_a_desk_once(sim: Sim) -> None:
+    """The bridge sends a desk's registration through REST; a resend (a bridge restarted before it recorded
+    the answer) finds the patron there instead of creating it twice; another patron's card is refused."""
+    adapter = make_adapter(sim.koha_url + "?branchcode=MAIN&category=ADULT", creds(sim))
+    try:
+        before = len(await sim.ledger())
+        op = Operation("patron_register", now(), patron="T-0001-0042", details=(("name", "Nováková, Eva"),))
+        out = await adapter.apply(op)
+        assert out.status == "applied" and "Patron created" in out.message, out
+        [made] = await sim.rest("/api/v1/patrons", cardnumber="T-0001-0042")
+        assert (made["surname"], made["firstname"], made["category_id"]) == ("Nováková", "Eva", "ADULT")
+        again = await adapter.apply(op)
+        assert again.status == "applied" and "already" in again.message, again
+        clash = await adapter.apply(replace(op, details=(("name", "Svoboda, Petr"),)))
+        assert (clash.status, clash.code) == ("refused", "card_in_use"), clash
+        assert [(e["action"], e["cardnumber"]) for e in (await sim.ledger())[before:]] == [
+            ("register", "T-0001-0042")]  # created once
+        out = await adapter.apply(Operation("checkout", now(), item=(await sim.take_available_item())["external_id"],
+                                            patron="T-0001-0042"))
+        assert out.status == "applied", out  # the new card borrows at the ILS
+    finally:
+        await adapter.close()
+    plain = make_adapter(sim.koha_url, creds(sim))  # no category: the bridge says so, nothing is created
+    try:
+        out = await plain.apply(Operation("patron_register", now(), patron="T-0001-0043",
+                                          details=(("name", "Dvořák, Jan"),)))
+        assert (out.status, out.code) == ("refused", "unsupported") and "category=" in out.message, out
+        assert await sim.rest("/api/v1/patrons", cardnumber="T-0001-0043") == []
+    finally:
+        await plain.close()
+
+
 async def test_koha_before_24_05_uses_get_with_credentials(tmp_path: Path) -> None:
     old = start_simulator(tmp_path, extra_args=("--koha-before-24.05",))
     adapter = make_adapter(old.koha_url, creds(old))
@@ -304,7 +359,7 @@ async def test_koha_snapshot_pages(sim: Sim) -> None:
         seen = []
         for page in range(1, 6):
             seen += await adapter.fetch_page("patrons", page, 50)
-        assert len({p["cardnumber"] for p in seen}) == len(seen) == 200
+        assert len({p["cardnumber"] for p in seen}) == len(seen) == len(await sim.all_patrons()) >= 200
         assert await adapter.fetch_page("patrons", 9, 50) == []
         items = await adapter.fetch_page("items", 1, 10)
         assert [i["item_id"] for i in items] == list(range(1, 11))

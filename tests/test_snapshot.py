@@ -125,7 +125,8 @@ def test_a_damaged_snapshot_file_is_as_none(tmp_path: Path) -> None:
     conn.execute("CREATE TABLE meta (key TEXT, value TEXT)")
     conn.commit()
     conn.close()
-    assert SnapshotStore(tmp_path / "other.sqlite", KEY).manifest is None  # no manifest in it
+    assert SnapshotStore(tmp_path / "other.sqlite", KEY).manifest is None  # in clear (an older version's)
+    assert not (tmp_path / "other.sqlite").exists()  # and so removed: no name stays on the disk in clear
 
 
 def test_a_barcode_the_ils_repeats_keeps_its_last_row_and_one_name(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ wrong bytes, refused and asked elsewhere. The real links and processes: tests/te
 from __future__ import annotations
 
 import asyncio
+import threading
 import zlib
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from node.crdt.state import CirculationState, SnapshotRef
 from node.snapshot import store
 from node.snapshot.atrest import KEY_FILE, ChunkFiles, load_or_create_key, shred
 from node.snapshot.chunks import ChunkError, Cutter, name_of, names, pack_rows, unpack_index, unpack_rows
-from node.snapshot.fetch import Fetcher
+from node.snapshot.fetch import Fetcher, Stopped, install
 from node.snapshot.rows import Hold, IlsLoan, Item, Patron
 from node.snapshot.store import SnapshotStore
 
@@ -66,7 +67,6 @@ def test_chunks_replayed_answer_as_the_bridges_own_snapshot(tmp_path: Path) -> N
     store.build(bridge.next_path(), KEY, patrons, items, 1_700_000_000_000, 3, "test ILS", loans)
     bridge.switch(bridge.next_path())
     desk = SnapshotStore(tmp_path / "desk.sqlite", OTHER_KEY)  # another desk, its own key
-    from node.snapshot.fetch import install
     manifest = install(desk, chunks, index, index_name)
     desk.switch(desk.next_path())
     assert manifest.index == index_name and desk.manifest == manifest
@@ -102,6 +102,17 @@ def test_a_refresh_that_changes_one_patron_changes_one_chunk(tmp_path: Path) -> 
     assert len(chunk_names(gone) - old) == 1
     added = [*before, Patron("24000000", "Nová, Eva", None, None, None, None, 0, 0, None)]
     assert len(chunk_names(added) - old) == 1
+
+
+def test_an_install_stops_between_chunks_when_the_desk_stops(tmp_path: Path) -> None:
+    chunks = ChunkFiles(tmp_path / "chunks", KEY)
+    index_name, _ = cut(chunks, people(500), things(100), rows=50)
+    desk = SnapshotStore(tmp_path / "desk.sqlite", KEY)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Stopped):
+        install(desk, chunks, unpack_index(chunks.get(index_name)), index_name, stop)
+    assert not desk.next_path().exists() and desk.manifest is None  # no half-built file left
 
 
 def test_no_name_lies_in_clear_on_the_disk(tmp_path: Path) -> None:
@@ -162,7 +173,7 @@ def test_chunk_files_refuse_wrong_bytes_and_forget_damaged_ones(tmp_path: Path) 
 
 
 @settings(max_examples=200)
-@given(st.binary(max_size=300), st.sampled_from(["patrons", "items"]))
+@given(st.binary(max_size=300), st.sampled_from(["patrons", "items", "loans"]))
 def test_any_bytes_are_rows_or_a_chunk_error(data: bytes, kind: str) -> None:
     for candidate in (data, zlib.compress(data)):
         try:
@@ -176,12 +187,37 @@ def test_any_bytes_are_rows_or_a_chunk_error(data: bytes, kind: str) -> None:
             pass
 
 
+def test_a_chunk_is_cut_before_it_outgrows_a_peer_frame() -> None:
+    """Rows as large as the ILS may send (long titles, many holds) still make chunks a link can carry."""
+    big = [Item(f"39{k:06d}", "題" * 200, "著" * 200, "x" * 200, "BK", "MAIN", False, False, False,
+                tuple(Hold(f"23{h:06d}", False, "MAIN") for h in range(50))) for k in range(3_000)]
+    cutter = Cutter(rows_per_chunk=10_000, max_bytes=1024 * 1024)
+    cutter.add("items", big)
+    cutter.finish(1, 1_700_000_000_000, 0, len(big), "test ILS")
+    chunks = cutter.take()
+    assert len(chunks) >= 3 and sum(e.rows for e in cutter.entries) == 3_000
+    for name, data in chunks:
+        assert name == name_of(data) and len(zlib.decompress(data)) <= 1024 * 1024 + 5_000
+        assert unpack_rows("items", data)[0].title == "題" * 200
+
+
 def test_a_chunk_that_inflates_beyond_its_bound_is_refused() -> None:
     with pytest.raises(ChunkError, match="inflates"):
         unpack_rows("patrons", zlib.compress(b"\x00" * (40 * 1024 * 1024)))
 
 
 # ---- the fetcher, its peers in memory (the real links: tests/test_snapshot_desk.py)
+
+
+class Silent:
+    """A linked desk that never answers what it is asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def ask_chunks(self, wanted: list[str]) -> bool:
+        self.asked.extend(wanted)
+        return True
 
 
 class Log:
@@ -232,13 +268,18 @@ async def test_a_desk_fetches_from_whoever_has_each_chunk_and_refuses_wrong_byte
     index, n = cut(source, patrons, items, rows=25)
     log = Log()
     log.state.snapshot = SnapshotRef(index, 3, 1_700_000_000_000, 300, 100, "test ILS", "e")
-    desk = SnapshotStore(tmp_path / "desk.sqlite", OTHER_KEY)
-    fetcher = Fetcher(log, desk, ChunkFiles(tmp_path / "desk-chunks", OTHER_KEY), asyncio.Lock(),
-                      lambda kind, why: log.refused.append((kind, why)), window=4)
+    key_dir = tmp_path / "desk"
+    key = load_or_create_key(key_dir)
+    desk = SnapshotStore(key_dir / "snapshot.sqlite", key)
+    clock = {"now": 1_700_000_000_000 + 3_600_000, "pending": 1}
+    fetcher = Fetcher(log, desk, ChunkFiles(tmp_path / "desk-chunks", key), asyncio.Lock(),
+                      lambda kind, why: log.refused.append((kind, why)), window=4, key_dir=key_dir,
+                      retention_ms=30 * 86_400_000, pending=lambda: clock["pending"], now=lambda: clock["now"])
     peers = Peers()
     fetcher.peers = peers
     peers.links = {"a-liar": Peer("a-liar", source, fetcher, liar=True), "b-empty": Peer("b-empty", None, fetcher),
-                   "c-bridge": Peer("c-bridge", source, fetcher)}
+                   "c-bridge": Peer("c-bridge", source, fetcher), "d-silent": Silent()}
+    fetcher.ask_timeout = 0.0  # a chunk asked of the silent desk is asked of another at the next turn
     await fetcher._step()  # nothing held: the index first
     assert fetcher.state == "fetching" and sum(len(p.asked) for p in peers.links.values()) == 1
     for _ in range(200):
@@ -251,8 +292,27 @@ async def test_a_desk_fetches_from_whoever_has_each_chunk_and_refuses_wrong_byte
     assert fetcher.refused >= 1 and all(kind is Refusal.BAD_CHUNK for kind, _ in log.refused)
     assert len(log.refused) == fetcher.refused
     assert peers.links["c-bridge"].asked  # what the others failed came from the one that had it
+    assert peers.links["d-silent"].asked  # asked, never answered, and asked elsewhere
     assert set((tmp_path / "desk-chunks").iterdir()) and {p.name for p in (tmp_path / "desk-chunks").iterdir()} == {
         *names(unpack_index(source.get(index))), index}
     assert (fetcher.have, fetcher.needed) == (n + 1, n + 1)  # the index too
     await fetcher._step()
     assert fetcher.state == "idle"  # it holds what the log names: nothing more asked
+    held = desk.manifest
+    log.state.snapshot = SnapshotRef("0" * 64, 2, 1_690_000_000_000, 1, 1, "test ILS", "older")
+    await fetcher._step()  # the log names an older version (a stale bridge): this desk keeps its own
+    assert fetcher.state == "idle" and desk.manifest == held
+    log.state.snapshot = SnapshotRef(index, 3, 1_700_000_000_000, 300, 100, "test ILS", "e")
+
+    # a month on without a newer snapshot: kept while anything is left to upload, then purged, key and all
+    clock["now"] += 31 * 86_400_000
+    await fetcher._step()
+    assert desk.manifest is not None and fetcher.purged_at is None
+    clock["pending"] = 0
+    asked = sum(len(p.asked) for p in peers.links.values())
+    await fetcher._step()
+    assert desk.manifest is None and desk.patron("23000299") is None and fetcher.purged_at == clock["now"]
+    assert not (key_dir / "snapshot.sqlite").exists() and list((tmp_path / "desk-chunks").iterdir()) == []
+    assert load_or_create_key(key_dir) != key  # the old key is gone: copies of the files read as noise
+    await fetcher._step()
+    assert fetcher.state == "idle" and sum(len(p.asked) for p in peers.links.values()) == asked  # not refetched

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -233,9 +234,10 @@ async def test_a_snapshot_chunk_with_wrong_bytes_is_refused_and_asked_again(desk
     cutter = Cutter(rows_per_chunk=7)
     cutter.add("patrons", [Patron(f"23{k:04d}", f"Dvořák, Anna {k}", None, None, None, None, 0, 0, None)
                            for k in range(50)])
-    index, data = cutter.finish(1, 1_790_000_000_000, 50, 0, "test ILS")
+    read_at = int(time.time() * 1000) - 60_000  # a minute ago: within the retention
+    index, data = cutter.finish(1, read_at, 50, 0, "test ILS")
     served = dict([*cutter.take(), (index, data)])
-    await desk.log.append("snapshot", {"index": index, "version": 1, "ils_time": 1_790_000_000_000, "patrons": 50,
+    await desk.log.append("snapshot", {"index": index, "version": 1, "ils_time": read_at, "patrons": 50,
                                        "items": 0, "source": "test ILS"}, "bridge")
     peer = HostilePeer(session, desk)
     await peer.connect()

@@ -349,12 +349,25 @@ async def test_the_upload_progress_bar_reaches_100_when_the_ils_comes_back(chrom
     await c.sim.set_state(online=True)  # the library's real patron and items, read while it answers
     patron = (await c.sim.take_patron())["cardnumber"]
     items = [(await c.sim.take_available_item())["external_id"] for _ in range(3)]
+    for_newcomer = (await c.sim.take_available_item())["external_id"]
     await c.sim.set_state(online=False)
     b = await open_desk(chromium, c.b, ADMIN)
     await b.scan(patron)
     for item in items:
         await b.scan(item)
         await b.result("ok", item)
+    # a patron registered at the desk with a card from the stock borrows at once; the ILS learns of both
+    newcomer = "23990000777"
+    await b.page.keyboard.press("F7")
+    await b.scan(newcomer)
+    await expect(b.page.locator("#reg-name")).to_be_focused()
+    await b.page.keyboard.type("Nováková, Eva")
+    await b.page.keyboard.press("Enter")
+    await b.result("ok", f"Registered patron {newcomer}: Nováková, Eva.")
+    await b.page.keyboard.press("F1")
+    await b.scan(newcomer)
+    await b.scan(for_newcomer)
+    await b.result("ok", for_newcomer)
     upload = b.page.locator("#cb-upload")
     await expect(upload).to_have_attribute("data-tone", "warn")
     await expect(upload).to_contain_text("to upload")
@@ -369,12 +382,16 @@ async def test_the_upload_progress_bar_reaches_100_when_the_ils_comes_back(chrom
     await b.shot("18-upload-done")
     for item in items:
         assert (await c.sim.loan_of(item))["cardnumber"] == patron
+    [created] = await c.sim.rest("/api/v1/patrons", cardnumber=newcomer)  # created before its loan
+    assert (created["surname"], created["firstname"]) == ("Nováková", "Eva")
+    assert (await c.sim.loan_of(for_newcomer))["cardnumber"] == newcomer
 
     # the upload report: what the ILS answered, filterable, exportable
     await b.page.keyboard.press("F9")
     table = b.page.locator("#uploads-body")
     await expect(table.locator("tr", has_text=items[0])).to_contain_text(text_of("en", "outcome.applied"))
     await b.shot("19-admin-upload-report")
+    await expect(table.locator("tr", has_text=f"Patron created (card {newcomer}")).to_have_count(1)
     await b.page.select_option("#uploads-status", "refused")
     await expect(table.locator("tr", has_text=items[0])).to_have_count(0)
     await expect(table.locator("tr").first).to_contain_text(text_of("en", "outcome.refused"))

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from node.api import admin, auth, circulation, enrolment, files, openapi, queries, ui
+from node.api import admin, auth, circulation, enrolment, files, openapi, queries, snapshot_import, ui
 from node.api.auth import setup_auth, staff_middleware
 from node.api.errors import MAX_BODY, error_middleware
 from node.api.keys import (
@@ -15,6 +15,8 @@ from node.api.keys import (
     CLOCKS,
     CONFIG,
     DUE_DATES,
+    IMPORTER,
+    LIVE,
     LOG,
     MEMBERSHIP,
     NODE_ID,
@@ -47,12 +49,15 @@ def build_app(node: DeskNode) -> web.Application:
     app[ADMISSIONS] = node.admissions
     app[REFRESHER] = node.refresher
     app[DUE_DATES] = node.due_dates
+    app[IMPORTER] = node.importer
+    app[LIVE] = node.live_lookup
     setup_auth(app, Path(node.config.data_dir), node.node_id)
     app.add_routes(auth.routes)
     app.add_routes(circulation.routes)
     app.add_routes(queries.routes)
     app.add_routes(admin.routes)
     app.add_routes(files.routes)
+    app.add_routes(snapshot_import.routes)
     app.add_routes(enrolment.routes)
     app.add_routes(openapi.routes)
     app.router.add_get("/api/v1/live", node.live.handle)

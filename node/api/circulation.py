@@ -17,7 +17,7 @@ from aiohttp import web
 
 from node.api.auth import STAFF
 from node.api.errors import ApiError, barcode_or_400
-from node.api.keys import CONFIG, DUE_DATES, LOG, VIEWS, WARNINGS
+from node.api.keys import CONFIG, DUE_DATES, LIVE, LOG, VIEWS, WARNINGS
 from node.api.schemas import (
     CheckinRequest,
     CheckoutRequest,
@@ -46,13 +46,14 @@ def _barcode(request: web.Request, value: str, what: str) -> str:
     return barcode_or_400(value, what, _limits(request))
 
 
-def _due_ms(request: web.Request, value: int | str | None, patron: str | None, item: str) -> int:
+def _due_ms(request: web.Request, value: int | str | None, patron: str | None, item: str,
+            renewal: bool = False) -> int:
     """A due date given as ms, an ISO date (end of that day, desk time) or an ISO date-time, inside the
     desk's window (so that it is inside the log's bounds too); none given: the ILS's loan rules and calendar
     (node/due_dates.py)."""
     now = wall_ms()
     if value is None:
-        return request.app[DUE_DATES].default(patron, item, now)
+        return request.app[DUE_DATES].default(patron, item, now, renewal=renewal)
     due: int | None = value if isinstance(value, int) else None
     if isinstance(value, str):
         try:
@@ -98,7 +99,8 @@ async def checkout(request: web.Request) -> web.Response:
     patron, item = _barcode(request, body.patron, "patron barcode"), _barcode(request, body.item, "item barcode")
     due = _due_ms(request, body.due, patron, item)
     override = body.override
-    warnings = request.app[WARNINGS].checkout(patron, item)
+    live = await request.app[LIVE].checkout(patron, item)  # only for what the snapshot lacks, bounded
+    warnings = request.app[WARNINGS].checkout(patron, item, live)
     blocking = [w for w in warnings if w.get("blocking") == "yes"]
     if blocking and not override:
         raise ApiError(409, "needs_override", blocking[0]["message"], warnings=warnings)
@@ -120,7 +122,7 @@ async def renewal(request: web.Request) -> web.Response:
     body = await read_json(request, RenewalRequest)
     item = _barcode(request, body.item, "item barcode")
     patron = _barcode(request, body.patron, "patron barcode") if body.patron else None
-    due = _due_ms(request, body.due, patron or request.app[VIEWS].borrower(item), item)
+    due = _due_ms(request, body.due, patron or request.app[VIEWS].borrower(item), item, renewal=True)
     event_body: dict[str, Any] = {"item": item, "due": due}
     if patron:
         event_body["patron"] = patron

@@ -16,9 +16,11 @@ if TYPE_CHECKING:  # types only: node.desk imports the API
     from node.cluster import Membership
     from node.desk import DeskConfig
     from node.due_dates import DueDates
+    from node.live_lookup import LiveLookup
     from node.ports import DeskLog, LinkedPeers
     from node.revocation import Revocations
     from node.scan_warnings import ScanWarnings
+    from node.snapshot.importer import SnapshotImport
     from node.snapshot.refresh import Refresher
     from node.status import DeskStatus
     from node.trust.admissions import AdmissionStore
@@ -35,5 +37,7 @@ PEERS: web.AppKey[LinkedPeers] = web.AppKey("peers")
 REVOCATIONS: web.AppKey[Revocations] = web.AppKey("revocations")
 MEMBERSHIP: web.AppKey[Membership] = web.AppKey("membership")
 ADMISSIONS: web.AppKey[AdmissionStore | None] = web.AppKey("admissions")  # only on the desk holding the CA
+IMPORTER: web.AppKey[SnapshotImport] = web.AppKey("importer")  # a snapshot built from files an admin gives
+LIVE: web.AppKey[LiveLookup] = web.AppKey("live")  # the ILS asked at scan time, at a desk that can reach it
 DUE_DATES: web.AppKey[DueDates] = web.AppKey("due_dates")  # when a loan is due unless staff say
 REFRESHER: web.AppKey[Refresher | None] = web.AppKey("refresher")  # the snapshot refresh, on the bridge only

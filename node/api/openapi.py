@@ -41,6 +41,7 @@ class Op:
     public: bool = False
 
 
+MULTIPART = "multipart/form-data"
 _BARCODE_PARAM = {"type": "string", "minLength": 1, "maxLength": 72}
 _INT = {"type": "string", "pattern": r"^[0-9]{1,19}$"}
 
@@ -114,6 +115,10 @@ OPERATIONS = [
        s.RevocationRequest, path_params={"node": {"type": "string", "maxLength": 64}}),
     Op("post", "/api/v1/snapshot/refresh", "Refresh the ILS snapshot of patrons and items now (admins, on the bridge)",
        {202: ("started", s.SnapshotStatus), 409: ("this desk is not the bridge", s.ErrorAnswer)}, s.EmptyRequest),
+    Op("post", "/api/v1/snapshot/import", "Build the snapshot from files: a patrons part (Koha's patron export "
+       "columns) and an optional items part, CSV (admins)",
+       {202: ("started", s.SnapshotStatus), 400: ("not the parts asked for", s.ErrorAnswer),
+        409: ("a build from files is running", s.ErrorAnswer)}, raw_request=MULTIPART),
     Op("get", "/api/v1/ui-config", "Settings the desk screens need", {200: ("settings", None)}, public=True),
 ]
 
@@ -156,6 +161,10 @@ def build_openapi() -> dict[str, Any]:
             entry["parameters"] = params
         if op.request is not None:
             entry["requestBody"] = {"required": True, "content": {JSON: {"schema": ref_of[op.request]}}}
+        elif op.raw_request == MULTIPART:
+            files = {"type": "object", "required": ["patrons"], "properties": {
+                "patrons": {"type": "string", "format": "binary"}, "items": {"type": "string", "format": "binary"}}}
+            entry["requestBody"] = {"required": True, "content": {MULTIPART: {"schema": files}}}
         elif op.raw_request:
             entry["requestBody"] = {"required": True,
                                     "content": {op.raw_request: {"schema": {"type": "string", "format": "binary"}}}}

@@ -310,6 +310,7 @@ class SnapshotFetch(msgspec.Struct, kw_only=True):
     fetched: int
     refused: int
     last_error: str | None
+    purged_at: int | None  # when this desk last deleted a snapshot past the retention (ms)
 
 
 class SnapshotStatus(msgspec.Struct, kw_only=True):
@@ -323,6 +324,7 @@ class SnapshotStatus(msgspec.Struct, kw_only=True):
     loans: int
     refresh: dict[str, Any] | None
     fetch: SnapshotFetch | None
+    file_import: dict[str, Any] | None  # a snapshot built from files an admin gave (as `refresh`)
 
 
 class StatusAnswer(msgspec.Struct, kw_only=True):

@@ -140,6 +140,11 @@ class SnapshotBody(Body, kw_only=True):
     items: Count
     source: Text
 
+    def check(self, at: int) -> None:
+        super().check(at)
+        if self.ils_time > at:  # both read from the bridge's clock: the ILS was read before it was named
+            raise BoundsError("a snapshot cannot reflect the ILS after the event that names it")
+
 
 BODY_TYPES: dict[str, type[Body]] = {
     "checkout": CheckoutBody,

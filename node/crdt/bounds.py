@@ -117,7 +117,10 @@ class DeskLimits:
             raise BoundsError(f"{what} may contain only {allowed}")
         return text
 
+    def due_fits(self, due: int, now: int) -> bool:
+        return now - self.due_past_days * DAY_MS <= due <= now + self.due_future_days * DAY_MS
+
     def check_due(self, due: int, now: int) -> None:
-        if not now - self.due_past_days * DAY_MS <= due <= now + self.due_future_days * DAY_MS:
+        if not self.due_fits(due, now):
             raise BoundsError(f"due date must lie between {self.due_past_days} day(s) ago and "
                               f"{self.due_future_days} days from now")

@@ -63,9 +63,10 @@ class SnapshotRef:
     event: str
 
     def newer_than(self, other: SnapshotRef | None) -> bool:
-        """Newest by the ILS time it reflects, then version, then event id: the same on every desk, whatever
-        order the events came in."""
-        return other is None or (self.ils_time, self.version, self.event) > (other.ils_time, other.version, other.event)
+        """Newest by version (each refresh counts on from the newest the log names), then the ILS time it
+        reflects, then event id: the same on every desk, whatever order the events came in. Not the time
+        first: a bridge whose clock was once ahead would make every later refresh look older."""
+        return other is None or (self.version, self.ils_time, self.event) > (other.version, other.ils_time, other.event)
 
 
 @dataclass

@@ -282,8 +282,9 @@ class Bridge:
 
     async def _reconcile(self, event: Event, *, after_restart: bool) -> Outcome | None:
         """An earlier attempt may or may not have reached the ILS: look before sending again. Loans and
-        returns can be checked against the ILS's loans. Payments and the rest cannot: within one run they
-        are resent (a transient answer means the ILS did not take them); after a restart nobody knows."""
+        returns can be checked against the ILS's loans, and a registration is resent as it is (the adapter
+        finds the card there already). Payments and the rest cannot: within one run they are resent (a
+        transient answer means the ILS did not take them); after a restart nobody knows."""
         kind, body = event.kind, event.body
         try:
             if kind == "checkout":
@@ -296,7 +297,7 @@ class Bridge:
                 if holder is None:
                     self.counters["reconciled"] += 1
                     return Outcome("applied", "Success. (found checked in at the ILS after a bridge restart)")
-            elif after_restart and kind in ("payment", "in_house_use", "patron_register"):
+            elif after_restart and kind in ("payment", "in_house_use"):
                 # The ILS keeps no trace the bridge can query: resending could pay twice. Staff must check.
                 return Outcome("refused", "outcome unknown: the bridge stopped while the ILS was answering; "
                                           "check the patron's account at the ILS", "unknown")

@@ -63,8 +63,12 @@ class ChunkFiles:
 
     def __init__(self, directory: Path, key: bytes) -> None:
         self.directory = directory
-        self._aead = AESGCM(derive(key, "circmesh snapshot chunks"))
+        self.rekey(key)
         directory.mkdir(parents=True, exist_ok=True)
+
+    def rekey(self, key: bytes) -> None:
+        """Chunks from now on are sealed with `key` (after a purge: the old key is shredded)."""
+        self._aead = AESGCM(derive(key, "circmesh snapshot chunks"))
 
     def _path(self, name: str) -> Path:
         return self.directory / name
@@ -77,7 +81,7 @@ class ChunkFiles:
         if name_of(data) != name:
             raise ChunkError(f"chunk {name[:12]}: its bytes do not hash to its name")
         nonce = secrets.token_bytes(NONCE)
-        tmp = self.directory / f".{name}.tmp"
+        tmp = self.directory / f".{name}.{secrets.token_hex(4)}.tmp"  # two writers of one chunk never collide
         tmp.write_bytes(nonce + self._aead.encrypt(nonce, data, name.encode()))
         # No fsync: a chunk cut short by a power cut fails its tag on reading and is fetched again.
         os.replace(tmp, self._path(name))

@@ -2,7 +2,8 @@
 
 A snapshot's rows are cut into chunks of about `CHUNK_ROWS` rows (msgpack, zlib), each named by the SHA-256 of
 its bytes, and one index chunk lists them in order with the snapshot's facts. Where a chunk ends depends on
-its rows alone (after a row whose barcode hashes to a multiple of `CHUNK_ROWS`, or at four times that): a
+its rows alone (after a row whose barcode hashes to a multiple of `CHUNK_ROWS`, or once it holds four times
+that many rows or `CHUNK_BYTES` of them, so that any chunk fits a peer frame and the inflate bound): a
 patron changed, added or gone since the last refresh changes one chunk, not every chunk after it, so the
 desks fetch what changed and no more. The log carries only the index's
 name (a `snapshot` event), so every desk agrees on what a version holds, any desk that has a chunk can serve
@@ -24,10 +25,12 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from node.crdt.bounds import Millis
 from node.snapshot.loanrules import LoanRules
 from node.snapshot.rows import ENCODER, IlsLoan, Item, Patron
 
 CHUNK_ROWS = 10_000
+CHUNK_BYTES = 4 * 1024 * 1024  # a chunk's rows, encoded: far under the peer frame (16 MiB) and the inflate bound
 MAX_CHUNK_BYTES = 32 * 1024 * 1024  # decompressed: a chunk that inflates beyond this is refused (a zip bomb)
 MAX_CHUNKS = 100_000
 Kind = Literal["patrons", "items", "loans"]
@@ -49,7 +52,7 @@ class Index(msgspec.Struct, frozen=True):
     """A snapshot's table of contents: its facts and its chunks, in the order their rows are replayed."""
 
     version: Annotated[int, msgspec.Meta(ge=1, le=2**53)]
-    ils_time: Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+    ils_time: Millis
     patrons: Annotated[int, msgspec.Meta(ge=0, le=2**53)]
     items: Annotated[int, msgspec.Meta(ge=0, le=2**53)]
     source: Annotated[str, msgspec.Meta(max_length=200)]
@@ -111,30 +114,36 @@ class Cutter:
     """Cuts rows into chunks as they come, a kind at a time (see the module for where); `take` hands over
     the chunks cut so far as (name, bytes)."""
 
-    def __init__(self, rows_per_chunk: int = CHUNK_ROWS) -> None:
+    def __init__(self, rows_per_chunk: int = CHUNK_ROWS, max_bytes: int = CHUNK_BYTES) -> None:
         self.rows_per_chunk = rows_per_chunk
+        self.max_bytes = max_bytes
         self.entries: list[Entry] = []
         self._kind: Kind | None = None
-        self._rows: list[Row] = []
+        self._rows: list[bytes] = []  # each row encoded once: the chunk is an array of them
+        self._bytes = 0
         self.ready: list[tuple[str, bytes]] = []  # cut and not yet taken by the caller
 
     def add(self, kind: Kind, rows: Iterable[Row]) -> None:
+        """Blocking (it compresses): call it in a worker thread, as the rows are written."""
         if self._kind != kind:
             self._cut()
             self._kind = kind
         for row in rows:
-            self._rows.append(row)
+            encoded = ENCODER.encode(row)
+            self._rows.append(encoded)
+            self._bytes += len(encoded)
             if (zlib.crc32(row.barcode.encode()) % self.rows_per_chunk == 0
-                    or len(self._rows) >= self.rows_per_chunk * 4):
+                    or len(self._rows) >= self.rows_per_chunk * 4 or self._bytes >= self.max_bytes):
                 self._cut()
 
     def _cut(self) -> None:
         if self._rows and self._kind is not None:
-            data = pack_rows(self._rows)  # type: ignore[arg-type]  # one kind a chunk
+            header = b"\xdd" + len(self._rows).to_bytes(4, "big")  # a msgpack array of the encoded rows
+            data = zlib.compress(header + b"".join(self._rows), 6)
             name = name_of(data)
             self.entries.append(Entry(self._kind, name, len(self._rows)))
             self.ready.append((name, data))
-        self._rows = []
+        self._rows, self._bytes = [], 0
 
     def take(self) -> list[tuple[str, bytes]]:
         ready, self.ready = self.ready, []

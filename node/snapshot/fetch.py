@@ -7,7 +7,7 @@ hash to its name: one that does not is refused, counted (`bad_chunk`), and asked
 a peer has not got or does not send in time. Kept chunks are files (atrest.py), so a desk stopped halfway
 goes on where it was; a desk started while the ILS is down gets the snapshot from any peer that has it. Once
 every chunk is here the rows are replayed, in the index's order, through the bridge's own `Builder`, and the
-desk switches to the new file atomically.
+desk switches to the new file atomically. It also purges a snapshot past the retention (retention.py).
 """
 
 from __future__ import annotations
@@ -15,16 +15,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 from node.crdt.refusals import Refusal
 from node.crdt.state import SnapshotRef
 from node.ports import SnapshotLog
 from node.snapshot import store
-from node.snapshot.atrest import ChunkFiles
+from node.snapshot.atrest import ChunkFiles, load_or_create_key, shred
 from node.snapshot.chunks import ChunkError, Index, names, unpack_index, unpack_rows
+from node.snapshot.retention import DAY_MS, RETENTION_DAYS, expired
 from node.snapshot.store import DbError, Manifest, SnapshotStore
 from node.tasks import reap
 
@@ -49,11 +52,19 @@ class MissingChunk(Exception):
     """A chunk the index names could not be read here (gone, or damaged on disk): fetch it again."""
 
 
-def install(snapshot: SnapshotStore, chunks: ChunkFiles, index: Index, index_name: str) -> Manifest:
-    """Builds the snapshot an index names from its chunks into the store's next file. Blocking."""
+class Stopped(Exception):
+    """The desk stops: the half-built file is removed."""
+
+
+def install(snapshot: SnapshotStore, chunks: ChunkFiles, index: Index, index_name: str,
+            stop: threading.Event | None = None) -> Manifest:
+    """Builds the snapshot an index names from its chunks into the store's next file. Blocking; `stop`
+    ends it between chunks (a worker thread cannot be cancelled)."""
     builder = store.Builder(snapshot.next_path(), snapshot.key)
     try:
         for entry in index.chunks:
+            if stop is not None and stop.is_set():
+                raise Stopped
             data = chunks.get(entry.name)
             if data is None:
                 raise MissingChunk(entry.name)
@@ -74,13 +85,22 @@ class Fetcher:
     """Fetches and installs the newest snapshot (see the module); serves this desk's chunks to the links."""
 
     def __init__(self, eventlog: SnapshotLog, snapshot: SnapshotStore, chunks: ChunkFiles, building: asyncio.Lock,
-                 refuse: Callable[[Refusal, str], None], *, window: int = WINDOW) -> None:
+                 refuse: Callable[[Refusal, str], None], *, window: int = WINDOW, ask_timeout: float = ASK_TIMEOUT,
+                 key_dir: Path | None = None,
+                 retention_ms: int = int(RETENTION_DAYS * DAY_MS), pending: Callable[[], int] = lambda: 0,
+                 now: Callable[[], int] = lambda: time.time_ns() // 1_000_000) -> None:
         self.log = eventlog
+        self.key_dir = key_dir  # where the snapshot key lives (the data directory): shredded by a purge
+        self.retention_ms = retention_ms
+        self.pending = pending  # desk events the ILS has not answered: while any, no purge
+        self.now = now
+        self.purged_at: int | None = None
         self.snapshot = snapshot
         self.chunks = chunks
         self.building = building
         self.refuse = refuse
         self.window = window
+        self.ask_timeout = ask_timeout
         self.peers: ChunkPeers | None = None  # set once the peer table exists (it needs the fetcher too)
         self.state = "idle"  # idle | fetching | installing | failed
         self.target: SnapshotRef | None = None  # the snapshot being fetched, or the last one fetched
@@ -96,19 +116,21 @@ class Fetcher:
         self._broken: str | None = None  # an index whose snapshot cannot be read (the bridge's fault): not retried
         self._turn = 0
         self._wake = asyncio.Event()
+        self._stopping = threading.Event()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="snapshot-fetch")
 
     async def stop(self) -> None:
+        self._stopping.set()  # an install in a worker thread ends at its next chunk
         await reap(self._task)
 
     def to_json(self) -> dict[str, Any]:
         target = self.target
         return {"state": self.state, "version": target.version if target else None, "have": self.have,
                 "needed": self.needed, "fetched": self.fetched, "refused": self.refused,
-                "last_error": self.last_error}
+                "last_error": self.last_error, "purged_at": self.purged_at}
 
     # ---- ChunkService: what the links call
     async def read(self, name: str) -> bytes | None:
@@ -144,21 +166,27 @@ class Fetcher:
         """The snapshot to fetch: the log's newest, unless this desk holds it or a newer one."""
         target, current = self.log.state.snapshot, self.snapshot.manifest
         if target is None or (current is not None and (current.index == target.index or (
-                current.ils_time, current.version) > (target.ils_time, target.version))):
+                current.version, current.ils_time) > (target.version, target.ils_time))):
             return None
+        if expired(target.ils_time, self.now(), self.retention_ms):
+            return None  # too old to keep: not fetched
         return target
 
     async def _step(self) -> None:
         if self._held is None:
             self._held = await asyncio.to_thread(self.chunks.names)
         await self._take_arrivals()
+        held = self.snapshot.manifest
+        if held is not None and expired(held.ils_time, self.now(), self.retention_ms) and self.pending() == 0:
+            await self._purge()
         target = self._wanted()
         if target is None:  # held already: the last one fetched stays in /status
             self.state = "idle"
             self._pending.clear()
             return
-        if self.target != target:
-            self.target, self._index, self._shunned = target, None, {}
+        if self.target != target:  # a new snapshot to fetch: what is asked and held is looked at afresh
+            self.target, self._index, self._shunned, self._pending = target, None, {}, {}
+            self._held = await asyncio.to_thread(self.chunks.names)
         if target.index == self._broken:
             self.state = "failed"
             return
@@ -186,7 +214,7 @@ class Fetcher:
             self._held.discard(target.index)
             return None
         try:
-            index = unpack_index(data)
+            index = await asyncio.to_thread(unpack_index, data)
         except ChunkError as e:  # the bridge's own bytes (they hash to the name the log carries): nothing to fetch
             self._broken = target.index
             self._failed(f"snapshot {target.version}'s index cannot be read: {e}")
@@ -221,7 +249,7 @@ class Fetcher:
         it, taking turns over the peers."""
         now = time.monotonic()
         for name, (node, at) in list(self._pending.items()):
-            if now - at > ASK_TIMEOUT:
+            if now - at > self.ask_timeout:
                 del self._pending[name]
                 self._shunned.setdefault(name, set()).add(node)
         links = self.peers.chunk_links() if self.peers is not None else {}
@@ -241,7 +269,12 @@ class Fetcher:
             plan.setdefault(node, []).append(name)
             self._pending[name] = (node, now)
         for node, asked in plan.items():
-            if not await links[node].ask_chunks(asked):
+            try:
+                sent = await links[node].ask_chunks(asked)
+            except (ConnectionError, OSError, RuntimeError) as e:  # the link is going: another is asked
+                log.info("snapshot fetch: asking %s failed: %s", node[:12], e)
+                sent = False
+            if not sent:
                 for name in asked:
                     self._pending.pop(name, None)
 
@@ -251,7 +284,8 @@ class Fetcher:
             if self._wanted() != target:  # a refresh here got there first
                 return
             try:
-                manifest = await asyncio.to_thread(install, self.snapshot, self.chunks, index, target.index)
+                manifest = await asyncio.to_thread(install, self.snapshot, self.chunks, index, target.index,
+                                                   self._stopping)
             except MissingChunk as e:  # damaged on disk since: fetched again
                 assert self._held is not None
                 self._held.discard(str(e))
@@ -262,12 +296,29 @@ class Fetcher:
                 self._failed(f"snapshot {target.version} holds a chunk that cannot be read: {e}")
                 return
             self.snapshot.switch(self.snapshot.next_path())
-        keep = {*names(index), target.index}
-        await asyncio.to_thread(self.chunks.keep, keep)
-        self._held = keep
+            keep = {*names(index), target.index}
+            await asyncio.to_thread(self.chunks.keep, keep)  # under the lock: a refresh's new chunks are safe
+            self._held = keep
         self.state, self.last_error = "idle", None
         log.info("snapshot %d installed from peers: %d patrons, %d items", manifest.version, manifest.patrons,
                  manifest.items)
+
+    async def _purge(self) -> None:
+        """Deletes the snapshot, its chunks and its key (retention.py); a new key seals what comes later."""
+        async with self.building:
+            manifest = self.snapshot.manifest
+            if manifest is None or not expired(manifest.ils_time, self.now(), self.retention_ms):
+                return  # a refresh got there first
+            key = self.snapshot.key
+            if self.key_dir is not None:
+                await asyncio.to_thread(shred, self.key_dir)
+                key = await asyncio.to_thread(load_or_create_key, self.key_dir)
+            self.snapshot.forget(key)
+            self.chunks.rekey(key)
+            await asyncio.to_thread(self.chunks.keep, set())
+            self._held, self._index = set(), None
+            self.purged_at = self.now()
+        log.info("snapshot %d purged: older than the retention, and nothing left to upload", manifest.version)
 
     def _failed(self, why: str) -> None:
         if self.last_error != why:

@@ -22,7 +22,7 @@ from node.ports import SnapshotLog
 from node.snapshot import store
 from node.snapshot.atrest import ChunkFiles
 from node.snapshot.chunks import CHUNK_ROWS, Cutter, Kind
-from node.snapshot.loanrules import rules_from_koha
+from node.snapshot.loanrules import LoanRules, rules_from_koha
 from node.snapshot.rows import item_from_koha, loan_from_koha, patron_from_koha
 from node.snapshot.store import DbError, Manifest, SnapshotStore
 from node.tasks import reap
@@ -62,7 +62,7 @@ class Refresher:
         self.last_error: str | None = None
         self.last_success: int | None = None  # ms
         self._asked = asyncio.Event()
-        self._done = asyncio.Event()
+        self._unpublished = False  # switched to, and not yet named in the log
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -81,22 +81,23 @@ class Refresher:
                 "last_error": self.last_error, "last_success": self.last_success}
 
     async def _run(self) -> None:
-        await self._publish()  # a refresh whose event was not written before the desk stopped
-        wait = self.interval
+        wait = self.interval if await self._publish() else RETRY_S  # one not named before the desk stopped
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._asked.wait()
             self._asked.clear()
+            if self._unpublished:  # named at the next turn, not pulled again
+                wait = self.interval if await self._publish() else RETRY_S
+                continue
             wait = self.interval if await self.refresh() else RETRY_S
 
     async def refresh(self) -> bool:
-        """One whole refresh, streamed page by page into a new file; True when the desk switched to it."""
+        """One whole refresh, streamed page by page into a new file; True when the desk switched to it and
+        the log names it."""
         async with self.building:
             switched = await self._refresh()
-        if switched:
-            await self._publish()
-        return switched
+        return switched and await self._publish()
 
     async def _refresh(self) -> bool:
         began = time.time_ns() // 1_000_000
@@ -114,10 +115,11 @@ class Refresher:
             await self._pull("patrons", patron_from_koha, builder.add_patrons, cutter)
             await self._pull("items", item_from_koha, builder.add_items, cutter)
             await self._pull("checkouts", loan_from_koha, builder.add_loans, cutter)
-            rules = rules_from_koha(*await self.source.fetch_rules())
+            rules = await self._rules()
             self.state = "writing"
             patrons, items, loans = await asyncio.to_thread(builder.counts)
-            index, data = cutter.finish(version, began, patrons, items, self.name, loans, rules)
+            index, data = await asyncio.to_thread(cutter.finish, version, began, patrons, items, self.name, loans,
+                                                  rules)
             await asyncio.to_thread(self._keep, [*cutter.take(), (index, data)])
             manifest = await asyncio.to_thread(builder.finish, began, version, self.name, index, rules)
             self.snapshot.switch(self.snapshot.next_path())
@@ -134,18 +136,43 @@ class Refresher:
                  manifest.items, self.left_out)
         return True
 
+    async def _rules(self) -> LoanRules | None:
+        """The loan rules and calendar; None (due dates from --loan-days) when the ILS will not give them,
+        which does not stop the refresh: patrons and items matter more."""
+        try:
+            return rules_from_koha(*await self.source.fetch_rules())
+        except (IlsUnavailable, SnapshotUnsupported) as e:
+            log.warning("snapshot refresh: no loan rules from the ILS (%s); due dates use --loan-days", e)
+            self.left_out["rules"] = 1
+            return None
+
+    def _write(self, kind: SnapshotKind, rows: list[Any], add: Callable[[list[Any]], None], cutter: Cutter) -> None:
+        """A page into the new file and its chunks (blocking: SQLite, zlib, files)."""
+        add(rows)
+        cutter.add(CHUNK_KINDS[kind], rows)
+        self._keep(cutter.take())
+
     def _keep(self, cut: list[tuple[str, bytes]]) -> None:
         for name, data in cut:
             self.chunks.put(name, data)
 
-    async def _publish(self) -> None:
-        """Names this desk's snapshot in the log, unless the log names it or a newer one already."""
+    async def _publish(self) -> bool:
+        """Names this desk's snapshot in the log, unless the log names it or a newer one already; False
+        (said in /status, tried again after RETRY_S) when the log cannot take the event now."""
         manifest = self.snapshot.manifest
         latest = self.log.state.snapshot
-        if manifest is None or not manifest.index or (latest is not None and (latest.ils_time, latest.version) >= (
-                manifest.ils_time, manifest.version)):
-            return
-        await self.log.append("snapshot", snapshot_body(manifest), "bridge")
+        if self._unpublished:
+            self.state, self.last_error, self._unpublished = "idle", None, False
+        if manifest is None or not manifest.index or (latest is not None and (latest.version, latest.ils_time) >= (
+                manifest.version, manifest.ils_time)):
+            return True
+        try:
+            await self.log.append("snapshot", snapshot_body(manifest), "bridge")
+        except Exception as e:  # a failing journal, or a clock set back behind the refresh: the desks wait
+            self._unpublished = True
+            self._failed(f"snapshot {manifest.version} could not be named in the log: {type(e).__name__}: {e}")
+            return False
+        return True
 
     async def _pull(self, kind: SnapshotKind, read: Callable[[Any], Any], add: Callable[[list[Any]], None],
                     cutter: Cutter) -> None:
@@ -159,9 +186,7 @@ class Refresher:
                 return
             rows = [row for row in map(read, got) if row is not None]
             self.left_out[kind] += len(got) - len(rows)
-            await asyncio.to_thread(add, rows)
-            cutter.add(CHUNK_KINDS[kind], rows)
-            await asyncio.to_thread(self._keep, cutter.take())
+            await asyncio.to_thread(self._write, kind, rows, add, cutter)
             self.progress[kind] += len(got)
             last = got[-1].get(ID_FIELDS[kind]) if isinstance(got[-1], dict) else None
             if not isinstance(last, int) or isinstance(last, bool) or last <= after:

@@ -115,6 +115,7 @@ class IlsLoan(msgspec.Struct, frozen=True, array_like=True):
 
 
 MAX_COUNT = 1_000_000  # loans and limits beyond this are not a patron's
+MAX_HOLDS = 50  # an item's first holds (the desk needs the first: the rest keep its row small)
 
 
 def _text(value: str | None) -> str | None:
@@ -175,7 +176,7 @@ def item_from_koha(row: Any) -> Item | None:
         return None
     holds = tuple(Hold(patron, h.status == "W", _text(h.pickup_library_id))
                   for h in sorted(i.holds, key=lambda h: (h.status != "W", min(max(h.priority or 0, 0), MAX_COUNT)))
-                  if (patron := _text(h.cardnumber)))
+                  if (patron := _text(h.cardnumber)))[:MAX_HOLDS]
     return Item(barcode, _text(i.title) or "(no title)", _text(i.author), _text(i.callnumber), _text(i.item_type_id),
                 _text(i.home_library_id), i.not_for_loan_status != 0, i.lost_status != 0, i.withdrawn != 0, holds)
 

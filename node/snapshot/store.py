@@ -25,6 +25,7 @@ from node.snapshot.atrest import derive
 from node.snapshot.loanrules import LoanRules
 from node.snapshot.rows import ENCODER, ILS_LOAN, ITEM, PATRON, IlsLoan, Item, Patron
 
+PLAIN_HEADER = b"SQLite format 3\x00"  # an encrypted file never starts so
 DbError = sqlcipher.Error  # what SQLCipher raises: the file cannot be written, read, or opened with this key
 
 SCHEMA = """
@@ -168,18 +169,21 @@ class SnapshotStore:
         self.manifest, self.rules = None, None
         if not self.path.exists():
             return
+        with open(self.path, "rb") as f:
+            if f.read(16) == PLAIN_HEADER:  # written in clear by a version before encryption: never kept
+                f.close()
+                self.path.unlink(missing_ok=True)
+                return
         conn = _connect(f"file:{self.path}?mode=ro", self.key, uri=True)
         try:
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-            self.manifest = Manifest(int(meta["version"]), int(meta["ils_time"]), int(meta["patrons"]),
-                                     int(meta["items"]), meta["source"], meta.get("index", ""),
-                                     int(meta.get("loans", 0)))
-            self._conn = conn
-            if "rules" in meta:
-                self.rules = msgspec.json.decode(meta["rules"], type=LoanRules)
+            manifest = Manifest(int(meta["version"]), int(meta["ils_time"]), int(meta["patrons"]),
+                                int(meta["items"]), meta["source"], meta.get("index", ""), int(meta.get("loans", 0)))
+            rules = msgspec.json.decode(meta["rules"], type=LoanRules) if "rules" in meta else None
         except (DbError, KeyError, ValueError, msgspec.DecodeError):  # damaged, or another key's: as if none
-            self.manifest = None
             conn.close()
+            return
+        self._conn, self.manifest, self.rules = conn, manifest, rules
 
     def next_path(self) -> Path:
         return self.path.with_name(self.path.name + ".new")
@@ -228,6 +232,15 @@ class SnapshotStore:
             return None
         found = self._conn.execute(sql, (key,)).fetchone()
         return found[0] if found is not None else None
+
+    def forget(self, key: bytes) -> None:
+        """Deletes this desk's snapshot (the purge, retention.py); later ones are sealed with `key`."""
+        self.close()
+        for path in (self.path, self.next_path()):
+            for suffix in ("", "-journal", "-wal"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+        self.key = key
+        self._open()
 
     def close(self) -> None:
         if self._conn is not None:

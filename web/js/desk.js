@@ -244,7 +244,7 @@ function renderPatronPanel(data = state.patronData) {
     el('td', { class: 'barcode', text: loan.item }),
     el('td', { text: t('patron.before_outage') }),
     el('td', {}, el('span', { class: 'desk-chip', text: t('patron.at_ils') })),
-    el('td', { text: loan.due ? fmt.shortDate(Date.parse(loan.due)) : '—' }),
+    el('td', { text: loan.due ? fmt.shortDate(Date.parse(`${loan.due}T12:00:00`)) : '—' }), // a day, not an instant
   )));
   body.append(el('table', { class: 'loans' },
     el('thead', {}, el('tr', {},

@@ -6,7 +6,8 @@ now", which a new bridge uses to reconcile events whose outcome the old bridge n
 through patrons, items and checkouts for snapshots where the protocol allows it.
 
 URLs: `koha+http://host:port` or `koha+https://host/prefix` (Koha's offline-circulation service and its
-REST API on the same base; options `?branchcode=CODE&pending=true&timeout=SECONDS`), and
+REST API on the same base; options `?branchcode=CODE&category=CODE&pending=true&timeout=SECONDS`, where
+`branchcode` and `category` are also the library and patron category of patrons registered at a desk), and
 `sip2://host:port` (SIP2 for operations and reconciliation; options `?institution=AO&location=CP&pool=N&
 timeout=SECONDS&currency=USD&rest=http://host:port` where `rest` is a Koha-style REST base for snapshots).
 
@@ -84,6 +85,15 @@ class IlsAdapter(Protocol):
         Raises SnapshotUnsupported where the protocol cannot, IlsUnavailable when the ILS cannot now."""
         ...
 
+    async def patron_info(self, card: str) -> dict[str, Any] | None:
+        """What the ILS says of a card now, in Koha's REST shape; None: no such patron. Raises IlsUnavailable
+        when the ILS cannot answer now."""
+        ...
+
+    async def item_info(self, barcode: str) -> tuple[dict[str, Any] | None, str | None]:
+        """What the ILS says of an item now (Koha's REST shape; None: no such item) and who has it."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -147,6 +157,7 @@ def make_adapter(url: str, credentials: Credentials) -> IlsAdapter:
             base,
             credentials,
             branchcode=options.get("branchcode", ""),
+            category=options.get("category", ""),
             pending=options.get("pending", "").lower() == "true",
             timeout=_float_option(options, "timeout", 10.0),
         )

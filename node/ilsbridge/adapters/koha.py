@@ -12,8 +12,11 @@ that one retry is safe.
 Outcomes: `Success.`/`Added.` → applied; `Borrower not found.`, `Item not found.`, `Barcode not found.`,
 `Item not issued.` → refused, in Koha's words; `Authentication failed.` → transient "auth"; 5xx,
 timeouts, refused connections → transient. Renewals go out as an issue to the patron who has the item
-(Koha's AddIssue renews in that case). Koha's offline service knows no in-house use or registration:
-those are refused as "unsupported".
+(Koha's AddIssue renews in that case). Koha's offline service knows no in-house use or registration: a
+registration is sent through REST (`POST /api/v1/patrons`, the desk's card as the cardnumber, the patron
+category and library from the ILS URL's `category=` and `branchcode=`); a card the ILS has already is
+"found applied" when the surname matches (a resend after a bridge restart), refused otherwise. In-house
+uses are refused as "unsupported".
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class KohaAdapter:
         credentials: Credentials,
         *,
         branchcode: str = "",
+        category: str = "",
         pending: bool = False,
         timeout: float = 10.0,
         max_connections: int = 32,
@@ -63,6 +67,7 @@ class KohaAdapter:
         self.base = base_url.rstrip("/")
         self.credentials = credentials
         self.branchcode = branchcode
+        self.category = category  # the patron category of patrons registered at a desk
         self.pending = pending
         self.timeout = timeout
         self.max_connections = max_connections
@@ -172,6 +177,8 @@ class KohaAdapter:
         return params
 
     async def apply(self, op: Operation) -> Outcome:
+        if op.kind == "patron_register":
+            return await self._register(op)
         params = await self._params(op)
         if isinstance(params, Outcome):
             return params
@@ -197,6 +204,34 @@ class KohaAdapter:
                 return outcome
             self._forget_login()  # session expired or token refused: Koha did nothing, log in and retry once
         return outcome
+
+    async def _register(self, op: Operation) -> Outcome:
+        if not op.patron:
+            return Outcome("refused", "a registration needs a card", "invalid")
+        if not self.category or not self.branchcode:
+            return Outcome("refused", "this bridge creates no patrons: give category= and branchcode= in the ILS "
+                                      "URL, or register the patron at the ILS", "unsupported")
+        surname, firstname = split_name(dict(op.details).get("name") or op.patron)
+        patron = {"cardnumber": op.patron, "surname": surname, "firstname": firstname,
+                  "category_id": self.category, "library_id": self.branchcode}
+        try:
+            status, body = await self.rest.create_patron(patron)
+            if status == 201:
+                made = body.get("patron_id") if isinstance(body, dict) else None
+                return Outcome("applied", f"Patron created (card {op.patron}, patron_id {made}).")
+            if status == 409:
+                known = await self.rest.patron_named(op.patron)
+                if known is not None and str(known.get("surname", "")).casefold() == surname.casefold():
+                    return Outcome("applied", f"Patron found at the ILS already (card {op.patron}).")
+                return Outcome("refused", f"card {op.patron} already belongs to another patron at the ILS",
+                               "card_in_use")
+        except IlsUnavailable as exc:
+            return Outcome("transient", f"Koha unreachable: {exc}", "unreachable")
+        error = body.get("error") if isinstance(body, dict) else None
+        if status in (401, 403) or status >= 500:
+            return Outcome("transient", f"Koha answered HTTP {status}: {error or ''}".strip(), f"http_{status}")
+        return Outcome("refused", f"Koha refused the new patron (HTTP {status}): {error or body!r}"[:300],
+                       f"http_{status}")
 
     async def _send(self, params: dict[str, str]) -> tuple[int, str]:
         session = await self._http()
@@ -231,6 +266,21 @@ class KohaAdapter:
 
     async def fetch_rules(self) -> tuple[Any, Any]:
         return await self.rest.fetch_rules()
+
+    async def patron_info(self, card: str) -> dict[str, Any] | None:
+        return await self.rest.patron_named(card)
+
+    async def item_info(self, barcode: str) -> tuple[dict[str, Any] | None, str | None]:
+        found, _ = await self.rest.get_json("/api/v1/items", {"external_id": barcode})
+        item = found[0] if isinstance(found, list) and found and isinstance(found[0], dict) else None
+        return item, (await self.rest.current_loan(barcode) if item is not None else None)
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """(surname, first names) of a name typed at the desk: "Novák, Jan" as the desk shows names, else the
+    whole name as the surname (Koha requires one; staff can correct it at the ILS)."""
+    surname, comma, first = name.partition(",")
+    return (surname.strip()[:100] or name.strip()[:100], first.strip()[:100]) if comma else (name.strip()[:100], "")
 
 
 def _outcome(status: int, text: str) -> Outcome:

@@ -78,6 +78,26 @@ class KohaRest:
             out.append(body)
         return out[0], out[1]
 
+    async def create_patron(self, patron: dict[str, str]) -> tuple[int, Any]:
+        """Koha's `POST /api/v1/patrons`: (HTTP status, decoded body or None). IlsUnavailable when the ILS
+        cannot be reached or answers something that is not JSON."""
+        session = await self._session_factory()
+        try:
+            async with session.post(f"{self.base}/api/v1/patrons", json=patron,
+                                    headers={"Authorization": self._auth}) as r:
+                text = await r.text(errors="replace")
+                try:
+                    return r.status, json.loads(text) if text.strip() else None
+                except ValueError:
+                    return r.status, {"error": text[:200]}
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise IlsUnavailable(f"POST /api/v1/patrons: {type(exc).__name__}: {exc}") from None
+
+    async def patron_named(self, cardnumber: str) -> dict[str, Any] | None:
+        """The ILS's patron with this card, or None."""
+        found, _ = await self.get_json("/api/v1/patrons", {"cardnumber": cardnumber})
+        return found[0] if isinstance(found, list) and found and isinstance(found[0], dict) else None
+
     async def current_loan(self, item_barcode: str) -> str | None:
         try:
             items, _ = await self.get_json("/api/v1/items", {"external_id": item_barcode})

@@ -240,6 +240,50 @@ class Sip2Adapter:
             return await self.rest.current_loan(item_barcode)
         raise AdapterUnsupported("this ACS does not say who has an item; give a REST base with ?rest=")
 
+    async def _ask(self, msg: Message, code: str) -> Message:
+        try:
+            reply = await self._call(msg)
+        except _LoginRefused:
+            raise IlsUnavailable("the ACS refused the SIP2 login") from None
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, Sip2Error) as exc:
+            raise IlsUnavailable(f"{msg.name} failed: {type(exc).__name__}: {exc}") from None
+        if reply.code != code:
+            raise IlsUnavailable(f"expected a {codec.NAMES.get(code, code)}, got {reply.name}")
+        return reply
+
+    async def patron_info(self, card: str) -> dict[str, Any] | None:
+        """Patron information (63/64) in Koha's REST shape (rows.py reads it); None: not a valid patron."""
+        reply = await self._ask(codec.patron_information(self.institution, card, datetime.now(UTC)), "64")
+        if reply.get("BL") != "Y":
+            return None
+        status = (reply.fixed.get("patron_status") or "").ljust(14)
+        said = "; ".join(m for m in reply.get_all("AF") if m)
+        expiry = reply.get("PA") or ""
+        return {
+            "cardnumber": card, "surname": reply.get("AE") or card, "category_id": reply.get("PC"),
+            "expiry_date": f"{expiry[:4]}-{expiry[4:6]}-{expiry[6:8]}" if len(expiry) == 8 and expiry.isdigit()
+            else None,
+            "patron_card_lost": status[4] == "Y", "restricted": status[0] == "Y",
+            "restriction": {"comment": said or "charge privileges denied"} if status[0] == "Y" else None,
+            "account_balance": _amount(reply.get("BV")),
+            "checkouts_count": _count(reply.fixed.get("charged_items_count")),
+            "checkouts_limit": _count(reply.get("CB")) if reply.get("CB") else None,
+        }
+
+    async def item_info(self, barcode: str) -> tuple[dict[str, Any] | None, str | None]:
+        """Item information (17/18) in Koha's REST shape, and who has it (None: on the shelf, or the ACS does
+        not say); (None, None) for an item the ACS does not know."""
+        reply = await self._ask(codec.item_information(self.institution, barcode, datetime.now(UTC)), "18")
+        title = reply.get("AJ")
+        if not title:
+            return None, None
+        waiting = reply.fixed.get("circulation_status") == codec.CIRC_ON_HOLD_SHELF
+        holder = reply.get("CY")
+        item = {"external_id": barcode, "title": title,
+                "holds": [{"cardnumber": holder, "status": "W" if waiting else None}] if holder else []}
+        charged = reply.fixed.get("circulation_status") in _CHARGED
+        return item, (reply.get("AA") or None) if charged else None
+
     async def fetch_after(self, kind: SnapshotKind, after: int, per_page: int) -> list[dict[str, Any]]:
         if self.rest is None:
             raise SnapshotUnsupported(
@@ -258,6 +302,18 @@ class Sip2Adapter:
         if self.rest is None:
             raise SnapshotUnsupported("SIP2 cannot give loan rules; give a REST base with ?rest=")
         return await self.rest.fetch_rules()
+
+
+def _amount(text: str | None) -> float:
+    try:
+        value = float(text or 0)
+    except ValueError:
+        return 0.0
+    return value if abs(value) < 1e9 else 0.0
+
+
+def _count(text: str | None) -> int:
+    return int(text) if text and text.strip().isdigit() else 0
 
 
 def no_patron_message(item: str) -> str:

@@ -253,6 +253,21 @@ class Library:
         ).fetchone()
         return int(row[0])
 
+    def create_patron(self, cardnumber: str, surname: str, firstname: str, category_id: str, library_id: str,
+                      at: datetime) -> int:
+        """A new patron, enrolled today for the category's usual year, and recorded in the ledger."""
+        enrolled = as_utc(at).date()
+        cur = self.db.execute(
+            "INSERT INTO patrons (cardnumber, surname, firstname, category_id, library_id, date_enrolled,"
+            " expiry_date) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (cardnumber, surname, firstname, category_id, library_id, enrolled.isoformat(),
+             enrolled.replace(year=enrolled.year + 1).isoformat() if (enrolled.month, enrolled.day) != (2, 29)
+             else date(enrolled.year + 1, 3, 1).isoformat()),
+        )
+        patron_id = int(cur.lastrowid or 0)
+        self.record("rest", "register", format_timestamp(at), cardnumber, None, None, "Created.")
+        return patron_id
+
     def restrict(self, cardnumber: str, until: str | None, comment: str | None) -> bool:
         """Staff at the ILS add a restriction (until a date, or for good: None); False if there is no such
         patron."""

@@ -7,6 +7,7 @@ paged with `_page` (from 1) and `_per_page` (default 20, -1 for all), the total 
 `GET /api/v1/checkouts?item_id=…` (or `?external_id=<barcode>`). Koha's JSON `q` is answered in the one
 form a snapshot pages with, `{"patron_id": {">": n}}` (keyset paging, in id order as `_order_by=+patron_id`
 asks), which costs the same for every page where `_page` skips every row before it.
+`POST /api/v1/patrons` creates a patron (a desk's offline registration, sent by the bridge).
 `GET /api/v1/circulation_rules` returns Koha's rule sets ({context, issuelength, lengthunit, renewalsallowed,
 maxissueqty}). Field names are
 Koha's: patron_id, cardnumber, surname, firstname, category_id, library_id, date_of_birth, date_enrolled,
@@ -38,7 +39,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from node.ilsbridge.sim.koha import StaffAccount
-from node.ilsbridge.sim.library import Library
+from node.ilsbridge.sim.library import Library, now
 
 DEFAULT_PER_PAGE = 20
 MAX_PER_PAGE = 100_000
@@ -60,6 +61,7 @@ class RestApi:
         for kind in KINDS:
             app.router.add_get(f"/api/v1/{kind}", self._lister(kind))
             app.router.add_get(f"/api/v1/{kind}/{{object_id}}", self._getter(kind))
+        app.router.add_post("/api/v1/patrons", self.create_patron)
         app.router.add_get("/api/v1/circulation_rules", self.circulation_rules)
         app.router.add_get("/api/v1/contrib/circmesh/calendar", self.calendar)
 
@@ -119,6 +121,39 @@ class RestApi:
             return web.json_response(rows[0])
 
         return handler
+
+    async def create_patron(self, request: web.Request) -> web.StreamResponse:
+        """Koha's `POST /api/v1/patrons`: cardnumber, surname, firstname, category_id and library_id (the two
+        last required); 409 when the card is another patron's already (Koha: "Given cardnumber already
+        exists")."""
+        if not self._authorized(request):
+            return _error(401, "Authentication failure.")
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, "body must be JSON")
+        fields = ("cardnumber", "surname", "firstname", "category_id", "library_id")
+        if not isinstance(body, dict) or not all(isinstance(body.get(f, ""), str) for f in fields):
+            return _error(400, "a patron is a JSON object of text fields")
+        card, surname = body.get("cardnumber", "").strip(), body.get("surname", "").strip()
+        category, library = body.get("category_id", ""), body.get("library_id", "")
+        if not card or len(card) > 32 or not surname or len(surname) > 100:
+            return _error(400, "cardnumber (at most 32 characters) and surname are required")
+        if category not in self.library.categories:
+            return _error(400, f"category_id {category!r} is not a patron category")
+        if library != self.library.library_id:
+            return _error(400, f"library_id {library!r} is not a library")
+        if self.library.patron(card) is not None:
+            return web.json_response({"error": "Given cardnumber already exists", "conflict": "cardnumber"},
+                                     status=409)
+        try:
+            patron_id = self.library.create_patron(card, surname, body.get("firstname", "").strip()[:100],
+                                                   category, library, now())
+        except Exception:
+            self.library.rollback()
+            raise
+        _, rows = self.library.page("patrons", {"patron_id": str(patron_id)}, 1, 1)
+        return web.json_response(rows[0], status=201)
 
     async def circulation_rules(self, request: web.Request) -> web.StreamResponse:
         if not self._authorized(request):
