@@ -30,7 +30,12 @@ process. Baseline, same run: the same for a desk with an empty journal.
 made it. Also one doc.save() (what a compaction runs on the event loop): seconds, bytes, its RSS peak; and one
 full garbage collection. tracemalloc makes the open slow: about 7 minutes for 300,000 events.
 
+--snapshot N: both desks also hold an ILS snapshot of N patrons and 2N items (built once with the node's
+own store, encrypted, cached beside the histories), so that every scan is checked against it, as at a
+library: the issue-10 budget, RSS <= 400 MB with the snapshot and 100,000 unsettled.
+
     python bench/bench_history.py [--events N] [--unsettled M] [--quick] [--scans S] [--rate R] [--breakdown]
+                                  [--snapshot N]
 """
 
 from __future__ import annotations
@@ -208,6 +213,38 @@ def built_history(events: int, unsettled: int, rebuild: bool) -> Path:
     finally:
         shutil.rmtree(building, ignore_errors=True)
     return where
+
+
+def built_snapshot(patrons: int) -> Path:
+    """A directory holding snapshot.sqlite and its snapshot.key: `patrons` patrons and twice as many items,
+    with the barcodes the history's traffic scans (so its look-ups find them)."""
+    from node.snapshot import store
+    from node.snapshot.atrest import KEY_FILE
+    from node.snapshot.rows import Item, Patron
+
+    where = CACHE / f"snapshot-p{patrons}-b{BUILD_VERSION}-node{node_version()}"
+    if (where / "snapshot.sqlite").exists():
+        return where
+    where.mkdir(parents=True, exist_ok=True)
+    key = os.urandom(32)
+    rng = random.Random(5)
+    names = ["Dvořák", "Müller", "Novák", "Smith", "Nguyễn", "Svoboda", "Schmidt", "Horák"]
+    t = time.perf_counter()
+    store.build(where / "snapshot.new", key,
+                (Patron(f"23{n:012d}", f"{rng.choice(names)}, Anna {n}", "ADULT", "MAIN", "2030-01-31",
+                        "debarred" if n % 97 == 0 else None, rng.randrange(2000), rng.randrange(5), 20)
+                 for n in range(patrons)),
+                (Item(f"39{n:012d}", f"Title {n}", "Author", "800 X", "BOOK", "MAIN", n % 50 == 0, False, False, ())
+                 for n in range(2 * patrons)), wall_ms(), 1, "bench")
+    (where / "snapshot.new").rename(where / "snapshot.sqlite")
+    (where / KEY_FILE).write_bytes(key)
+    print(f"built a snapshot of {patrons:,} patrons in {time.perf_counter() - t:.0f} s (cached)", file=sys.stderr)
+    return where
+
+
+def give_snapshot(snapshot: Path, desk_dir: Path) -> None:
+    for name in ("snapshot.sqlite", "snapshot.key"):
+        shutil.copy2(snapshot / name, desk_dir / name)
 
 
 # ---------------------------------------------------------------- a desk process and its figures
@@ -594,6 +631,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=40.0, help="checkouts a second (default 40)")
     parser.add_argument("--breakdown", action="store_true", help="also attribute the memory to the log's parts")
     parser.add_argument("--rebuild", action="store_true", help="build the history again even if cached")
+    parser.add_argument("--snapshot", type=int, metavar="PATRONS",
+                        help="both desks hold an ILS snapshot of this many patrons (and twice as many items)")
     parser.add_argument("--breakdown-of", type=Path, help=argparse.SUPPRESS)  # the breakdown's own process
     args = parser.parse_args()
     if args.breakdown_of:
@@ -616,6 +655,12 @@ def main() -> None:
         provision(empty, DESK)
         add_user(empty, TEST_USER, TEST_PASSWORD, "admin")
         shutil.copytree(cached, root / "history")
+        if args.snapshot:
+            snapshot = built_snapshot(args.snapshot)
+            give_snapshot(snapshot, empty)
+            give_snapshot(snapshot, root / "history" / "desk")
+            print(f"both desks hold a snapshot of {args.snapshot:,} patrons and {2 * args.snapshot:,} items "
+                  f"({(snapshot / 'snapshot.sqlite').stat().st_size / MB:.0f} MB, encrypted)")
         base = asyncio.run(measure(empty, "empty desk", args.scans, args.rate, "E"))
         hist = asyncio.run(measure(root / "history" / "desk", "history desk", args.scans, args.rate, "H"))
         print(f"history desk's /status: {hist.journal_events:,} events, {hist.unsettled:,} pending upload")

@@ -71,9 +71,9 @@ def measure(snapshot: SnapshotStore, patrons: list[str], items: list[str],
     }
 
 
-def hwm(pid: int) -> float:
+def hwm(pid: int | str, field: str = "VmHWM") -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -163,6 +163,9 @@ async def main() -> None:
                     print(f"{name:34}{pct(values, 50):9.3f}{p99:9.3f}{b99:9.3f}{p99 / b99:6.1f}x  "
                           f"p99 <= {budgets[name]:g} ms: {verdict}")
                 await checkouts(session, b, patrons, items, rng)
+                assert b.pid is not None
+                print(f"desk B's RSS after them, the snapshot in use: {hwm(b.pid, 'VmRSS'):.0f} MB "
+                      f"(peak {hwm(b.pid):.0f} MB, while building it)")
             finally:
                 await b.stop()
                 await a.stop()

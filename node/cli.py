@@ -184,6 +184,10 @@ def _run(args: argparse.Namespace) -> int:
     if not 0 < args.snapshot_every <= 24 * 365:
         print("circmesh run: --snapshot-every: hours, more than 0", file=sys.stderr)
         return 2
+    if not args.snapshot_every / 24 < args.snapshot_retention <= 3650:  # (false for nan, too)
+        print("circmesh run: --snapshot-retention: days, longer than --snapshot-every (or every snapshot would "
+              "be purged before the next) and at most 3650", file=sys.stderr)
+        return 2
     config = DeskConfig(
         data_dir=args.data, desk=args.desk or args.data.resolve().name, host=args.host, port=args.port,
         peer_host=args.peer_host, peer_port=args.peer_port, peers=list(args.peer), loan_days=args.loan_days,

@@ -78,8 +78,10 @@ class LiveLookup:
         except Exception:  # whatever the ILS sent: the scan goes on without its word
             log.exception("live look-up of a patron failed")
             return None, None
-        found = patron_from_koha(row) if row is not None else None
-        return found, found is not None
+        if row is None:
+            return None, False  # the ILS says: no such patron
+        found = patron_from_koha(row)
+        return found, (True if found is not None else None)  # a row that does not fit says nothing
 
     async def _item(self, source: LookupSource, barcode: str) -> tuple[Item | None, bool | None, str | None]:
         try:
@@ -91,8 +93,10 @@ class LiveLookup:
         except Exception:
             log.exception("live look-up of an item failed")
             return None, None, None
-        found = item_from_koha(row) if row is not None else None
-        return found, found is not None, holder if isinstance(holder, str) and holder else None
+        if row is None:
+            return None, False, None
+        found = item_from_koha(row)
+        return found, (True if found is not None else None), holder if isinstance(holder, str) and holder else None
 
 
 async def _no_patron() -> tuple[Patron | None, bool | None]:

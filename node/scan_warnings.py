@@ -23,7 +23,7 @@ from decimal import Decimal
 
 from node.live_lookup import Live
 from node.ports import CirculationView, SnapshotView
-from node.snapshot.overlay import ils_loan, returned_since
+from node.snapshot.overlay import ils_loan, returned_since, returned_unseen
 from node.snapshot.rows import IlsLoan
 
 ScanWarning = dict[str, str]
@@ -105,6 +105,8 @@ class ScanWarnings:
 
     def _item(self, patron: str, barcode: str, live: Live) -> list[ScanWarning]:
         held = self._held()
+        if held is not None and held.manifest is not None and held.manifest.items == 0:
+            held = None  # a snapshot of patrons only (from a file without items): it says nothing of items
         i = held.item(barcode) if held is not None else None
         if i is None:
             i = live.item
@@ -139,7 +141,7 @@ class ScanWarnings:
         """Lent online before the outage (the snapshot's loans, or the ILS's word now), and not returned at a
         desk since."""
         loan = ils_loan(self.log, self.snapshot, item)
-        if loan is None and live.holder is not None and item not in self.log.state.returned:
+        if loan is None and live.holder is not None and not returned_unseen(self.log, item):
             loan = IlsLoan(item, live.holder, None)
         if loan is None:
             return []

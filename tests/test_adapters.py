@@ -22,7 +22,7 @@ from node.ilsbridge.adapters import (
     load_credentials,
     make_adapter,
 )
-from node.ilsbridge.adapters.koha import KohaAdapter
+from node.ilsbridge.adapters.koha import KohaAdapter, split_name
 from node.ilsbridge.operation import Operation, Outcome
 from node.snapshot.rows import item_from_koha, patron_from_koha
 from tests.ilssim import Sim, start_simulator, wait_until
@@ -336,6 +336,12 @@ async def test_koha_creates_a_patron_registered_at_a_desk_once(sim: Sim) -> None
         assert await sim.rest("/api/v1/patrons", cardnumber="T-0001-0043") == []
     finally:
         await plain.close()
+
+
+def test_a_name_typed_at_the_desk_is_split_as_koha_keeps_it() -> None:
+    assert split_name("Nováková, Eva") == ("Nováková", "Eva")
+    assert split_name("Jan Amos Komenský") == ("Komenský", "Jan Amos")
+    assert split_name("Cher") == ("Cher", "") and split_name("  ") == ("?", "") and split_name(", Eva") == ("Eva", "")
 
 
 async def test_koha_before_24_05_uses_get_with_credentials(tmp_path: Path) -> None:

@@ -5,7 +5,9 @@ wrong bytes, refused and asked elsewhere. The real links and processes: tests/te
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -168,8 +170,11 @@ def test_chunk_files_refuse_wrong_bytes_and_forget_damaged_ones(tmp_path: Path) 
     (tmp_path / "chunks" / name).write_bytes(bytes(sealed))
     assert chunks.get(name) is None and chunks.names() == set()
     chunks.put(name, data)
-    (tmp_path / "chunks" / ".half.tmp").write_bytes(b"x")
+    (tmp_path / "chunks" / ".half.tmp").write_bytes(b"x")  # a write in flight: left alone
+    (tmp_path / "chunks" / ".old.tmp").write_bytes(b"x")
+    os.utime(tmp_path / "chunks" / ".old.tmp", (time.time() - 7200, time.time() - 7200))  # a crash's leftover
     assert chunks.keep(set()) == 2 and chunks.names() == set()
+    assert [p.name for p in (tmp_path / "chunks").iterdir()] == [".half.tmp"]
 
 
 @settings(max_examples=200)
@@ -308,7 +313,7 @@ async def test_a_desk_fetches_from_whoever_has_each_chunk_and_refuses_wrong_byte
     clock["now"] += 31 * 86_400_000
     await fetcher._step()
     assert desk.manifest is not None and fetcher.purged_at is None
-    clock["pending"] = 0
+    clock["pending"], clock["now"] = 0, clock["now"] + 60_000  # asked again a minute on
     asked = sum(len(p.asked) for p in peers.links.values())
     await fetcher._step()
     assert desk.manifest is None and desk.patron("23000299") is None and fetcher.purged_at == clock["now"]

@@ -44,6 +44,7 @@ async def test_the_bridge_pulls_a_snapshot_and_the_desk_warns_from_it(tmp_path: 
         held, _ = await sim.take_item_with_hold(on_loan=False)
         lent, borrower = await sim.take_item_on_loan()  # lent online, before the outage
         held_too, _ = await sim.take_item_with_hold(on_loan=False)
+        taken_card = await sim.take_patron()  # a card the ILS already gives someone
         creds = tmp_path / "ils-credentials"
         creds.write_text(f"user={sim.user}\npassword={sim.password}\n")
         creds.chmod(0o600)
@@ -181,6 +182,32 @@ async def test_the_bridge_pulls_a_snapshot_and_the_desk_warns_from_it(tmp_path: 
             assert printed["version"] > version and printed["patrons"] == len(patrons), printed
             code, answer = await post_json(session, f"{front.url}/api/v1/snapshot/refresh", {})
             assert code == 409 and answer["error"]["code"] == "not_the_bridge", answer
+
+            # a desk registers a card the ILS gives someone else: the ILS does not create the patron (this
+            # bridge has no category= either; with one, Koha says the card is taken), and the loan made to
+            # that card waits (Koha would put it on the other account) until an admin says
+            code, answer = await post_json(session, f"{front.url}/api/v1/registrations",
+                                           {"patron": taken_card["cardnumber"], "name": "Someone, Else"})
+            assert code == 201, answer
+            item_barcode = shelf.pop()
+            code, answer = await checkout(session, front, taken_card["cardnumber"], item_barcode)
+            assert code == 201, answer
+
+            async def refused_registration() -> dict | None:
+                found = (await get_json(session, f"{front.url}/api/v1/conflicts"))["conflicts"]
+                return next((x for x in found if x["kind"] == "registration_refused"), None)
+
+            conflict = await wait_for(refused_registration, within=60, what="the refused registration's conflict")
+            assert conflict["patrons"] == [taken_card["cardnumber"]], conflict
+            assert await sim.loan_of(item_barcode) is None  # held: not on the other patron's account
+            code, answer = await post_json(session, f"{front.url}/api/v1/conflicts/{conflict['id']}/resolution",
+                                           {"action": "apply"})  # staff checked at the ILS: upload it
+            assert code == 201, answer
+
+            async def uploaded() -> bool:
+                return (await sim.loan_of(item_barcode) or {}).get("cardnumber") == taken_card["cardnumber"]
+
+            await wait_for(uploaded, within=60, what="the held loan to go up once the admin said")
         finally:
             await front.stop()
             await bridge.stop()

@@ -14,8 +14,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from node.crdt.state import CirculationState
+from node.snapshot.atrest import ChunkFiles
 from node.snapshot.csvfile import CsvSource
+from node.snapshot.importer import SnapshotImport
 from node.snapshot.rows import item_from_koha, patron_from_koha
+from node.snapshot.store import SnapshotStore
 from tests.ilssim import running_simulator
 from tests.procs import TEST_PASSWORD, TEST_USER, DeskProcess, auth_headers, get_json, post_json, wait_for
 
@@ -161,3 +165,59 @@ async def test_a_sip2_only_desk_asks_the_ils_at_scan_time(tmp_path: Path) -> Non
             assert code == 201 and codes(answer) == set(), answer  # nothing to ask, no snapshot: lent
         finally:
             await desk.stop()
+
+
+class Log:
+    """A log with no snapshot named yet, that keeps what is appended."""
+
+    def __init__(self) -> None:
+        self.state = CirculationState()
+        self.appended: list[tuple[str, dict]] = []
+
+    def waker(self) -> asyncio.Event:
+        return asyncio.Event()
+
+    def drop_waker(self, waker: asyncio.Event) -> None:
+        pass
+
+    async def append(self, kind: str, body: dict, staff: str, *, at: int | None = None):
+        self.appended.append((kind, body))
+
+
+async def test_a_file_that_gives_no_patrons_changes_nothing(tmp_path: Path) -> None:
+    """A wrong export (other column names, UTF-16, an empty file) must not tell every desk that nobody is
+    known: the build is refused and the snapshot the desk had stays."""
+    key = bytes(range(32))
+    snapshot = SnapshotStore(tmp_path / "snapshot.sqlite", key)
+    chunks = ChunkFiles(tmp_path / "chunks", key)
+    log = Log()
+    (tmp_path / "good.csv").write_text(PATRONS, encoding="utf-8")
+    importer = SnapshotImport(snapshot, chunks, log, asyncio.Lock(), tmp_path / "import")
+    assert importer.reserve() and not importer.reserve()  # one build from files at a time
+    importer.start(tmp_path / "good.csv", None, "file good.csv")
+    await importer._task
+    assert snapshot.manifest.patrons == 4 and snapshot.manifest.items == 0 and len(log.appended) == 1
+    assert not (tmp_path / "good.csv").exists()  # deleted once built
+    for bad in ("Card number,Name\n1,Dvořák\n2,Müller\n".encode(), PATRONS.encode("utf-16"), b""):
+        (tmp_path / "bad.csv").write_bytes(bad)
+        assert importer.reserve()
+        importer.start(tmp_path / "bad.csv", None, "file bad.csv")
+        await importer._task
+        assert importer.to_json()["state"] == "failed" and "could not be read" in importer.to_json()["last_error"]
+        assert snapshot.manifest.patrons == 4 and len(log.appended) == 1  # the snapshot it had stays
+    (tmp_path / "import").mkdir()
+    (tmp_path / "import" / "patrons-x.csv").write_text(PATRONS)  # left by a desk that stopped mid-import
+    SnapshotImport(snapshot, chunks, log, asyncio.Lock(), tmp_path / "import")
+    assert list((tmp_path / "import").iterdir()) == []
+
+
+async def test_odd_lines_are_left_out_and_past_restrictions_do_not_block(tmp_path: Path) -> None:
+    head = PATRONS.splitlines()[0]
+    odd = [head, "23100001;Past;Pat;ADULT;MAIN;2030-01-31;2001-01-01;served;0;0;",
+           "23100002;Long;" + "x" * 100_000 + ";ADULT;MAIN;;;;;;", "23100003;Nul\x00;A;ADULT;MAIN;;;;;;",
+           "23100004;Fine;Ann;ADULT;MAIN;2030-01-31;;;0;0;"]
+    (tmp_path / "odd.csv").write_text("\n".join(odd) + "\n", encoding="utf-8")
+    rows = [patron_from_koha(r) for r in await CsvSource(tmp_path / "odd.csv").fetch_after("patrons", 0, 100)]
+    read = {r.barcode: r for r in rows if r is not None}
+    assert set(read) == {"23100001", "23100004"} and len(rows) == 4  # the long line and the NUL left out
+    assert read["23100001"].block is None  # restricted until 2001: not any more

@@ -9,6 +9,7 @@ from node.crdt import conflicts as c
 from node.crdt.event import Event
 from node.crdt.order import OrderedLog
 from node.crdt.state import CirculationState, fold
+from node.ilsbridge.schedule import UploadSchedule, held_events
 from tests.factories import DUE, SimDesk
 
 ITEMS = ["I1", "I2", "I3"]
@@ -133,3 +134,38 @@ def test_void_and_resolve_settle_conflicts_on_every_node() -> None:
     resolve = admin.write("resolve", conflict=conflict.id, action="accept_ils")
     state = fold(sorted([x, y, resolve], key=lambda e: e.order_key))
     assert state.open_conflicts() == [] and conflict.id in state.settled
+
+
+def test_a_patron_the_ils_would_not_create_has_their_scans_held_until_an_admin_says() -> None:
+    """Koha refused to create a patron registered at a desk (the card is someone else's there): their loans
+    must not reach the ILS, where they would land on that other account, until an admin says."""
+    desk, bridge = SimDesk(), SimDesk(now=1_700_000_000_009)
+    reg = desk.write("patron_register", patron="T1", name="Nováková, Eva")
+    lent = desk.write("checkout", patron="T1", item="I1", due=DUE)
+    other = desk.write("checkout", patron="P2", item="I2", due=DUE)
+    for e in (reg, lent, other):
+        bridge.receive(e)
+    refused = bridge.write("applied", event=reg.id, status="refused", term=1,
+                           message="card T1 already belongs to another patron at the ILS")
+    state = fold(sorted([reg, lent, other, refused], key=lambda e: e.order_key))
+    [conflict] = state.open_conflicts()
+    assert conflict.kind == c.REGISTRATION_REFUSED and conflict.patrons == ("T1",) and conflict.needs_admin
+    assert "another patron" in conflict.reason
+    held = held_events(state, [lent, other])
+    assert held == {reg.id, lent.id}  # the other patron's loan goes
+    schedule = UploadSchedule([lent, other], held=held)
+    assert schedule.take() == other and schedule.take() is None
+    answer = bridge.write("resolve", conflict=conflict.id, action="apply")  # created at the ILS by hand
+    state = fold(sorted([reg, lent, other, refused, answer], key=lambda e: e.order_key))
+    assert state.open_conflicts() == [] and held_events(state, [lent]) == set()
+
+
+def test_within_one_upload_round_a_refused_registration_holds_what_follows() -> None:
+    desk = SimDesk()
+    reg = desk.write("patron_register", patron="T1", name="Eva")
+    lent = desk.write("checkout", patron="T1", item="I1", due=DUE)
+    schedule = UploadSchedule([reg, lent])
+    assert schedule.take() == reg and schedule.take() is None  # the loan waits for the registration
+    schedule.hold_patron("T1")  # the ILS refused it (the bridge does this before done)
+    schedule.done(reg.id)
+    assert schedule.take() is None and schedule.held == 1

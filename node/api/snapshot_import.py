@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 from pathlib import Path
 
 from aiohttp import BodyPartReader, web
@@ -34,24 +35,29 @@ async def _save(part: BodyPartReader, path: Path) -> None:
 @routes.post("/api/v1/snapshot/import")
 async def snapshot_import(request: web.Request) -> web.Response:
     require_admin(request)
-    importer = request.app[IMPORTER]
-    if importer.busy():
-        raise ApiError(409, "import_running", "a snapshot is being built from files already: wait for it")
     if not request.content_type.startswith("multipart/"):
         raise ApiError(400, "not_multipart", "send the files as multipart/form-data: a patrons part, items optional")
-    importer.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    importer = request.app[IMPORTER]
+    if not importer.reserve():
+        raise ApiError(409, "import_running", "a snapshot is being built from files already: wait for it")
     saved: dict[str, Path] = {}
     names: dict[str, str] = {}
+    started = False
     try:
+        importer.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             reader = await request.multipart()
             while (part := await reader.next()) is not None:
                 if not isinstance(part, BodyPartReader) or part.name not in ("patrons", "items") or (
                         part.name in saved):
                     raise ApiError(400, "bad_part", "the parts are `patrons` (required) and `items`, once each")
-                saved[part.name] = importer.directory / f"{part.name}.csv"
-                names[part.name] = (part.filename or part.name)[:80]
+                fd, temp = tempfile.mkstemp(dir=importer.directory, prefix=f"{part.name}-", suffix=".csv")
+                os.close(fd)  # made with mode 0600
+                saved[part.name] = Path(temp)
+                names[part.name] = _printable(part.filename or part.name)
                 await _save(part, saved[part.name])
+        except ConnectionError:
+            raise ApiError(400, "upload_cut", "the upload ended before its last part: nothing was imported") from None
         except (ApiError, OSError):
             raise
         except Exception as e:  # aiohttp's multipart reader raises what the bytes lead it to
@@ -59,9 +65,16 @@ async def snapshot_import(request: web.Request) -> web.Response:
                                                  f"({type(e).__name__})") from None
         if "patrons" not in saved:
             raise ApiError(400, "no_patrons", "the patrons file is missing (a part named `patrons`)")
-    except BaseException:
-        for path in saved.values():
-            path.unlink(missing_ok=True)
-        raise
-    importer.start(saved["patrons"], saved.get("items"), f"file {names['patrons']} ({request[STAFF]})")
+        importer.start(saved["patrons"], saved.get("items"), f"file {names['patrons']} ({_printable(request[STAFF])})")
+        started = True
+    finally:
+        if not started:
+            importer.release()
+            for path in saved.values():
+                path.unlink(missing_ok=True)
     return web.json_response(request.app[STATUS].report()["snapshot"], status=202)
+
+
+def _printable(text: str) -> str:
+    """A file or staff name as the snapshot's source, which the log's text rules check: printable only."""
+    return "".join(ch for ch in text if ch.isprintable())[:80] or "?"

@@ -18,7 +18,7 @@ from node.crdt.clocks import Bound, ClockEvidence
 from node.crdt.conflicts import Conflict
 from node.crdt.state import CirculationState, Loan, Outcome, SnapshotRef, shared
 
-VERSION = 2  # 2: the newest snapshot
+VERSION = 3  # 2: the newest snapshot; 3: snapshots ordered by version first
 OrderKey = tuple[int, int, str, int]
 
 

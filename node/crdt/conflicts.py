@@ -16,6 +16,7 @@ LENT_WHILE_ON_LOAN = "lent_while_on_loan"  # a desk lent an item it could see wa
 CHECKIN_NOT_ON_LOAN = "checkin_not_on_loan"  # Koha: "Item not issued."
 RENEW_NOT_ON_LOAN = "renew_not_on_loan"
 DUPLICATE_REGISTRATION = "duplicate_registration"
+REGISTRATION_REFUSED = "registration_refused"  # the ILS would not create the patron: their loans are held
 # two admins answered one conflict differently, neither seeing the other's answer: until one answer is
 # chosen, neither takes effect and the conflict stays open (`about` names it)
 RESOLUTIONS_DISAGREE = "resolutions_disagree"

@@ -221,6 +221,17 @@ def _applied(state: CirculationState, e: Event) -> None:
     if target not in state.outcomes:
         state.outcomes[target] = Outcome(sys.intern(e.body["status"]), shared(e.body["message"]), e.body["term"],
                                          e.id)
+        if e.body["status"] == "refused":
+            _registration_refused(state, target, e.body["message"])
+
+
+def _registration_refused(state: CirculationState, target: str, why: str) -> None:
+    """The ILS would not create a patron registered at a desk: their loans must not go up until an admin
+    says (the card may be another patron's at the ILS: Koha would lend to that account)."""
+    patron = next((p for p, registered in state.registrations.items() if registered == target), None)
+    if patron is not None:
+        _conflict(state, c.make_conflict(c.REGISTRATION_REFUSED, item=None, patrons=(patron,), events=(target,),
+                                         needs_admin=True, reason=shared(why[:300])))
 
 
 def _seal(state: CirculationState, e: Event) -> None:

@@ -212,7 +212,7 @@ class Bridge:
         by_id = {e.id: e for e in in_memory}
         floor = history_floor(self.log, pending, self.log.base_loans(), by_id)
         self._times = ils_times(ordered, self.clock_offset, sent_times(by_id.get, state), floor)
-        schedule = UploadSchedule(pending, held=held_events(state))
+        schedule = UploadSchedule(pending, held=held_events(state, pending))
         if any(e.kind == "renew" and not e.body.get("patron") for e in pending):
             self._renewal_patrons = renewal_patrons(in_memory, state.voided, self.log.base_loans())
         in_flight: dict[asyncio.Task[tuple[Event, Outcome]], Event] = {}
@@ -246,6 +246,8 @@ class Bridge:
                     delay = RETRY_START
                     self.problem = None
                     await self._record(event, outcome)
+                    if event.kind == "patron_register" and outcome.status == "refused":
+                        schedule.hold_patron(event.body["patron"])  # before done(): their loans wait
                     schedule.done(event.id)
         finally:
             self.uploading = False

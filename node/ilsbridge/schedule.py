@@ -13,6 +13,7 @@ import heapq
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 
+from node.crdt import conflicts
 from node.crdt.event import Event
 from node.crdt.state import CirculationState, Loan, lent_before, open_work
 
@@ -62,9 +63,14 @@ def renewal_patrons(ordered: Iterable[Event], voided: Mapping[str, str], before:
     return patrons
 
 
-def held_events(state: CirculationState) -> set[str]:
-    """Events in an open conflict that an admin must settle before upload."""
-    return {event_id for c in state.open_conflicts() if c.needs_admin for event_id in c.events}
+def held_events(state: CirculationState, pending: Iterable[Event] = ()) -> set[str]:
+    """Events in an open conflict that an admin must settle before upload, and every pending event of a
+    patron the ILS would not create (until an admin says the patron exists at the ILS now)."""
+    held = {event_id for c in state.open_conflicts() if c.needs_admin for event_id in c.events}
+    refused = {p for c in state.open_conflicts() if c.kind == conflicts.REGISTRATION_REFUSED for p in c.patrons}
+    if refused:
+        held |= {e.id for e in pending if e.body.get("patron") in refused}
+    return held
 
 
 class UploadSchedule:
@@ -112,6 +118,12 @@ class UploadSchedule:
                 self._consider(queue[0])
             else:
                 del self._queues[key]
+
+    def hold_patron(self, patron: str) -> None:
+        """The ILS would not create this patron: nothing more of theirs goes in this round (held_events holds
+        it in the next ones, while the conflict is open). Events already taken are not recalled."""
+        self._held |= {eid for eid, e in self._events.items() if e.body.get("patron") == patron
+                       and eid not in self._started}
 
     def retry(self, event_id: str) -> None:
         """The ILS could not answer now: the event goes back to the front of the line."""

@@ -1,18 +1,21 @@
 """Patrons' personal data at rest: the desk's snapshot key, and the chunk files it seals (AES-GCM).
 
 What it protects against: a snapshot file or chunk copied on its own (a backup of only the database, a file
-sent by mistake, a disk sold on) reads as noise, and a purge holds even on an SSD that keeps old blocks,
-because `shred` deletes the key first. What it does not: a desk starts unattended (a service at boot), so the
-key is a file beside the node's private key (`snapshot.key`, mode 0600): whoever has the whole data directory
-reads the patrons, as they could act as the desk. The key is this desk's alone; chunks travel between desks
-in clear inside the mutual-TLS links and are sealed again by each desk that keeps them. Why SQLCipher for the
+sent by mistake) reads as noise, and a purge leaves the old files' blocks unreadable, because `shred`
+destroys the key (32 bytes in one block: on an SSD that remaps blocks its old copy may survive; whole-disk
+encryption covers that). What it does not: a desk starts unattended (a service at boot), so the key is a
+file beside the node's private key (`snapshot.key`, mode 0600): whoever has the whole data directory reads
+the patrons, as they could act as the desk. The key is this desk's alone; chunks travel between desks in
+clear inside the mutual-TLS links and are sealed again by each desk that keeps them. Why SQLCipher for the
 database and AES-GCM for the chunks: docs/architecture.md, decision log.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import time
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -46,8 +49,18 @@ def derive(key: bytes, purpose: str) -> bytes:
 
 
 def shred(data_dir: Path) -> None:
-    """Deletes the key, durably: what it sealed can no longer be read, wherever copies of it lie."""
-    (data_dir / KEY_FILE).unlink(missing_ok=True)
+    """Overwrites the key and deletes it, durably: what it sealed can no longer be read, wherever copies of it
+    lie. (A disk that remaps blocks, as SSDs do, may still hold the key's old block: whole-disk encryption is
+    the answer there, not this.)"""
+    path = data_dir / KEY_FILE
+    try:
+        with open(path, "r+b") as f:
+            f.write(bytes(len(f.read())))
+            f.flush()
+            os.fsync(f.fileno())
+    except FileNotFoundError:
+        pass
+    path.unlink(missing_ok=True)
     fd = os.open(data_dir, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -101,12 +114,19 @@ class ChunkFiles:
         return data
 
     def keep(self, names: set[str]) -> int:
-        """Removes every chunk not named (an older snapshot's), and any half-written file; how many went."""
+        """Removes every chunk not named (an older snapshot's), and half-written files an hour old (younger
+        ones may be a fetch's, in flight); how many went."""
         gone = 0
+        stale = time.time() - 3600
         for path in self.directory.iterdir():
-            if path.name not in names:
-                path.unlink(missing_ok=True)
-                gone += 1
+            if path.name in names:
+                continue
+            if path.name.startswith("."):
+                with contextlib.suppress(FileNotFoundError):
+                    if path.stat().st_mtime > stale:
+                        continue
+            path.unlink(missing_ok=True)
+            gone += 1
         return gone
 
     def names(self) -> set[str]:

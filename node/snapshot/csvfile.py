@@ -16,12 +16,13 @@ import asyncio
 import csv
 import io
 from collections.abc import Callable, Iterator
+from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from node.ilsbridge.adapters.base import SnapshotKind
 
-MAX_FIELD = 10_000  # characters in one CSV field: a longer one is not a patron's
+MAX_LINE = 64 * 1024  # characters in one line: a longer one is no patron's (left out, its rest skipped)
 
 
 def _flag(value: str | None) -> int:
@@ -29,7 +30,9 @@ def _flag(value: str | None) -> int:
 
 
 def _patron(row: dict[str, str]) -> dict[str, Any]:
-    debarred = (row.get("debarred") or "").strip()
+    debarred = (row.get("debarred") or "").strip()[:10]
+    if debarred and debarred < date.today().isoformat():
+        debarred = ""  # Koha keeps a past date: restricted only until then
     return {
         "cardnumber": row.get("cardnumber"), "surname": row.get("surname"), "firstname": row.get("firstname"),
         "category_id": row.get("categorycode"), "library_id": row.get("branchcode"),
@@ -49,20 +52,35 @@ def _item(row: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def _lines(f: TextIO) -> Iterator[str]:
+    """The file's lines, each at most MAX_LINE characters: the rest of a longer one is skipped, and what was
+    read of it is given as a line the reader will leave out (no CSV field can be that long here)."""
+    while line := f.readline(MAX_LINE):
+        if len(line) == MAX_LINE and not line.endswith("\n"):
+            while (rest := f.readline(MAX_LINE)) and not rest.endswith("\n"):
+                pass
+            yield "\x00\n"  # a line no shape accepts
+            continue
+        yield line
+
+
 def _rows(path: Path, shape: Callable[[dict[str, str]], dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """Each line in the REST shape, or {} for one the CSV reader cannot read (left out, counted)."""
-    csv.field_size_limit(MAX_FIELD)
     with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
-        head = f.readline()
+        lines = _lines(f)
+        head = next(lines, "")
         dialect = max((",", ";", "\t"), key=head.count)
         header = next(csv.reader(io.StringIO(head), delimiter=dialect), [])
-        reader = csv.DictReader(f, fieldnames=[h.strip().lower() for h in header], delimiter=dialect)
+        reader = csv.DictReader(lines, fieldnames=[h.strip().lower() for h in header], delimiter=dialect)
         while True:
             try:
                 row = next(reader)
             except StopIteration:
                 return
             except csv.Error:
+                yield {}
+                continue
+            if "\x00" in "".join(v for v in row.values() if isinstance(v, str)):
                 yield {}
                 continue
             yield shape({k: v for k, v in row.items() if isinstance(k, str) and isinstance(v, str)})

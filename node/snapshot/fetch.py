@@ -95,6 +95,7 @@ class Fetcher:
         self.pending = pending  # desk events the ILS has not answered: while any, no purge
         self.now = now
         self.purged_at: int | None = None
+        self._pending_checked: tuple[int, bool] | None = None
         self.snapshot = snapshot
         self.chunks = chunks
         self.building = building
@@ -168,8 +169,8 @@ class Fetcher:
         if target is None or (current is not None and (current.index == target.index or (
                 current.version, current.ils_time) > (target.version, target.ils_time))):
             return None
-        if expired(target.ils_time, self.now(), self.retention_ms):
-            return None  # too old to keep: not fetched
+        if expired(target.ils_time, self.now(), self.retention_ms) and self._nothing_pending():
+            return None  # too old to keep, and no outage left to settle: not fetched
         return target
 
     async def _step(self) -> None:
@@ -177,8 +178,9 @@ class Fetcher:
             self._held = await asyncio.to_thread(self.chunks.names)
         await self._take_arrivals()
         held = self.snapshot.manifest
-        if held is not None and expired(held.ils_time, self.now(), self.retention_ms) and self.pending() == 0:
-            await self._purge()
+        if held is not None and expired(held.ils_time, self.now(), self.retention_ms) and self._nothing_pending():
+            if self._wanted() is None:  # (a newer snapshot being fetched replaces it anyway: its chunks stay)
+                await self._purge()
         target = self._wanted()
         if target is None:  # held already: the last one fetched stays in /status
             self.state = "idle"
@@ -302,6 +304,13 @@ class Fetcher:
         self.state, self.last_error = "idle", None
         log.info("snapshot %d installed from peers: %d patrons, %d items", manifest.version, manifest.patrons,
                  manifest.items)
+
+    def _nothing_pending(self) -> bool:
+        """No upload left (asked at most once a minute: it is a pass over the open work in memory)."""
+        now = self.now()
+        if self._pending_checked is None or now - self._pending_checked[0] >= 60_000:
+            self._pending_checked = (now, self.pending() == 0)
+        return self._pending_checked[1]
 
     async def _purge(self) -> None:
         """Deletes the snapshot, its chunks and its key (retention.py); a new key seals what comes later."""

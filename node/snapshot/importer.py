@@ -31,19 +31,30 @@ class SnapshotImport:
         self.directory = directory  # where uploaded files wait for the build
         self._refresher: Refresher | None = None
         self._task: asyncio.Task[None] | None = None
+        self._reserved = False  # files are being received for a build
+        for path in directory.glob("*") if directory.exists() else ():
+            path.unlink(missing_ok=True)  # left by a desk that stopped mid-import: personal data in clear
 
     def busy(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self._reserved or (self._task is not None and not self._task.done())
 
-    def start(self, patrons: Path, items: Path | None, name: str) -> bool:
-        """Builds a snapshot from the files in the background; False if one is being built already."""
+    def reserve(self) -> bool:
+        """Claims the importer before a request's files are received; False if it is taken."""
         if self.busy():
             return False
+        self._reserved = True
+        return True
+
+    def release(self) -> None:
+        self._reserved = False
+
+    def start(self, patrons: Path, items: Path | None, name: str) -> None:
+        """Builds a snapshot from the files in the background (the caller reserved the importer)."""
+        self._reserved = False
         self._refresher = Refresher(CsvSource(patrons, items), self.snapshot, self.chunks, self.log, self.building,
-                                    name=name)
+                                    name=name, require_patrons=True)
         self._task = asyncio.create_task(self._run(self._refresher, [patrons, *([items] if items else [])]),
                                          name="snapshot-import")
-        return True
 
     async def _run(self, refresher: Refresher, files: list[Path]) -> None:
         try:

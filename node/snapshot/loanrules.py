@@ -1,7 +1,8 @@
 """When a loan made at the desk is due: the ILS's loan rules and opening calendar, read with the snapshot.
 
-As Koha does for a daily loan: the checkout day plus the loan period of the rule for the desk's library, the
-patron's category and the item's type, moved forward to the next day the library is open, at 23:59 (desk
+As Koha does for a daily loan (with its CircControl at the checkout library, and RenewalPeriodBase "now"):
+the checkout day plus the loan period of the rule for the desk's library, the patron's category and the
+item's type, moved forward to the next day the library is open, at 23:59 (desk
 time, whatever the daylight-saving offset that day); an hourly loan is due that many hours on; a renewal
 counts the rule's renewal period (else its loan period) from the day it is renewed. The most specific rule
 wins: the library's before the default library's, then category and type, category, type, the default.
@@ -106,7 +107,9 @@ def due(rules: LoanRules, category: str | None, item_type: str | None, start: da
     if rule is None:
         return None
     length = rule.renewal if renewal and rule.renewal is not None else rule.length
-    if rule.hours:
+    if rule.hours:  # elapsed hours, across a daylight-saving change too
+        if start.tzinfo is None:
+            return (start.astimezone() + timedelta(hours=length)).astimezone().replace(tzinfo=None)
         return start + timedelta(hours=length)
     day = next_open(rules.calendar, start.date() + timedelta(days=length))
     return datetime.combine(day, DUE_TIME, tzinfo=start.tzinfo)

@@ -55,3 +55,9 @@ def returned_since(log: CirculationView, snapshot: SnapshotView | None, patron: 
         return 0
     since = snapshot.manifest.ils_time
     return sum(1 for loan in snapshot.loans_of(patron) if _ended_since(log, loan.item, since))
+
+
+def returned_unseen(log: CirculationView, item: str) -> bool:
+    """A desk checked the item in and the ILS has not applied it yet: what the ILS says of it now is stale."""
+    checkin = log.state.returned.get(item)
+    return checkin is not None and item not in log.state.loans and log.outcome(checkin) is None

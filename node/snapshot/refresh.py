@@ -46,17 +46,20 @@ class SnapshotSource(Protocol):
 class Refresher:
     def __init__(self, source: SnapshotSource, snapshot: SnapshotStore, chunks: ChunkFiles, log: SnapshotLog,
                  building: asyncio.Lock, *, name: str = "ILS", interval: float = INTERVAL_S,
-                 per_page: int = PER_PAGE, rows_per_chunk: int = CHUNK_ROWS) -> None:
+                 per_page: int = PER_PAGE, rows_per_chunk: int = CHUNK_ROWS, require_patrons: bool = False) -> None:
         self.source = source
         self.snapshot = snapshot
         self.chunks = chunks
         self.log = log
         self.building = building  # one new snapshot file at a time: a refresh here, or an install (fetch.py)
         self.rows_per_chunk = rows_per_chunk
+        # From files (importer.py): a file that gives no patron, or leaves most lines out, is not switched to
+        # (a wrong export or encoding would otherwise tell every desk that nobody is known).
+        self.require_patrons = require_patrons
         self.name = name
         self.interval = interval
         self.per_page = per_page
-        self.state = "idle"  # idle | pulling | writing | failed
+        self.state = "idle"  # idle | waiting | pulling | writing | failed
         self.progress: dict[str, int] = {}
         self.left_out: dict[str, int] = {}
         self.last_error: str | None = None
@@ -87,14 +90,17 @@ class Refresher:
                 async with asyncio.timeout(wait):
                     await self._asked.wait()
             self._asked.clear()
-            if self._unpublished:  # named at the next turn, not pulled again
-                wait = self.interval if await self._publish() else RETRY_S
+            manifest = self.snapshot.manifest
+            if self._unpublished and manifest is not None and manifest.ils_time <= time.time_ns() // 1_000_000:
+                wait = self.interval if await self._publish() else RETRY_S  # named now, not pulled again
                 continue
+            self._unpublished = False  # (the clock went back behind it: a new refresh, named as it ends)
             wait = self.interval if await self.refresh() else RETRY_S
 
     async def refresh(self) -> bool:
         """One whole refresh, streamed page by page into a new file; True when the desk switched to it and
         the log names it."""
+        self.state = "waiting"  # for a fetch or another build to finish with the snapshot file
         async with self.building:
             switched = await self._refresh()
         return switched and await self._publish()
@@ -118,6 +124,10 @@ class Refresher:
             rules = await self._rules()
             self.state = "writing"
             patrons, items, loans = await asyncio.to_thread(builder.counts)
+            if self.require_patrons and (patrons == 0 or self.left_out["patrons"] > self.progress["patrons"] // 2):
+                raise SnapshotUnsupported(
+                    f"{self.left_out['patrons']} of {self.progress['patrons']} patron lines could not be read: "
+                    "is it a CSV with Koha's column names (cardnumber, surname, ...), in UTF-8? Nothing was changed")
             index, data = await asyncio.to_thread(cutter.finish, version, began, patrons, items, self.name, loans,
                                                   rules)
             await asyncio.to_thread(self._keep, [*cutter.take(), (index, data)])

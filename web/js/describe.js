@@ -70,6 +70,10 @@ export function settlements(conflict) {
     // Nothing to void or upload differently: the scans stand, their ILS times are corrected.
     return [{ action: 'acknowledge', label: t('conflicts.action.acknowledge'), hint: t('conflicts.action_hint.acknowledge') }];
   }
+  if (conflict.kind === 'registration_refused') {
+    // Only the admin knows whether the patron exists at the ILS now: until then their scans wait.
+    return [{ action: 'apply', label: t('conflicts.action.apply_registration'), hint: t('conflicts.action_hint.apply_registration') }];
+  }
   if (conflict.kind === 'unreadable_event') {
     for (const e of detail) {
       options.push({ action: 'void', event: e.id, label: t('conflicts.action.void', { what: kindName(String(e.kind)), desk: e.desk }) });

@@ -271,16 +271,18 @@ class KohaAdapter:
         return await self.rest.patron_named(card)
 
     async def item_info(self, barcode: str) -> tuple[dict[str, Any] | None, str | None]:
-        found, _ = await self.rest.get_json("/api/v1/items", {"external_id": barcode})
-        item = found[0] if isinstance(found, list) and found and isinstance(found[0], dict) else None
+        item = await self.rest.one("items", "external_id", barcode)
         return item, (await self.rest.current_loan(barcode) if item is not None else None)
 
 
 def split_name(name: str) -> tuple[str, str]:
-    """(surname, first names) of a name typed at the desk: "Novák, Jan" as the desk shows names, else the
-    whole name as the surname (Koha requires one; staff can correct it at the ILS)."""
+    """(surname, first names) of a name typed at the desk: "Novák, Jan" as the desk shows names, else "Jan
+    Novák" with the surname last (staff can correct it at the ILS)."""
     surname, comma, first = name.partition(",")
-    return (surname.strip()[:100] or name.strip()[:100], first.strip()[:100]) if comma else (name.strip()[:100], "")
+    if comma and surname.strip():
+        return surname.strip()[:100], first.strip()[:100]
+    words = name.replace(",", " ").split()
+    return (words[-1][:100], " ".join(words[:-1])[:100]) if words else ("?", "")
 
 
 def _outcome(status: int, text: str) -> Outcome:

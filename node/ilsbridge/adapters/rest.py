@@ -93,18 +93,26 @@ class KohaRest:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise IlsUnavailable(f"POST /api/v1/patrons: {type(exc).__name__}: {exc}") from None
 
+    async def one(self, kind: str, field: str, value: str) -> dict[str, Any] | None:
+        """The row whose `field` is exactly `value`, or None. Koha matches query fields by substring unless
+        told otherwise (`_match=exact`), and `_` is a wildcard there: card 100 would find patron 1000."""
+        found, _ = await self.get_json(f"/api/v1/{kind}", {field: value, "_match": "exact"})
+        for row in found if isinstance(found, list) else []:
+            if isinstance(row, dict) and row.get(field) == value:
+                return row
+        return None
+
     async def patron_named(self, cardnumber: str) -> dict[str, Any] | None:
         """The ILS's patron with this card, or None."""
-        found, _ = await self.get_json("/api/v1/patrons", {"cardnumber": cardnumber})
-        return found[0] if isinstance(found, list) and found and isinstance(found[0], dict) else None
+        return await self.one("patrons", "cardnumber", cardnumber)
 
     async def current_loan(self, item_barcode: str) -> str | None:
         try:
-            items, _ = await self.get_json("/api/v1/items", {"external_id": item_barcode})
-            if not isinstance(items, list) or not items:
+            item = await self.one("items", "external_id", item_barcode)
+            if item is None:
                 return None
             checkouts, _ = await self.get_json(
-                "/api/v1/checkouts", {"item_id": str(int(items[0]["item_id"]))}
+                "/api/v1/checkouts", {"item_id": str(int(item["item_id"])), "_match": "exact"}
             )
             if not isinstance(checkouts, list) or not checkouts:
                 return None

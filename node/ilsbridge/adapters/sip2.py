@@ -39,6 +39,7 @@ from node.ilsbridge.sip2 import Message, Sip2Error
 
 MAX_RESENDS = 3
 _CHARGED = {codec.CIRC_CHARGED, "05"}
+BORROWER_NOT_GIVEN = "?"  # a patron the ACS does not name (the desk says "someone")
 
 
 class _LoginRefused(Exception):
@@ -241,6 +242,10 @@ class Sip2Adapter:
         raise AdapterUnsupported("this ACS does not say who has an item; give a REST base with ?rest=")
 
     async def _ask(self, msg: Message, code: str) -> Message:
+        """A look-up at scan time: never queued behind the upload's requests (a patron is waiting), so when
+        every connection is busy it is not asked at all."""
+        if self._slots is not None and self._slots.locked():
+            raise IlsUnavailable("every SIP2 connection is busy uploading")
         try:
             reply = await self._call(msg)
         except _LoginRefused:
@@ -257,32 +262,37 @@ class Sip2Adapter:
         if reply.get("BL") != "Y":
             return None
         status = (reply.fixed.get("patron_status") or "").ljust(14)
-        said = "; ".join(m for m in reply.get_all("AF") if m)
-        expiry = reply.get("PA") or ""
+        expiry = "".join(ch for ch in (reply.get("PA") or "") if ch in "0123456789")[:8]
         return {
             "cardnumber": card, "surname": reply.get("AE") or card, "category_id": reply.get("PC"),
-            "expiry_date": f"{expiry[:4]}-{expiry[4:6]}-{expiry[6:8]}" if len(expiry) == 8 and expiry.isdigit()
-            else None,
+            "expiry_date": f"{expiry[:4]}-{expiry[4:6]}-{expiry[6:8]}" if len(expiry) == 8 else None,
+            # flag 0, charge privileges denied, is set by Koha for any block (expiry, fines, a lost card, a
+            # debarment): "restricted at the ILS", the lost card said apart
             "patron_card_lost": status[4] == "Y", "restricted": status[0] == "Y",
-            "restriction": {"comment": said or "charge privileges denied"} if status[0] == "Y" else None,
             "account_balance": _amount(reply.get("BV")),
-            "checkouts_count": _count(reply.fixed.get("charged_items_count")),
-            "checkouts_limit": _count(reply.get("CB")) if reply.get("CB") else None,
+            "checkouts_count": _count(reply.fixed.get("charged_items_count")) or 0,
+            "checkouts_limit": _count(reply.get("CB")),
         }
 
     async def item_info(self, barcode: str) -> tuple[dict[str, Any] | None, str | None]:
-        """Item information (17/18) in Koha's REST shape, and who has it (None: on the shelf, or the ACS does
-        not say); (None, None) for an item the ACS does not know."""
+        """Item information (17/18) in Koha's REST shape, and who has it; (None, None) for an item the ACS
+        does not know. An ACS that does not say who has a charged item (Koha's does not) is asked through
+        `rest=` where given, else the borrower is `BORROWER_NOT_GIVEN`; one waiting on the hold shelf without
+        the hold's patron (CY) is held for `BORROWER_NOT_GIVEN` too."""
         reply = await self._ask(codec.item_information(self.institution, barcode, datetime.now(UTC)), "18")
         title = reply.get("AJ")
         if not title:
             return None, None
         waiting = reply.fixed.get("circulation_status") == codec.CIRC_ON_HOLD_SHELF
-        holder = reply.get("CY")
+        for_whom = reply.get("CY") or (BORROWER_NOT_GIVEN if waiting else None)
         item = {"external_id": barcode, "title": title,
-                "holds": [{"cardnumber": holder, "status": "W" if waiting else None}] if holder else []}
-        charged = reply.fixed.get("circulation_status") in _CHARGED
-        return item, (reply.get("AA") or None) if charged else None
+                "holds": [{"cardnumber": for_whom, "status": "W" if waiting else None}] if for_whom else []}
+        if reply.fixed.get("circulation_status") not in _CHARGED:
+            return item, None
+        holder = reply.get("AA")
+        if not holder and self.rest is not None:
+            holder = await self.rest.current_loan(barcode)
+        return item, holder or BORROWER_NOT_GIVEN
 
     async def fetch_after(self, kind: SnapshotKind, after: int, per_page: int) -> list[dict[str, Any]]:
         if self.rest is None:
@@ -306,14 +316,15 @@ class Sip2Adapter:
 
 def _amount(text: str | None) -> float:
     try:
-        value = float(text or 0)
+        value = float((text or "0").strip().replace(",", "."))  # a decimal comma, as some ACSs write it
     except ValueError:
         return 0.0
     return value if abs(value) < 1e9 else 0.0
 
 
-def _count(text: str | None) -> int:
-    return int(text) if text and text.strip().isdigit() else 0
+def _count(text: str | None) -> int | None:
+    digits = (text or "").strip()
+    return int(digits) if digits and digits.isascii() and digits.isdigit() else None
 
 
 def no_patron_message(item: str) -> str:
