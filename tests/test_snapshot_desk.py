@@ -234,6 +234,19 @@ async def test_every_desk_gets_the_snapshot_from_its_peers_even_in_an_outage(tmp
             aiohttp.ClientSession() as session:
         blocked, good = await sim.take_blocked_patron(), await sim.take_patron()
         shelf = (await sim.take_available_item())["external_id"]
+        # for every warning at every desk, the ILS away: the patrons and items that call for each
+        expired, fined = await sim.take_expired_patron(), await sim.take_patron_with_fines()
+        held, _ = await sim.take_item_with_hold(on_loan=False)
+        lent, borrower = await sim.take_item_on_loan()
+        not_lendable = sim._take(await sim.all_items(), "external_id", lambda i: i["not_for_loan_status"] != 0)
+        today = date.today().isoformat()
+        near_limit = min((p for p in await sim.all_patrons() if not p["restricted"] and p["expiry_date"] >= today
+                          and p["account_balance"] <= 5 and p["checkouts_limit"] and p["cardnumber"] not in (
+                              good["cardnumber"], borrower)),
+                         key=lambda p: p["checkouts_limit"] - p["checkouts_count"])
+        room = near_limit["checkouts_limit"] - near_limit["checkouts_count"]
+        assert 1 <= room <= 20, near_limit
+        for_limit = [(await sim.take_available_item())["external_id"] for _ in range(room + 1)]
         creds = tmp_path / "ils-credentials"
         creds.write_text(f"user={sim.user}\npassword={sim.password}\n")
         creds.chmod(0o600)
@@ -288,6 +301,32 @@ async def test_every_desk_gets_the_snapshot_from_its_peers_even_in_an_outage(tmp
             assert code == 201 and answer["event"]["body"]["override"] is True, answer
             hits = (await get_json(session, f"{c.url}/api/v1/patrons?q={blocked['surname']}"))["patrons"]
             assert blocked["cardnumber"] in {h["barcode"] for h in hits}
+
+            # every warning at B and at C, the ILS away, each from the snapshot the desk fetched
+            for desk in (b, c):
+                for patron, item, expected in (
+                        (expired["cardnumber"], for_limit[0], "card_expired"),
+                        (fined["cardnumber"], for_limit[0], "fines_over_limit"),
+                        (good["cardnumber"], held["external_id"], "item_on_hold"),
+                        (good["cardnumber"], lent["external_id"], "item_on_ils_loan"),
+                        (good["cardnumber"], not_lendable["external_id"], "item_not_for_loan"),
+                        (borrower, lent["external_id"], "already_on_loan_to_patron")):
+                    code, answer = await checkout(session, desk, patron, item)
+                    assert code == 409 and expected in codes(answer), (desk.desk, expected, answer)
+            # the loan limit counts the loans made at every desk: lent at B and C, refused at both
+            card = near_limit["cardnumber"]
+            for k, item in enumerate(for_limit[:room]):
+                code, answer = await checkout(session, (b, c)[k % 2], card, item)
+                assert code == 201 and "loan_limit_reached" not in codes(answer), answer
+
+            async def limit_everywhere() -> bool:
+                found = []
+                for desk in (b, c):
+                    code, answer = await checkout(session, desk, card, for_limit[room])
+                    found.append(code == 409 and "loan_limit_reached" in codes(answer))
+                return all(found)
+
+            await wait_for(limit_everywhere, within=30, what="the loan limit reached at B and at C")
 
             # the ILS is back and staff there restrict a patron: the next refresh reaches every desk, which
             # fetches the one chunk that changed (and the new index), not the items' and loans' it holds
