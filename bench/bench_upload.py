@@ -1,7 +1,10 @@
 """Upload 10,000 events to the ILS simulator answering each request in 20 ms: pipelined (16 in flight,
-nothing overtaking on the same item or patron) against one-at-a-time replay, in the same run.
-Each run gets its own simulator seeded identically; the final ILS loans must be the same.
-Budget: pipelined >= 8x faster.  Usage: bench_upload.py [EVENTS] [LATENCY_MS]
+nothing overtaking on the same item or patron) against one-at-a-time replay, in the same run; then pipelined
+again with the simulator failing 30 % of requests (a 500 before it applies anything, the probes included).
+Each run gets its own simulator seeded identically; the final ILS loans must be the same, and the ILS's
+ledger must hold every event exactly once.
+Budgets: pipelined >= 8x faster; with 30 % failures, >= 60 % of the failure-free rate (issue 11).
+Usage: bench_upload.py [EVENTS] [LATENCY_MS] [FAILURE_RATE]
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from tests.ilssim import start_simulator
 
 EVENTS = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
 LATENCY = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+FAILURES = float(sys.argv[3]) if len(sys.argv) > 3 else 0.3
 
 
 def open_log(directory: Path) -> EventLog:
@@ -54,8 +58,8 @@ async def write_events(directory: Path, patrons: list[str], items: list[str]) ->
     log.close()
 
 
-async def upload(directory: Path, sim, concurrency: int) -> tuple[float, dict[str, str]]:
-    await sim.set_state(latency_ms=LATENCY)
+async def upload(directory: Path, sim, concurrency: int, failures: float = 0.0) -> tuple[float, dict[str, str]]:
+    await sim.set_state(latency_ms=LATENCY, failure_rate=failures)
     log = open_log(directory)
     await log.start()
     adapter = make_adapter(sim.koha_url, Credentials(sim.user, sim.password))
@@ -71,28 +75,30 @@ async def upload(directory: Path, sim, concurrency: int) -> tuple[float, dict[st
     refused = sum(1 for o in log.state.outcomes.values() if o.status != "applied")
     await log.store.commit([])
     log.close()
-    await sim.set_state(latency_ms=0)
+    await sim.set_state(latency_ms=0, failure_rate=0.0)
     loans = {row["barcode"]: row["cardnumber"] for row in await sim.loans()}
     ledger = await sim.ledger()
     assert len(ledger) == EVENTS, f"ILS saw {len(ledger)} operations for {EVENTS} events"
-    print(f"  concurrency {concurrency:>2}: {elapsed:7.2f} s for {EVENTS} events "
-          f"({EVENTS / elapsed:6.0f}/s), refused {refused}")
+    print(f"  concurrency {concurrency:>2}, {failures:.0%} failing: {elapsed:7.2f} s for {EVENTS} events "
+          f"({EVENTS / elapsed:6.1f}/s), refused {refused}, transient answers {bridge.counters['transient']}")
     return elapsed, loans
 
 
 async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        sims = [start_simulator(root / f"ils{i}", patrons=4000, items=EVENTS + 2000, seed=5) for i in range(2)]
+        sims = [start_simulator(root / f"ils{i}", patrons=4000, items=EVENTS + 2000, seed=5) for i in range(3)]
         try:
             patrons = [p["cardnumber"] for p in await sims[0].all_patrons() if not p["restricted"]][:3000]
             lent = {c["external_id"] for c in await sims[0].all_checkouts()}
             items = [i["external_id"] for i in await sims[0].all_items() if i["external_id"] not in lent]
             await write_events(root / "log-a", patrons, items)
             shutil.copytree(root / "log-a", root / "log-b")
+            shutil.copytree(root / "log-a", root / "log-c")
             print(f"upload of {EVENTS} events, ILS answering in {LATENCY} ms:")
             serial, loans_serial = await upload(root / "log-a", sims[0], 1)
             piped, loans_piped = await upload(root / "log-b", sims[1], 16)
+            failing, loans_failing = await upload(root / "log-c", sims[2], 16, FAILURES)
         finally:
             for sim in sims:
                 sim.stop()
@@ -100,6 +106,9 @@ async def main() -> None:
     print(f"same final ILS loans: {same} ({len(loans_piped)} loans)")
     print(f"ratio one-at-a-time / pipelined: {serial / piped:.1f}x (budget >= 8x: "
           f"{'met' if serial / piped >= 8 and same else 'MISSED'})")
+    kept = piped / failing
+    print(f"with {FAILURES:.0%} failing: same final ILS loans: {loans_failing == loans_piped}; rate {kept:.0%} of the "
+          f"failure-free rate (budget >= 60 %: {'met' if kept >= 0.6 and loans_failing == loans_piped else 'MISSED'})")
 
 
 if __name__ == "__main__":

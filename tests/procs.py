@@ -76,7 +76,10 @@ class DeskProcess:
                  prefix: list[str] | None = None, env: dict[str, str] | None = None) -> None:
         """`prefix` runs the desk under another program (["faketime", "-f", "+1h"]); `env` adds variables."""
         self.data, self.desk, self.peers = data, desk, peers
-        self.port, self.peer_port = free_port(), free_port()
+        # The web port is the desk's own choice (0) at the first start, read from its ready line: a port
+        # picked here and freed could be taken by anything before the desk binds it (it happened). A restart
+        # asks for the same one again. The peer port must be known before: other desks are told to dial it.
+        self.port, self.peer_port = 0, free_port()
         self.extra = extra or []
         self.prefix = prefix or []
         self.env = env or {}
@@ -119,6 +122,7 @@ class DeskProcess:
                 with contextlib.suppress(json.JSONDecodeError):
                     ready = json.loads(line)
                     if ready.get("ready"):
+                        self.port = int(str(ready["url"]).rsplit(":", 1)[1])
                         self.node = ready["node"]
                         self.pid = int(ready.get("pid", self.proc.pid))
                         break

@@ -1,8 +1,9 @@
 """The ILS side end to end, all real processes: the simulator, three desks, one of them the bridge.
 
 Scans made while the ILS is offline are applied once it is back — each exactly once, nothing on the same
-item or patron out of order — and the simulator's final loans equal the cluster's. Refusals come back
-to every desk in the ILS's own words; losing the ILS mid-upload pauses and resumes."""
+item or patron out of order, the ILS failing 30 % of requests at the end — and the simulator's final loans
+equal the cluster's. Refusals come back to every desk in the ILS's own words; losing the ILS mid-upload
+pauses and resumes."""
 
 from __future__ import annotations
 
@@ -120,8 +121,9 @@ async def _offline_then_upload(sim, session, desks, patrons, fined, shelf, lent_
     await sim.set_state(online=False)  # the ILS goes away mid-upload
     paused = await wait_for(lambda: _paused(session, a), within=30, what="upload paused")
     assert 0 < paused["upload"]["pending"] < 300
-    await sim.set_state(online=True, latency_ms=0)
+    await sim.set_state(online=True, latency_ms=0, failure_rate=0.3)  # back, failing 30 % of requests
     await wait_for(lambda: _all_applied(session, desks), within=120, what="upload complete on every desk")
+    await sim.set_state(failure_rate=0.0)
 
     log = (await get_json(session, f"{a.url}/api/v1/events?after=0&limit=10000"))["events"]
     desk_events = [e for e in log if e["kind"] in ("checkout", "checkin", "renew", "payment")]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import sqlite3
 from collections import Counter
@@ -40,10 +41,12 @@ from node.tasks import reap
 log = logging.getLogger(__name__)
 
 PROBE_INTERVAL = 1.0
-RETRY_START = 0.5
+RETRY_START = 0.5  # one event's first retry; it doubles for that event, up to RETRY_MAX
 RETRY_MAX = 10.0
 AUTH_RETRY = 30.0  # a refused login will not fix itself quickly: try again now and then, not in a loop
 STUCK_AFTER = 3  # transient failures in a row of one event, the ILS answering, before `problem` names it
+PROBE_AFTER = 8  # transient answers in a row, none answered between, before the ILS is probed
+LOST_CODES = {"auth", "unreachable", "timeout"}  # answers that say the ILS itself is in question: probed at once
 
 
 T = TypeVar("T")
@@ -216,35 +219,49 @@ class Bridge:
         if any(e.kind == "renew" and not e.body.get("patron") for e in pending):
             self._renewal_patrons = renewal_patrons(in_memory, state.voided, self.log.base_loans())
         in_flight: dict[asyncio.Task[tuple[Event, Outcome]], Event] = {}
-        failures: Counter[str] = Counter()
+        failures: Counter[str] = Counter()  # transient answers per event, in this round
+        waiting: list[tuple[float, str]] = []  # (when, event id): events backing off, each on its own
+        streak = 0  # transient answers in a row, no answer between them: then the ILS is probed
+        loop = asyncio.get_running_loop()
         self.uploading = True
         lost = False
-        delay = RETRY_START
         try:
             while True:
+                while waiting and waiting[0][0] <= loop.time():
+                    schedule.retry(heapq.heappop(waiting)[1])
                 while not lost and len(in_flight) < self.config.concurrency and (event := schedule.take()):
                     task = asyncio.create_task(self._send(event))
                     in_flight[task] = event
-                if not in_flight:
+                if not in_flight and (lost or not waiting):
                     break
-                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                if not in_flight:  # only events backing off: wait for the first of them
+                    await asyncio.sleep(max(0.0, waiting[0][0] - loop.time()))
+                    continue
+                wake = max(0.0, waiting[0][0] - loop.time()) if waiting and not lost else None
+                done, _ = await asyncio.wait(in_flight, timeout=wake, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     event = in_flight.pop(task)
                     outcome = task.result()[1]
                     if outcome.status == "transient":
+                        # One failing request backs off alone: the other slots keep the ILS busy. Only a
+                        # streak of failures (or one that says the ILS is gone) makes the bridge probe it.
                         self.counters["transient"] += 1
-                        schedule.retry(event.id)
-                        if not lost:
+                        failures[event.id] += 1
+                        streak += 1
+                        if not lost and (outcome.code in LOST_CODES or streak >= PROBE_AFTER):
+                            streak = 0
                             lost = not await self._still_reachable(outcome)
-                            if not lost:
-                                failures[event.id] += 1
-                                if failures[event.id] >= STUCK_AFTER:
-                                    self.problem = _stuck(event, outcome)
-                                await asyncio.sleep(delay)  # a passing failure: back off before retrying
-                                delay = min(delay * 2, RETRY_MAX)
+                        if lost:
+                            continue  # the round ends; the next one, once the ILS answers, sends it again
+                        if failures[event.id] >= STUCK_AFTER:
+                            self.problem = _stuck(event, outcome)
+                        backoff = min(RETRY_START * 2 ** (failures[event.id] - 1), RETRY_MAX)
+                        heapq.heappush(waiting, (loop.time() + backoff, event.id))
                         continue
-                    delay = RETRY_START
-                    self.problem = None
+                    streak = 0
+                    failures.pop(event.id, None)
+                    if not any(n >= STUCK_AFTER for n in failures.values()):
+                        self.problem = None  # no event keeps failing any more
                     await self._record(event, outcome)
                     if event.kind == "patron_register" and outcome.status == "refused":
                         schedule.hold_patron(event.body["patron"])  # before done(): their loans wait
