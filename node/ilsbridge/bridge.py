@@ -41,10 +41,10 @@ from node.tasks import reap
 log = logging.getLogger(__name__)
 
 PROBE_INTERVAL = 1.0
-RETRY_START = 0.5  # one event's first retry; it doubles for that event, up to RETRY_MAX
-RETRY_MAX = 10.0
 AUTH_RETRY = 30.0  # a refused login will not fix itself quickly: try again now and then, not in a loop
 STUCK_AFTER = 3  # transient failures in a row of one event, the ILS answering, before `problem` names it
+RETRY_START = 0.1  # a failing event's first retry, while the ILS answers others: it doubles for that event…
+RETRY_MAX = 2.0  # …up to this (a streak of failures, not one event's, is what says the ILS struggles: probed)
 PROBE_AFTER = 8  # transient answers in a row, none answered between, before the ILS is probed
 LOST_CODES = {"auth", "unreachable", "timeout"}  # answers that say the ILS itself is in question: probed at once
 
