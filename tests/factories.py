@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,7 @@ from node.crdt.event import GENESIS, Event, chain_hash, make_event
 from node.crdt.hlc import Hlc, HybridClock
 from node.crdt.order import OrderedLog
 from node.crdt.records import NodeRecord, make_record
+from node.crdt.state import CirculationState
 from node.trust.identity import NodeIdentity, node_id_for
 
 START_MS = 1_700_000_000_000  # a SimDesk's clock starts here (November 2023)
@@ -75,3 +77,21 @@ class SimDesk:
             self.log.add(event)
             key = self.log.key_of(event.id)
             self.clock.observe(Hlc(key[0], key[1]))
+
+
+class SnapshotLogStub:
+    """The log as snapshot distribution sees it (node/ports.py SnapshotLog): the state naming a snapshot or
+    not, wakers that never fire (the tests step by hand), and what is appended, kept."""
+
+    def __init__(self) -> None:
+        self.state = CirculationState()
+        self.appended: list[tuple[str, dict[str, Any]]] = []
+
+    def waker(self) -> asyncio.Event:
+        return asyncio.Event()
+
+    def drop_waker(self, waker: asyncio.Event) -> None:
+        pass
+
+    async def append(self, kind: str, body: dict[str, Any], staff: str, *, at: int | None = None) -> None:
+        self.appended.append((kind, body))

@@ -14,12 +14,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from node.crdt.state import CirculationState
 from node.snapshot.atrest import ChunkFiles
 from node.snapshot.csvfile import CsvSource
 from node.snapshot.importer import SnapshotImport
 from node.snapshot.rows import item_from_koha, patron_from_koha
 from node.snapshot.store import SnapshotStore
+from tests.factories import SnapshotLogStub
 from tests.ilssim import running_simulator
 from tests.procs import TEST_PASSWORD, TEST_USER, DeskProcess, auth_headers, get_json, post_json, wait_for
 
@@ -167,30 +167,13 @@ async def test_a_sip2_only_desk_asks_the_ils_at_scan_time(tmp_path: Path) -> Non
             await desk.stop()
 
 
-class Log:
-    """A log with no snapshot named yet, that keeps what is appended."""
-
-    def __init__(self) -> None:
-        self.state = CirculationState()
-        self.appended: list[tuple[str, dict]] = []
-
-    def waker(self) -> asyncio.Event:
-        return asyncio.Event()
-
-    def drop_waker(self, waker: asyncio.Event) -> None:
-        pass
-
-    async def append(self, kind: str, body: dict, staff: str, *, at: int | None = None):
-        self.appended.append((kind, body))
-
-
 async def test_a_file_that_gives_no_patrons_changes_nothing(tmp_path: Path) -> None:
     """A wrong export (other column names, UTF-16, an empty file) must not tell every desk that nobody is
     known: the build is refused and the snapshot the desk had stays."""
     key = bytes(range(32))
     snapshot = SnapshotStore(tmp_path / "snapshot.sqlite", key)
     chunks = ChunkFiles(tmp_path / "chunks", key)
-    log = Log()
+    log = SnapshotLogStub()
     (tmp_path / "good.csv").write_text(PATRONS, encoding="utf-8")
     importer = SnapshotImport(snapshot, chunks, log, asyncio.Lock(), tmp_path / "import")
     assert importer.reserve() and not importer.reserve()  # one build from files at a time

@@ -222,16 +222,8 @@ class Sip2Adapter:
         return reply.code == "98" and reply.fixed.get("online_status") == "Y"
 
     async def current_loan(self, item_barcode: str) -> str | None:
-        try:
-            reply = await self._call(
-                codec.item_information(self.institution, item_barcode, datetime.now(UTC))
-            )
-        except _LoginRefused:
-            raise IlsUnavailable("the ACS refused the SIP2 login") from None
-        except (TimeoutError, OSError, asyncio.IncompleteReadError, Sip2Error) as exc:
-            raise IlsUnavailable(f"item information failed: {type(exc).__name__}: {exc}") from None
-        if reply.code != "18":
-            raise IlsUnavailable(f"expected an item information response, got {reply.name}")
+        reply = await self._ask(codec.item_information(self.institution, item_barcode, datetime.now(UTC)), "18",
+                                at_scan=False)
         if reply.fixed.get("circulation_status") not in _CHARGED:
             return None
         borrower = reply.get("AA")
@@ -241,10 +233,11 @@ class Sip2Adapter:
             return await self.rest.current_loan(item_barcode)
         raise AdapterUnsupported("this ACS does not say who has an item; give a REST base with ?rest=")
 
-    async def _ask(self, msg: Message, code: str) -> Message:
-        """A look-up at scan time: never queued behind the upload's requests (a patron is waiting), so when
-        every connection is busy it is not asked at all."""
-        if self._slots is not None and self._slots.locked():
+    async def _ask(self, msg: Message, code: str, *, at_scan: bool = True) -> Message:
+        """A question to the ACS, answered by a `code` message; IlsUnavailable when it is not. One asked at
+        scan time is never queued behind the upload's requests (a patron is waiting): when every
+        connection is busy it is not asked at all."""
+        if at_scan and self._slots is not None and self._slots.locked():
             raise IlsUnavailable("every SIP2 connection is busy uploading")
         try:
             reply = await self._call(msg)
